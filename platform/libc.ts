@@ -1,0 +1,262 @@
+// Linux libc bindings for the Linux backend, through koffi. Each binding is
+// declared as its man page writes it and wrapped in a function that throws
+// SegmentError (code, errno, syscall) on failure, so the backend reads as a
+// sequence of calls.
+//
+// A test-only seam sits in front of every call: `injectFault(name, k, errno)`
+// makes the k-th next call of `name` fail with `errno` without reaching the
+// kernel, so tests can drive every failure path.
+import koffi from 'koffi';
+import { systemError } from '../src/errors.ts';
+
+// Linux values, the same on x86_64 and arm64 (asm-generic); macOS differs.
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTNEED = 4;
+export const MADV_NOHUGEPAGE = 15;
+export const MFD_CLOEXEC = 0x1;
+export const MFD_ALLOW_SEALING = 0x2;
+export const MFD_NOEXEC_SEAL = 0x8;
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+export const FALLOC_FL_KEEP_SIZE = 0x1;
+export const FALLOC_FL_PUNCH_HOLE = 0x2;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const O_RDONLY = 0;
+export const O_CLOEXEC = 0x80000;
+export const EINTR = 4;
+export const ENXIO = 6;
+export const EINVAL = 22;
+export const ENOTTY = 25;
+
+/** `MAP_FAILED`, as koffi returns it for a `void *`. */
+export const MAP_FAILED = 0xffffffffffffffffn;
+
+/** Largest byte count Linux moves in one read/write call. */
+const MAX_IO = 0x7ffff000;
+
+interface Bindings {
+  memfd_create: (name: string, flags: number) => number;
+  ftruncate: (fd: number, length: number) => number;
+  fcntl: (fd: number, cmd: number, ...args: unknown[]) => number;
+  mmap: (addr: bigint | null, len: number, prot: number, flags: number, fd: number, off: number) => bigint;
+  munmap: (addr: bigint, len: number) => number;
+  madvise: (addr: bigint, len: number, advice: number) => number;
+  pwrite: (fd: number, buf: bigint, n: number, off: number) => number;
+  pread: (fd: number, buf: bigint | ArrayBufferView, n: number, off: number) => number;
+  fallocate: (fd: number, mode: number, off: number, len: number) => number;
+  lseek: (fd: number, off: number, whence: number) => number;
+  close: (fd: number) => number;
+  open: (path: string, flags: number, ...args: unknown[]) => number;
+  ioctl: (fd: number, request: number, ...args: unknown[]) => number;
+  fstat: (fd: number, buf: ArrayBufferView) => number;
+  getpagesize: () => number;
+}
+
+let bindings: Bindings | undefined;
+
+function libc(): Bindings {
+  if (bindings !== undefined) return bindings;
+  const lib = koffi.load('libc.so.6');
+  bindings = {
+    memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
+    ftruncate: lib.func('int ftruncate(int fd, int64_t length)'),
+    fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
+    mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
+    munmap: lib.func('int munmap(void *addr, size_t length)'),
+    madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
+    pwrite: lib.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)'),
+    pread: lib.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)'),
+    fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
+    lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
+    close: lib.func('int close(int fd)'),
+    open: lib.func('int open(const char *pathname, int flags, ...)'),
+    ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
+    fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
+    getpagesize: lib.func('int getpagesize(void)'),
+  } as Bindings;
+  return bindings;
+}
+
+/** Loads libc; throws when this is not a glibc Linux system. */
+export function loadLibc(): void {
+  libc();
+}
+
+// ---- fault injection (tests only) ------------------------------------------
+
+/** Names of the calls a fault can be injected into. */
+export type CallName = Exclude<keyof Bindings, 'getpagesize'>;
+
+interface Fault {
+  countdown: number;
+  errno: number;
+  /** Fail every call from the k-th on, not only the k-th. */
+  sticky: boolean;
+}
+
+const faults = new Map<CallName, Fault>();
+const calls = new Map<CallName, number>();
+
+/**
+ * Test-only: the `k`-th next call (1 = the very next) of `name` fails with
+ * `errno` and does not reach the kernel; with `sticky`, every call from then on.
+ */
+export function injectFault(name: CallName, k: number, errno: number, sticky = false): void {
+  faults.set(name, { countdown: k, errno, sticky });
+}
+
+/** Test-only: removes every injected fault. */
+export function clearFaults(): void {
+  faults.clear();
+}
+
+/** Test-only: how many times each call was made since the last reset. */
+export function callCounts(reset = false): Map<CallName, number> {
+  const copy = new Map(calls);
+  if (reset) calls.clear();
+  return copy;
+}
+
+/** An injected errno for this call, or 0 to make the real call. */
+function injected(name: CallName): number {
+  calls.set(name, (calls.get(name) ?? 0) + 1);
+  if (faults.size === 0) return 0;
+  const f = faults.get(name);
+  if (f === undefined) return 0;
+  f.countdown--;
+  if (f.countdown > 0) return 0;
+  if (!f.sticky) faults.delete(name);
+  return f.errno;
+}
+
+// ---- checked calls ----------------------------------------------------------
+
+function fail(name: string, errno: number, detail: string): never {
+  throw systemError(name, errno, detail);
+}
+
+/** Runs `call` (a libc call whose failure is -1) and retries on EINTR. */
+function retry(name: CallName, call: () => number, detail: () => string): number {
+  for (;;) {
+    const fake = injected(name);
+    if (fake !== 0) fail(name, fake, detail());
+    const r = call();
+    if (r !== -1) return r;
+    const errno = koffi.errno();
+    if (errno !== EINTR) fail(name, errno, detail());
+  }
+}
+
+export function memfdCreate(name: string, flags: number): number {
+  return retry('memfd_create', () => libc().memfd_create(name, flags), () => `cannot create a memory file`);
+}
+
+export function ftruncate(fd: number, length: number): void {
+  retry('ftruncate', () => libc().ftruncate(fd, length), () => `cannot size memory file to ${length} bytes`);
+}
+
+export function addSeals(fd: number, seals: number): void {
+  retry('fcntl', () => libc().fcntl(fd, F_ADD_SEALS, 'int', seals), () => `cannot seal memory file`);
+}
+
+export function getSeals(fd: number): number {
+  return retry('fcntl', () => libc().fcntl(fd, F_GET_SEALS), () => `cannot read seals`);
+}
+
+/** `mmap`; throws on MAP_FAILED. */
+export function mmap(addr: bigint | null, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  const fake = injected('mmap');
+  if (fake !== 0) fail('mmap', fake, `cannot map ${length} bytes`);
+  const p = libc().mmap(addr, length, prot, flags, fd, offset);
+  if (p === MAP_FAILED) fail('mmap', koffi.errno(), `cannot map ${length} bytes`);
+  return p;
+}
+
+export function munmap(addr: bigint, length: number): void {
+  retry('munmap', () => libc().munmap(addr, length), () => `cannot unmap ${length} bytes`);
+}
+
+export function madvise(addr: bigint, length: number, advice: number): void {
+  retry('madvise', () => libc().madvise(addr, length, advice), () => `cannot advise on ${length} bytes`);
+}
+
+/** Writes `length` bytes from memory at `addr` to `fd` at `offset`, all of them. */
+export function pwriteAll(fd: number, addr: bigint, length: number, offset: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = Math.min(length - done, MAX_IO);
+    const w = retry(
+      'pwrite',
+      () => libc().pwrite(fd, addr + BigInt(done), n, offset + done),
+      () => `cannot write ${length} bytes to a memory file`,
+    );
+    if (w === 0) fail('pwrite', 28 /* ENOSPC */, `wrote 0 of ${length} bytes to a memory file`);
+    done += w;
+  }
+}
+
+/** Reads up to `length` bytes of `fd` at `offset` into `into`; returns the count. */
+export function pread(fd: number, into: bigint | ArrayBufferView, length: number, offset: number): number {
+  return retry('pread', () => libc().pread(fd, into, length, offset), () => `cannot read ${length} bytes`);
+}
+
+export function punchHole(fd: number, offset: number, length: number): void {
+  retry(
+    'fallocate',
+    () => libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
+    () => `cannot free ${length} bytes of a memory file`,
+  );
+}
+
+/** `lseek(fd, offset, SEEK_DATA/SEEK_HOLE)`; returns -1 for ENXIO (no data/hole past offset). */
+export function seek(fd: number, offset: number, whence: number): number {
+  const fake = injected('lseek');
+  if (fake !== 0) fail('lseek', fake, `cannot look for data in a memory file`);
+  const r = libc().lseek(fd, offset, whence);
+  if (r !== -1) return Number(r);
+  const errno = koffi.errno();
+  if (errno === ENXIO) return -1;
+  return fail('lseek', errno, `cannot look for data in a memory file`);
+}
+
+/** Closes `fd`. Linux releases the descriptor even when close reports an error, so errors are ignored. */
+export function closeFd(fd: number): void {
+  injected('close');
+  libc().close(fd);
+}
+
+export function open(path: string, flags: number): number {
+  return retry('open', () => libc().open(path, flags), () => `cannot open ${path}`);
+}
+
+/** `ioctl(fd, request, arg)` with a pointer argument; returns its non-negative result. */
+export function ioctl(fd: number, request: number, arg: bigint): number {
+  return retry('ioctl', () => libc().ioctl(fd, request, 'void *', arg), () => `cannot scan page tables (request 0x${request.toString(16)})`);
+}
+
+/** Bytes allocated to `fd` (st_blocks × 512; offset 64 in struct stat on x86_64 and arm64). */
+export function allocatedBytes(fd: number): number {
+  const buf = new Uint8Array(256);
+  retry('fstat', () => libc().fstat(fd, buf), () => `cannot stat memory file`);
+  return Number(new DataView(buf.buffer).getBigInt64(64, true)) * 512;
+}
+
+/** The kernel's page size in bytes. */
+export function getpagesize(): number {
+  return libc().getpagesize();
+}
+
+/** An ArrayBuffer aliasing `length` bytes at `addr`. */
+export function view(addr: bigint, length: number): ArrayBuffer {
+  return koffi.view(addr as unknown as never, length) as ArrayBuffer;
+}

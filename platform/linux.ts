@@ -1,0 +1,549 @@
+// Linux backend: copy-on-write from memfd layers and MAP_PRIVATE mappings.
+//
+// A layer is a sparse memfd as long as the segment; page i of a segment lives
+// at offset i × page in every layer, so a segment's state is a run list saying
+// which layer holds each page range (or `null`: anonymous zero memory).
+//
+// - A fresh segment is one MAP_SHARED mapping of its own layer: writes go
+//   straight to it, with no copy-on-write cost until it is first cloned.
+// - Cloning freezes the source: the pages it wrote since its last clone are
+//   found in the page tables (PAGEMAP_SCAN, or /proc/self/pagemap), written
+//   into a new layer and remapped from it at the same address. The clone then
+//   maps the same run list MAP_PRIVATE, so both share every page.
+// - A layer is never written once a private mapping of it exists: POSIX leaves
+//   the result unspecified and Linux shows such writes through every clone
+//   (mmap(2), "MAP_PRIVATE ... It is unspecified whether changes made to the
+//   file after the mmap() call are visible in the mapped region").
+// - Layers are reference-counted per page range; ranges nobody references are
+//   punched out, and a layer's fd is closed when nothing references it.
+//
+// Limits: each run costs a kernel mapping (VMA) and each layer an fd.
+import type { Backend, BackendMemory, BackendStats } from '../src/backend.ts';
+import { maxViewLength } from '../src/runtime.ts';
+import { coalesce, overlay, pageCount, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
+import { SegmentError } from '../src/errors.ts';
+import * as sys from './libc.ts';
+
+/** A memfd holding pages of one or more segments. */
+export class Layer {
+  /** -1 once closed. */
+  fd: number;
+  /** How many runs of live segments use each page. */
+  readonly refs = new RefCounts();
+  constructor(fd: number) {
+    this.fd = fd;
+  }
+}
+
+type Runs = readonly Run<Layer | null>[];
+
+/** The Linux backend's handle for one segment. */
+export interface LinuxSegment {
+  /** Start of the mapping; fixed for the segment's life. */
+  readonly addr: bigint;
+  /** Mapped bytes; always a multiple of the page size. */
+  readonly length: number;
+  readonly pages: number;
+  /** The segment's own layer while it is a fresh MAP_SHARED mapping, never cloned. */
+  shared: Layer | null;
+  /**
+   * Which layer holds each page, covering [0, pages). Treated as immutable:
+   * replaced, never edited, so two segments with the same array object are
+   * known to hold the same contents apart from pages written since.
+   */
+  runs: Runs;
+  released: boolean;
+}
+
+/** How written pages are found. */
+export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
+
+// PAGEMAP_SCAN (Linux 6.7+, Documentation/admin-guide/mm/pagemap.rst):
+// _IOWR('f', 16, struct pm_scan_arg), the struct being 12 × u64.
+const PAGEMAP_SCAN = 0xc0606610;
+const PM_SCAN_ARG_SIZE = 96;
+const PAGE_REGION_SIZE = 24;
+const PAGE_IS_FILE = 1n << 2n;
+const PAGE_IS_PRESENT = 1n << 3n;
+const PAGE_IS_SWAPPED = 1n << 4n;
+const PAGE_IS_PFNZERO = 1n << 5n;
+const SCAN_REGIONS = 2048;
+
+// /proc/self/pagemap entry bits, as bits of the entry's high 32-bit word.
+const PM_PRESENT = 1 << 31; // bit 63
+const PM_SWAPPED = 1 << 30; // bit 62
+const PM_FILE = 1 << 29; // bit 61 (file page or shared anonymous)
+const PM_EXCLUSIVE = 1 << 24; // bit 56 (mapped exactly once: never the zero page)
+const READ_ENTRIES = 1 << 16;
+
+export interface LinuxOptions {
+  /** Force a way of finding written pages (tests use it to cover both). */
+  scan?: ScanMethod;
+}
+
+export class LinuxBackend implements Backend<LinuxSegment> {
+  readonly name = 'linux' as const;
+  readonly pageSize: number;
+  readonly maxViewLength = maxViewLength;
+  /** How this backend finds written pages. */
+  readonly scanMethod: ScanMethod;
+  /** Whether anonymous memory reads as the shared zero page (some VMs disable it). */
+  readonly zeroPage: boolean;
+
+  readonly #segments = new Set<LinuxSegment>();
+  readonly #layers = new Set<Layer>();
+  #pagemapFd = -1;
+  /** Scratch memory for PAGEMAP_SCAN: the argument struct, then the result array. */
+  #scratch = 0n;
+  #scratchArg: BigUint64Array | undefined;
+  #scratchVec: BigUint64Array | undefined;
+  #noexecSeal = true;
+
+  constructor(options: LinuxOptions = {}) {
+    sys.loadLibc();
+    this.pageSize = sys.getpagesize();
+    const probe = sys.mmap(null, this.pageSize, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+    try {
+      this.scanMethod = this.#chooseScan(options.scan);
+      // Safety: the probe page is mapped above and unmapped only below.
+      void new Uint8Array(sys.view(probe, 1))[0];
+      this.zeroPage = this.#isZeroPage(probe);
+    } finally {
+      sys.munmap(probe, this.pageSize);
+    }
+  }
+
+  // ---- Backend ---------------------------------------------------------------
+
+  create(length: number): LinuxSegment {
+    const pages = length / this.pageSize;
+    const layer = this.#newLayer(length);
+    let addr: bigint;
+    try {
+      addr = sys.mmap(null, length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_SHARED | sys.MAP_NORESERVE, layer.fd, 0);
+    } catch (err) {
+      this.#closeLayer(layer);
+      throw err;
+    }
+    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [{ start: 0, end: pages, layer }], released: false };
+    this.#ref(seg.runs, 1);
+    this.#segments.add(seg);
+    return seg;
+  }
+
+  clone(source: LinuxSegment): LinuxSegment {
+    this.#makePrivate(source);
+    this.#freeze(source);
+    const addr = this.#mapRuns(null, source.runs, source.length);
+    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: source.runs, released: false };
+    this.#ref(seg.runs, 1);
+    this.#segments.add(seg);
+    return seg;
+  }
+
+  restore(target: LinuxSegment, source: LinuxSegment): void {
+    this.#makePrivate(source);
+    this.#freeze(source);
+    if (target.shared === null && target.runs === source.runs) {
+      // Same run list: target differs from source only in the pages it wrote
+      // since. Dropping them reverts each to its layer's contents (private
+      // file pages) or to zero (anonymous) — madvise(2), MADV_DONTNEED.
+      // One call for the whole range: atomic, and it costs only what is mapped.
+      sys.madvise(target.addr, target.length, sys.MADV_DONTNEED);
+      return;
+    }
+    // Mapping the source's runs takes one call per run. If one fails midway,
+    // the target must be put back, so its written pages go into a layer first
+    // (with a single run the first call replaces everything or nothing).
+    if (target.shared === null && source.runs.length > 1) this.#freeze(target);
+    const old = target.runs;
+    const oldShared = target.shared;
+    try {
+      this.#mapRuns(target.addr, source.runs, target.length);
+    } catch (err) {
+      this.#putBack(target, oldShared, old);
+      throw err;
+    }
+    this.#ref(source.runs, 1);
+    target.shared = null;
+    target.runs = source.runs;
+    this.#ref(old, -1);
+  }
+
+  release(seg: LinuxSegment): void {
+    if (seg.released) return;
+    sys.munmap(seg.addr, seg.length);
+    seg.released = true;
+    this.#segments.delete(seg);
+    this.#ref(seg.runs, -1);
+  }
+
+  address(seg: LinuxSegment): bigint {
+    return seg.addr;
+  }
+
+  view(seg: LinuxSegment, offset: number, length: number): ArrayBuffer {
+    // Safety: the range lies inside the segment's mapping, which stays at this
+    // address until release(); src/segment.ts detaches every view before that.
+    return sys.view(seg.addr + BigInt(offset), length);
+  }
+
+  stats(seg: LinuxSegment): BackendStats {
+    if (seg.shared !== null) {
+      return { privateBytes: Math.min(sys.allocatedBytes(seg.shared.fd), seg.length), sharedBytes: 0, mappings: 1 };
+    }
+    const dirty = this.scanWritten(seg);
+    let priv = pageCount(dirty);
+    let shared = 0;
+    for (const r of seg.runs) {
+      if (r.layer === null) continue;
+      for (const clean of subtract([r], dirty)) {
+        const alone = r.layer.refs.countEqual(clean.start, clean.end, 1);
+        priv += alone;
+        shared += clean.end - clean.start - alone;
+      }
+    }
+    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.runs.length };
+  }
+
+  memory(): BackendMemory {
+    let layerBytes = 0;
+    for (const layer of this.#layers) layerBytes += sys.allocatedBytes(layer.fd);
+    let privateBytes = 0;
+    let mappings = 0;
+    for (const seg of this.#segments) {
+      const s = this.stats(seg);
+      privateBytes += s.privateBytes;
+      mappings += s.mappings;
+    }
+    return { layers: this.#layers.size, layerBytes, privateBytes, mappings };
+  }
+
+  // ---- copy-on-write machinery ------------------------------------------------
+
+  /**
+   * Turns a fresh MAP_SHARED segment into a private mapping of its layer, at
+   * the same address, so the layer can be shared. Contents are unchanged at
+   * every step; afterwards the layer is never written again.
+   */
+  #makePrivate(seg: LinuxSegment): void {
+    const layer = seg.shared;
+    if (layer === null) return;
+    const data = this.zeroPage ? this.#dataRanges(layer.fd, seg.pages) : [{ start: 0, end: seg.pages }];
+    // Safety: MAP_FIXED over the segment's own whole mapping; views alias the
+    // same addresses and read the same bytes before and after.
+    sys.mmap(seg.addr, seg.length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_FIXED | sys.MAP_NORESERVE, layer.fd, 0);
+    seg.shared = null;
+    // Never-written ranges become anonymous memory, which reads as the zero
+    // page without allocating (reading a memfd hole allocates a page). If a
+    // mapping fails, that range simply stays on the layer: same contents.
+    const holes = subtract([{ start: 0, end: seg.pages }], data);
+    const done: Range[] = [];
+    for (const h of holes) {
+      try {
+        this.#mapRange(seg.addr, h, null, true);
+      } catch {
+        break;
+      }
+      done.push(h);
+    }
+    if (done.length > 0) this.#replace(seg, done, null);
+  }
+
+  /**
+   * Moves the pages `seg` wrote since its last freeze into a new layer and
+   * remaps them from it, so its run list describes its contents exactly.
+   * Atomic in content: each step leaves every page reading as before.
+   */
+  #freeze(seg: LinuxSegment): void {
+    const dirty = this.scanWritten(seg);
+    if (dirty.length === 0) return;
+    const layer = this.#newLayer(seg.length);
+    const done: Range[] = [];
+    try {
+      for (const r of dirty) {
+        sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
+      }
+      // Safety: each remap covers pages of the segment's own mapping with a
+      // layer holding exactly their current bytes.
+      for (const r of dirty) {
+        this.#mapRange(seg.addr, r, layer, true);
+        done.push(r);
+      }
+    } finally {
+      // Whatever was remapped is now in the layer; the rest stays private.
+      if (done.length > 0) {
+        this.#replace(seg, done, layer);
+        for (const r of subtract(dirty, done)) this.#punch(layer, r);
+      } else {
+        this.#closeLayer(layer);
+      }
+    }
+  }
+
+  /** Records that `ranges` of `seg` are now mapped from `layer`, with reference counts. */
+  #replace(seg: LinuxSegment, ranges: readonly Range[], layer: Layer | null): void {
+    const old = seg.runs;
+    seg.runs = overlay(old, ranges, layer);
+    this.#ref(seg.runs, 1);
+    this.#ref(old, -1);
+    if (layer !== null && layer.refs.empty) this.#closeLayer(layer);
+  }
+
+  /**
+   * Maps `runs` at `at` (MAP_FIXED) or anywhere (`at` null): the layer with
+   * the most pages in one call over the whole length, the other runs on top.
+   * On failure a new mapping is unmapped; a fixed one is left to the caller.
+   */
+  #mapRuns(at: bigint | null, runs: Runs, length: number): bigint {
+    const base = largestLayer(runs);
+    const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (base === null ? sys.MAP_ANONYMOUS : 0) | (at === null ? 0 : sys.MAP_FIXED);
+    const addr = sys.mmap(at, length, sys.PROT_READ | sys.PROT_WRITE, flags, base === null ? -1 : base.fd, 0);
+    try {
+      for (const r of runs) if (r.layer !== base) this.#mapRange(addr, r, r.layer, true);
+    } catch (err) {
+      if (at === null) {
+        try {
+          sys.munmap(addr, length);
+        } catch {
+          // Nothing else can be done; the error below is the one that matters.
+        }
+      }
+      throw err;
+    }
+    return addr;
+  }
+
+  /** Maps one page range of `layer` (or anonymous memory) at its place in the segment at `base`. */
+  #mapRange(base: bigint, r: Range, layer: Layer | null, fixed: boolean): void {
+    const off = r.start * this.pageSize;
+    const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (fixed ? sys.MAP_FIXED : 0) | (layer === null ? sys.MAP_ANONYMOUS : 0);
+    sys.mmap(base + BigInt(off), (r.end - r.start) * this.pageSize, sys.PROT_READ | sys.PROT_WRITE, flags, layer === null ? -1 : layer.fd, layer === null ? 0 : off);
+  }
+
+  /** After a failed restore: maps the target's old state back. */
+  #putBack(seg: LinuxSegment, shared: Layer | null, runs: Runs): void {
+    try {
+      if (shared !== null) {
+        sys.mmap(seg.addr, seg.length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_SHARED | sys.MAP_FIXED | sys.MAP_NORESERVE, shared.fd, 0);
+      } else {
+        this.#mapRuns(seg.addr, runs, seg.length);
+      }
+    } catch (err) {
+      // The target's mapping is now a mix of old and new runs that no
+      // bookkeeping describes; only a second failure in a row gets here.
+      throw new SegmentError(
+        `restore could not put the target back after a failure: ${(err as Error).message}`,
+        (err as SegmentError).code ?? 'EIO',
+        (err as SegmentError).errno,
+        (err as SegmentError).syscall,
+      );
+    }
+  }
+
+  #newLayer(length: number): Layer {
+    let fd: number;
+    const flags = sys.MFD_CLOEXEC | sys.MFD_ALLOW_SEALING;
+    if (this.#noexecSeal) {
+      try {
+        fd = sys.memfdCreate('memfork', flags | sys.MFD_NOEXEC_SEAL);
+      } catch (err) {
+        // MFD_NOEXEC_SEAL arrived in Linux 6.3; older kernels reject it.
+        if ((err as SegmentError).errno !== sys.EINVAL) throw err;
+        this.#noexecSeal = false;
+        fd = sys.memfdCreate('memfork', flags);
+      }
+    } else {
+      fd = sys.memfdCreate('memfork', flags);
+    }
+    try {
+      sys.ftruncate(fd, length);
+      sys.addSeals(fd, sys.F_SEAL_GROW | sys.F_SEAL_SHRINK);
+    } catch (err) {
+      sys.closeFd(fd);
+      throw err;
+    }
+    const layer = new Layer(fd);
+    this.#layers.add(layer);
+    return layer;
+  }
+
+  #closeLayer(layer: Layer): void {
+    if (layer.fd < 0) return;
+    // Mappings keep the file alive; the fd is only needed to map it again.
+    sys.closeFd(layer.fd);
+    layer.fd = -1;
+    this.#layers.delete(layer);
+  }
+
+  /** Adds `delta` to the reference counts of every layer run; frees what falls to zero. */
+  #ref(runs: Runs, delta: number): void {
+    for (const r of runs) {
+      const layer = r.layer;
+      if (layer === null) continue;
+      const freed = layer.refs.add(r.start, r.end, delta);
+      if (layer.refs.empty) {
+        this.#closeLayer(layer);
+        continue;
+      }
+      for (const f of freed) this.#punch(layer, f);
+    }
+  }
+
+  /** Frees a range of a layer that no mapping uses. */
+  #punch(layer: Layer, r: Range): void {
+    if (layer.fd < 0) return;
+    try {
+      sys.punchHole(layer.fd, r.start * this.pageSize, (r.end - r.start) * this.pageSize);
+    } catch {
+      // Only memory is lost if this fails, never data: nothing maps the range.
+    }
+  }
+
+  /** Page ranges of `fd` that hold data (SEEK_DATA / SEEK_HOLE). */
+  #dataRanges(fd: number, pages: number): Range[] {
+    const out: Range[] = [];
+    const end = pages * this.pageSize;
+    let off = 0;
+    while (off < end) {
+      const data = sys.seek(fd, off, sys.SEEK_DATA);
+      if (data < 0 || data >= end) break;
+      let hole = sys.seek(fd, data, sys.SEEK_HOLE);
+      if (hole < 0 || hole > end) hole = end;
+      out.push({ start: Math.floor(data / this.pageSize), end: Math.ceil(hole / this.pageSize) });
+      off = hole;
+    }
+    return coalesce(out);
+  }
+
+  // ---- finding written pages --------------------------------------------------
+
+  /**
+   * Page ranges of `seg` written since its last freeze: pages present (or
+   * swapped) in its private mappings that are neither file pages nor the zero
+   * page. Sorted, disjoint, merged.
+   */
+  scanWritten(seg: LinuxSegment): Range[] {
+    if (seg.shared !== null) return [{ start: 0, end: seg.pages }];
+    switch (this.scanMethod) {
+      case 'pagemap-scan':
+        return this.#scanIoctl(seg.addr, seg.pages);
+      case 'pagemap-read':
+        return this.#scanRead(seg.addr, seg.pages);
+      default:
+        return [{ start: 0, end: seg.pages }];
+    }
+  }
+
+  #chooseScan(wanted: ScanMethod | undefined): ScanMethod {
+    if (wanted === 'none') return 'none';
+    try {
+      this.#pagemapFd = sys.open('/proc/self/pagemap', sys.O_RDONLY | sys.O_CLOEXEC);
+    } catch {
+      return 'none';
+    }
+    if (wanted === 'pagemap-read') return 'pagemap-read';
+    try {
+      const bytes = PM_SCAN_ARG_SIZE + SCAN_REGIONS * PAGE_REGION_SIZE;
+      this.#scratch = sys.mmap(null, bytes, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+      // Safety: the scratch mapping lives as long as the backend (never unmapped).
+      this.#scratchArg = new BigUint64Array(sys.view(this.#scratch, PM_SCAN_ARG_SIZE));
+      this.#scratchVec = new BigUint64Array(sys.view(this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS * PAGE_REGION_SIZE));
+      this.#scanIoctl(this.#scratch, 1);
+      return 'pagemap-scan';
+    } catch (err) {
+      if (wanted === 'pagemap-scan') throw err;
+      return 'pagemap-read';
+    }
+  }
+
+  #scanIoctl(addr: bigint, pages: number): Range[] {
+    const arg = this.#scratchArg!;
+    const vec = this.#scratchVec!;
+    const page = BigInt(this.pageSize);
+    const end = addr + BigInt(pages) * page;
+    const out: Range[] = [];
+    let start = addr;
+    while (start < end) {
+      arg[0] = BigInt(PM_SCAN_ARG_SIZE);
+      arg[1] = 0n; // flags
+      arg[2] = start;
+      arg[3] = end;
+      arg[4] = 0n; // walk_end (out)
+      arg[5] = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
+      arg[6] = BigInt(SCAN_REGIONS);
+      arg[7] = 0n; // max_pages: no limit
+      arg[8] = PAGE_IS_FILE | PAGE_IS_PFNZERO; // category_inverted
+      arg[9] = PAGE_IS_FILE | PAGE_IS_PFNZERO; // category_mask: neither file nor zero page
+      arg[10] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // category_anyof_mask
+      arg[11] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // return_mask
+      const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
+      for (let i = 0; i < n; i++) {
+        const s = Number((vec[i * 3]! - addr) / page);
+        const e = Number((vec[i * 3 + 1]! - addr) / page);
+        const last = out[out.length - 1];
+        if (last !== undefined && last.end >= s) out[out.length - 1] = { start: last.start, end: Math.max(last.end, e) };
+        else out.push({ start: s, end: e });
+      }
+      // walk_end is unreliable once many regions come back (seen on 6.18):
+      // a short array means the walk reached the end.
+      if (n < SCAN_REGIONS) break;
+      start = vec[(n - 1) * 3 + 1]!;
+    }
+    return out;
+  }
+
+  #scanRead(addr: bigint, pages: number): Range[] {
+    const entries = new Uint32Array(Math.min(pages, READ_ENTRIES) * 2);
+    const first = Number(addr / BigInt(this.pageSize));
+    const out: Range[] = [];
+    for (let done = 0; done < pages; ) {
+      const want = Math.min(pages - done, READ_ENTRIES);
+      const got = sys.pread(this.#pagemapFd, entries, want * 8, (first + done) * 8) / 8;
+      if (got <= 0) throw new SegmentError(`pread EIO: short read of /proc/self/pagemap`, 'EIO', 5, 'pread');
+      for (let i = 0; i < got; i++) {
+        const hi = entries[i * 2 + 1]!;
+        const written =
+          (hi & PM_FILE) === 0 && ((hi & PM_PRESENT) !== 0 ? (hi & PM_EXCLUSIVE) !== 0 : (hi & PM_SWAPPED) !== 0);
+        if (!written) continue;
+        const p = done + i;
+        const last = out[out.length - 1];
+        if (last !== undefined && last.end === p) out[out.length - 1] = { start: last.start, end: p + 1 };
+        else out.push({ start: p, end: p + 1 });
+      }
+      done += got;
+    }
+    return out;
+  }
+
+  /** Whether the page at `addr`, only ever read, maps the shared zero page. */
+  #isZeroPage(addr: bigint): boolean {
+    if (this.#pagemapFd < 0) return true;
+    const entry = new Uint32Array(2);
+    sys.pread(this.#pagemapFd, entry, 8, Number(addr / BigInt(this.pageSize)) * 8);
+    const hi = entry[1]!;
+    return (hi & PM_PRESENT) !== 0 && (hi & PM_EXCLUSIVE) === 0 && (hi & PM_FILE) === 0;
+  }
+
+  /** For tests: number of live layers and open layer fds. */
+  layerCount(): number {
+    return this.#layers.size;
+  }
+}
+
+/** The layer (or anonymous memory) holding the most pages in `runs`. */
+function largestLayer(runs: Runs): Layer | null {
+  const sizes = new Map<Layer | null, number>();
+  let best: Layer | null = null;
+  let bestSize = -1;
+  for (const r of runs) {
+    const n = (sizes.get(r.layer) ?? 0) + r.end - r.start;
+    sizes.set(r.layer, n);
+    if (n > bestSize) {
+      bestSize = n;
+      best = r.layer;
+    }
+  }
+  return best;
+}
+

@@ -1,0 +1,194 @@
+// Run lists: which layer holds each page range of a segment. Pure functions
+// over sorted arrays, free of system calls, so they can be property-tested.
+// All positions are page indices; ranges are half-open [start, end).
+
+/** A half-open page range. Invariant: `start < end`. */
+export interface Range {
+  readonly start: number;
+  readonly end: number;
+}
+
+/** A page range and the layer that holds it (`null`: anonymous zero memory). */
+export interface Run<L> extends Range {
+  readonly layer: L;
+}
+
+/**
+ * Merges adjacent runs of the same layer. Page i lives at offset i in every
+ * layer, so two touching runs of one layer are one contiguous file range.
+ */
+export function merge<L>(runs: readonly Run<L>[]): Run<L>[] {
+  const out: Run<L>[] = [];
+  for (const r of runs) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last.layer === r.layer && last.end === r.start) {
+      out[out.length - 1] = { start: last.start, end: r.end, layer: r.layer };
+    } else {
+      out.push(r);
+    }
+  }
+  return out;
+}
+
+/**
+ * `base` with every range of `top` (sorted, disjoint) replaced by `layer`.
+ * The result covers exactly what `base` covers plus `top`, merged.
+ */
+export function overlay<L>(base: readonly Run<L>[], top: readonly Range[], layer: L): Run<L>[] {
+  const kept = select(base, subtract(coalesce(base), top));
+  const added = top.map((r) => ({ start: r.start, end: r.end, layer }));
+  return merge([...kept, ...added].sort((a, b) => a.start - b.start));
+}
+
+/** The parts of `runs` that fall inside `range`, clipped to it. */
+export function clip<L>(runs: readonly Run<L>[], range: Range): Run<L>[] {
+  const out: Run<L>[] = [];
+  for (const r of runs) {
+    if (r.end <= range.start || r.start >= range.end) continue;
+    out.push({ start: Math.max(r.start, range.start), end: Math.min(r.end, range.end), layer: r.layer });
+  }
+  return out;
+}
+
+/** The parts of `runs` under the sorted, disjoint `ranges`. */
+export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Run<L>[] {
+  const out: Run<L>[] = [];
+  let i = 0;
+  for (const g of ranges) {
+    while (i < runs.length && runs[i]!.end <= g.start) i++;
+    for (let j = i; j < runs.length && runs[j]!.start < g.end; j++) {
+      const r = runs[j]!;
+      out.push({ start: Math.max(r.start, g.start), end: Math.min(r.end, g.end), layer: r.layer });
+    }
+  }
+  return out;
+}
+
+/** Sorted, disjoint `a` minus sorted, disjoint `b`. */
+export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
+  const out: Range[] = [];
+  let j = 0;
+  for (const r of a) {
+    let s = r.start;
+    while (j < b.length && b[j]!.end <= s) j++;
+    let k = j;
+    while (s < r.end) {
+      const cut = b[k];
+      if (cut === undefined || cut.start >= r.end) {
+        out.push({ start: s, end: r.end });
+        break;
+      }
+      if (cut.start > s) out.push({ start: s, end: cut.start });
+      s = Math.max(s, cut.end);
+      k++;
+    }
+  }
+  return out;
+}
+
+/** Sorted ranges with touching or overlapping ones joined, and those closer than `gap` pages too. */
+export function coalesce(ranges: readonly Range[], gap = 0): Range[] {
+  const out: Range[] = [];
+  for (const r of ranges) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.start - last.end <= gap) {
+      out[out.length - 1] = { start: last.start, end: Math.max(last.end, r.end) };
+    } else {
+      out.push({ start: r.start, end: r.end });
+    }
+  }
+  return out;
+}
+
+/** Total pages in `ranges`. */
+export function pageCount(ranges: readonly Range[]): number {
+  let n = 0;
+  for (const r of ranges) n += r.end - r.start;
+  return n;
+}
+
+/** Which layer holds page `page` (binary search). */
+export function layerAt<L>(runs: readonly Run<L>[], page: number): L | undefined {
+  let lo = 0;
+  let hi = runs.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const r = runs[mid]!;
+    if (page < r.start) hi = mid - 1;
+    else if (page >= r.end) lo = mid + 1;
+    else return r.layer;
+  }
+  return undefined;
+}
+
+/**
+ * Reference counts over page ranges: how many runs of live segments use each
+ * page of one layer. Invariant: `spans` is sorted, disjoint, every count > 0,
+ * and touching spans have different counts.
+ */
+export class RefCounts {
+  private spans: { start: number; end: number; count: number }[] = [];
+
+  /** Pages with a count above zero. */
+  get pages(): number {
+    let n = 0;
+    for (const s of this.spans) n += s.end - s.start;
+    return n;
+  }
+
+  get empty(): boolean {
+    return this.spans.length === 0;
+  }
+
+  /** Adds `delta` over [start, end); returns the ranges whose count fell to zero. */
+  add(start: number, end: number, delta: number): Range[] {
+    if (start >= end) return [];
+    const next: { start: number; end: number; count: number }[] = [];
+    const freed: Range[] = [];
+    let cursor = start;
+    const push = (s: number, e: number, count: number): void => {
+      if (s >= e) return;
+      if (count < 0) throw new Error('reference count below zero');
+      if (count === 0) {
+        const last = freed[freed.length - 1];
+        if (last !== undefined && last.end === s) freed[freed.length - 1] = { start: last.start, end: e };
+        else freed.push({ start: s, end: e });
+        return;
+      }
+      const last = next[next.length - 1];
+      if (last !== undefined && last.end === s && last.count === count) last.end = e;
+      else next.push({ start: s, end: e, count });
+    };
+    for (const sp of this.spans) {
+      if (sp.end <= start || sp.start >= end) {
+        if (sp.start >= end && cursor < end) {
+          push(cursor, end, delta);
+          cursor = end;
+        }
+        push(sp.start, sp.end, sp.count);
+        continue;
+      }
+      push(sp.start, Math.max(sp.start, start), sp.count);
+      const s = Math.max(sp.start, start);
+      if (cursor < s) push(cursor, s, delta);
+      const e = Math.min(sp.end, end);
+      push(s, e, sp.count + delta);
+      cursor = e;
+      push(e, sp.end, sp.count);
+    }
+    if (cursor < end) push(cursor, end, delta);
+    // Ranges never counted that a negative delta reached are a bookkeeping bug.
+    this.spans = next;
+    return freed;
+  }
+
+  /** Pages in [start, end) whose count is exactly `count`. */
+  countEqual(start: number, end: number, count: number): number {
+    let n = 0;
+    for (const sp of this.spans) {
+      if (sp.count !== count || sp.end <= start || sp.start >= end) continue;
+      n += Math.min(sp.end, end) - Math.max(sp.start, start);
+    }
+    return n;
+  }
+}

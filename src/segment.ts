@@ -1,0 +1,388 @@
+// The public Segment: argument checks, closed state, view tracking and
+// detaching, finalization. Everything here is the same on every platform; the
+// backend only maps, clones, restores and unmaps.
+import type { Backend } from './backend.ts';
+import { closedError } from './errors.ts';
+import { detach } from './runtime.ts';
+import { roundUp } from './pages.ts';
+
+/** Figures about one segment, from {@link Segment.stats}. */
+export interface SegmentStats {
+  /** The length given at creation. */
+  byteLength: number;
+  /** Bytes of pages that belong to this segment alone: written since its last `clone()`/`restore()`, or shared with nothing. */
+  privateBytes: number;
+  /** Bytes of pages it shares copy-on-write with other segments, or holds in shared storage. */
+  sharedBytes: number;
+  /** Kernel mappings (VMAs on Linux, map entries on macOS) the segment uses now. */
+  mappings: number;
+}
+
+/** Process-wide figures, from {@link memoryStats}. */
+export interface MemoryStats {
+  /** Live segments. */
+  segments: number;
+  /** Backing layers (Linux) or memory objects. */
+  layers: number;
+  /** Bytes held in those layers. */
+  layerBytes: number;
+  /** Bytes private to segments. */
+  privateBytes: number;
+  /** Mappings used by all segments together. */
+  mappings: number;
+}
+
+// The state a Segment shares with the ArrayBuffers it hands out. Each buffer
+// keeps it reachable (through `owners`), so the memory is released by the
+// garbage collector only once the Segment and every buffer are unreachable.
+interface Core {
+  handle: unknown;
+  views: Set<WeakRef<ArrayBuffer>>;
+  /** Size of `views` after the last sweep of dead references. */
+  swept: number;
+  buffer: ArrayBuffer | undefined;
+  /** Set while `release` has failed and `close()` may retry it. */
+  releasePending: boolean;
+}
+
+interface Held {
+  backend: Backend;
+  handle: unknown;
+}
+
+let active: Backend | undefined;
+let live = 0;
+
+const owners = new WeakMap<ArrayBuffer, Core>();
+const finalizer = new FinalizationRegistry<Held>((held) => {
+  live--;
+  try {
+    held.backend.release(held.handle);
+  } catch {
+    // Nobody can be told any more; close() is the call that reports errors.
+  }
+});
+const constructing = Symbol('memfork.construct');
+
+/** Installs the backend every new segment uses (done once at load time). */
+export function setBackend(backend: Backend): void {
+  active = backend;
+}
+
+function currentBackend(): Backend {
+  if (active === undefined) throw new Error('memfork: no backend loaded');
+  return active;
+}
+
+/** Number of segments not yet released. */
+export function liveSegments(): number {
+  return live;
+}
+
+function checkLength(value: unknown, what: string): number {
+  if (typeof value !== 'number') {
+    throw new TypeError(`Invalid ${what}: expected a number, got ${describe(value)}`);
+  }
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`Invalid ${what}: expected a safe integer >= 0, got ${String(value)}`);
+  }
+  return value;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'bigint') return `bigint ${value}n`;
+  if (typeof value === 'object' || typeof value === 'function') return typeof value;
+  return `${typeof value} ${String(value)}`;
+}
+
+/**
+ * A region of memory that can be cloned copy-on-write inside this process,
+ * the way `fork()` copies a process.
+ *
+ * A segment is used from one thread at a time: `clone()` and `restore()`
+ * must not run while another thread (a worker, or a thread-pool read into
+ * its buffer) writes into it.
+ *
+ * @example
+ * ```ts
+ * using a = Segment.create(1 << 30);
+ * new Uint8Array(a.buffer).fill(7);
+ * using b = a.clone();             // shares every page with a
+ * new Uint8Array(b.buffer)[0] = 1; // copies one page; a still reads 7
+ * a.restore(b);                    // a now reads what b holds
+ * ```
+ */
+export class Segment implements Disposable {
+  /** The length given at creation (not rounded to pages). */
+  readonly byteLength: number;
+  #core: Core | undefined;
+  readonly #backend: Backend;
+
+  /** @internal Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
+  constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
+    if (token !== constructing) throw new TypeError('Illegal constructor: use Segment.create() or Segment.from()');
+    this.byteLength = byteLength;
+    this.#backend = backend;
+    const core: Core = { handle, views: new Set(), swept: 0, buffer: undefined, releasePending: false };
+    this.#core = core;
+    if (handle !== undefined) {
+      live++;
+      finalizer.register(core, { backend, handle }, core);
+    }
+  }
+
+  /**
+   * A new zero-filled, readable and writable segment.
+   *
+   * @param byteLength - a safe integer `>= 0`; `0` gives an empty segment.
+   * @returns the segment.
+   * @throws {TypeError} when `byteLength` is not a number.
+   * @throws {RangeError} when it is negative, fractional, not finite or above 2^53 - 1.
+   * @throws {SegmentError} when the system cannot map that much (`ENOMEM`, …).
+   * @example
+   * ```ts
+   * const seg = Segment.create(64 << 20);
+   * ```
+   */
+  static create(byteLength: number): Segment {
+    const length = checkLength(byteLength, 'byteLength');
+    const backend = currentBackend();
+    const handle = length === 0 ? undefined : backend.create(roundUp(length, backend.pageSize));
+    return new Segment(constructing, backend, length, handle);
+  }
+
+  /**
+   * A new segment holding a copy of the bytes of `source`.
+   *
+   * @param source - an ArrayBuffer, SharedArrayBuffer, typed array or DataView.
+   * @throws {TypeError} when `source` is none of those.
+   * @throws {SegmentError} when the system cannot map the memory.
+   * @example
+   * ```ts
+   * const seg = Segment.from(new TextEncoder().encode('hello'));
+   * ```
+   */
+  static from(source: ArrayBuffer | ArrayBufferView): Segment {
+    let bytes: Uint8Array;
+    if (ArrayBuffer.isView(source)) {
+      bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+    } else if (source instanceof ArrayBuffer || isSharedArrayBuffer(source)) {
+      bytes = new Uint8Array(source as ArrayBuffer);
+    } else {
+      throw new TypeError(`Invalid source: expected an ArrayBuffer or ArrayBufferView, got ${describe(source)}`);
+    }
+    const seg = Segment.create(bytes.byteLength);
+    try {
+      const window = Math.min(seg.#backend.maxViewLength, 1 << 30);
+      for (let off = 0; off < bytes.byteLength; off += window) {
+        const n = Math.min(window, bytes.byteLength - off);
+        const target = new Uint8Array(seg.view(off, n));
+        target.set(bytes.subarray(off, off + n));
+        // The window is ours alone: detach it now rather than keep it tracked.
+        seg.#forget(target.buffer);
+      }
+    } catch (err) {
+      seg.close();
+      throw err;
+    }
+    return seg;
+  }
+
+  /** Whether `close()` has been called. */
+  get closed(): boolean {
+    return this.#core === undefined;
+  }
+
+  /**
+   * An ArrayBuffer that aliases the whole segment; the same object on every read.
+   *
+   * @throws {RangeError} when the segment is larger than one ArrayBuffer may be on this runtime: use {@link Segment.view}.
+   * @throws {SegmentError} when the segment is closed.
+   */
+  get buffer(): ArrayBuffer {
+    const core = this.#open('read buffer');
+    if (core.buffer !== undefined) return core.buffer;
+    if (this.byteLength > this.#backend.maxViewLength) {
+      throw new RangeError(
+        `Cannot read buffer: ${this.byteLength} bytes exceed the ${this.#backend.maxViewLength}-byte ArrayBuffer limit of this runtime; use view(byteOffset, byteLength) instead`,
+      );
+    }
+    core.buffer = this.#makeView(core, 0, this.byteLength);
+    return core.buffer;
+  }
+
+  /** The start address, for passing to other FFI code (`0n` for an empty segment). */
+  get address(): bigint {
+    const core = this.#open('read address');
+    return core.handle === undefined ? 0n : this.#backend.address(core.handle);
+  }
+
+  /**
+   * An ArrayBuffer aliasing part of the segment.
+   *
+   * @param byteOffset - where the view starts; any offset, default 0.
+   * @param byteLength - its length; default the rest of the segment.
+   * @throws {TypeError} when an argument is not a number.
+   * @throws {RangeError} when the range falls outside the segment, or is longer than `backend.maxViewLength`.
+   * @throws {SegmentError} when the segment is closed.
+   * @example
+   * ```ts
+   * const page = new Uint8Array(seg.view(4096, 4096));
+   * ```
+   */
+  view(byteOffset: number = 0, byteLength?: number): ArrayBuffer {
+    const core = this.#open('create view');
+    const offset = checkLength(byteOffset, 'byteOffset');
+    if (offset > this.byteLength) {
+      throw new RangeError(`Invalid byteOffset: ${offset} is beyond the segment's ${this.byteLength} bytes`);
+    }
+    const length = byteLength === undefined ? this.byteLength - offset : checkLength(byteLength, 'byteLength');
+    if (offset + length > this.byteLength) {
+      throw new RangeError(
+        `Invalid byteLength: ${offset} + ${length} is beyond the segment's ${this.byteLength} bytes`,
+      );
+    }
+    if (length > this.#backend.maxViewLength) {
+      throw new RangeError(
+        `Invalid byteLength: ${length} exceeds the ${this.#backend.maxViewLength}-byte ArrayBuffer limit of this runtime`,
+      );
+    }
+    return this.#makeView(core, offset, length);
+  }
+
+  /**
+   * A copy-on-write copy of the current contents. Both segments stay readable
+   * and writable; a write to either is never seen by the other.
+   *
+   * @returns the new segment.
+   * @throws {SegmentError} when the system fails; this segment is then unchanged and usable.
+   * @example
+   * ```ts
+   * using snapshot = seg.clone();
+   * ```
+   */
+  clone(): Segment {
+    const core = this.#open('clone segment');
+    const handle = core.handle === undefined ? undefined : this.#backend.clone(core.handle);
+    return new Segment(constructing, this.#backend, this.byteLength, handle);
+  }
+
+  /**
+   * Makes this segment's contents equal to `source`'s current contents,
+   * sharing pages copy-on-write. The address, `buffer` and views stay valid.
+   *
+   * @param source - a segment of the same `byteLength`; it stays as it was.
+   * @throws {TypeError} when `source` is not a Segment.
+   * @throws {RangeError} when the lengths differ.
+   * @throws {SegmentError} when either segment is closed, or the system fails (both then read as before).
+   * @example
+   * ```ts
+   * const snapshot = state.clone();
+   * mutate(state);
+   * state.restore(snapshot); // roll back
+   * ```
+   */
+  restore(source: Segment): void {
+    const core = this.#open('restore segment');
+    if (!(source instanceof Segment)) {
+      throw new TypeError(`Invalid source: expected a Segment, got ${describe(source)}`);
+    }
+    const from = source.#core;
+    if (from === undefined) throw closedError('restore segment: source');
+    if (source.byteLength !== this.byteLength) {
+      throw new RangeError(
+        `Invalid source: its byteLength ${source.byteLength} differs from this segment's ${this.byteLength}`,
+      );
+    }
+    if (source === this || core.handle === undefined) return;
+    if (source.#backend !== this.#backend) {
+      throw new TypeError('Invalid source: it was made by another memfork backend');
+    }
+    this.#backend.restore(core.handle, from.handle);
+  }
+
+  /** Figures about this segment. */
+  stats(): SegmentStats {
+    const core = this.#open('read stats');
+    if (core.handle === undefined) return { byteLength: 0, privateBytes: 0, sharedBytes: 0, mappings: 0 };
+    return { byteLength: this.byteLength, ...this.#backend.stats(core.handle) };
+  }
+
+  /**
+   * Releases the segment. Idempotent. Every ArrayBuffer it handed out is
+   * detached first (its `byteLength` becomes 0). Other segments, clones
+   * included, are unaffected.
+   *
+   * @throws {SegmentError} when unmapping fails; calling `close()` again retries.
+   */
+  close(): void {
+    const core = this.#core;
+    if (core === undefined) {
+      this.#retryRelease();
+      return;
+    }
+    this.#core = undefined;
+    this.#pending = core;
+    for (const ref of core.views) {
+      const ab = ref.deref();
+      if (ab !== undefined) detach(ab);
+    }
+    core.views.clear();
+    core.buffer = undefined;
+    if (core.handle === undefined) return;
+    finalizer.unregister(core);
+    live--;
+    core.releasePending = true;
+    this.#retryRelease();
+  }
+
+  /** `close()`, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #pending: Core | undefined;
+
+  #retryRelease(): void {
+    const core = this.#pending;
+    if (core === undefined || !core.releasePending) return;
+    this.#backend.release(core.handle);
+    core.releasePending = false;
+    this.#pending = undefined;
+  }
+
+  #open(operation: string): Core {
+    const core = this.#core;
+    if (core === undefined) throw closedError(operation);
+    return core;
+  }
+
+  #makeView(core: Core, offset: number, length: number): ArrayBuffer {
+    if (length === 0) return new ArrayBuffer(0);
+    const ab = this.#backend.view(core.handle, offset, length);
+    owners.set(ab, core);
+    core.views.add(new WeakRef(ab));
+    if (core.views.size >= 2 * core.swept + 64) {
+      for (const ref of core.views) if (ref.deref() === undefined) core.views.delete(ref);
+      core.swept = core.views.size;
+    }
+    return ab;
+  }
+
+  #forget(ab: ArrayBuffer): void {
+    const core = this.#core;
+    if (core === undefined) return;
+    for (const ref of core.views) {
+      if (ref.deref() === ab) {
+        core.views.delete(ref);
+        break;
+      }
+    }
+    detach(ab);
+  }
+}
+
+function isSharedArrayBuffer(value: unknown): boolean {
+  return typeof SharedArrayBuffer !== 'undefined' && value instanceof SharedArrayBuffer;
+}
