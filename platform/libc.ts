@@ -251,6 +251,32 @@ export function allocatedBytes(fd: number): number {
   return Number(new DataView(buf.buffer).getBigInt64(64, true)) * 512;
 }
 
+/** The text of a small file such as one under /proc, or undefined when it cannot be read. */
+export function readSmallFile(path: string): string | undefined {
+  let fd: number;
+  try {
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  } catch {
+    return undefined;
+  }
+  try {
+    const chunks: Uint8Array[] = [];
+    let offset = 0;
+    for (;;) {
+      const chunk = new Uint8Array(65536);
+      const n = pread(fd, chunk, chunk.byteLength, offset);
+      if (n <= 0) break;
+      chunks.push(chunk.subarray(0, n));
+      offset += n;
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } catch {
+    return undefined;
+  } finally {
+    closeFd(fd);
+  }
+}
+
 /** The kernel's page size in bytes. */
 export function getpagesize(): number {
   return libc().getpagesize();

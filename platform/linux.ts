@@ -79,7 +79,18 @@ const READ_ENTRIES = 1 << 16;
 export interface LinuxOptions {
   /** Force a way of finding written pages (tests use it to cover both). */
   scan?: ScanMethod;
+  /**
+   * Mappings all segments together may use. Default: half of
+   * `vm.max_map_count`, less what the process used when the backend loaded
+   * and a reserve for V8 and everything else.
+   */
+  mapBudget?: number;
+  /** Runs one segment may reach before it is compacted (default 128). */
+  maxRuns?: number;
 }
+
+/** Mappings left for the rest of the process (V8, libraries, other FFI code). */
+const RESERVE = 4096;
 
 export class LinuxBackend implements Backend<LinuxSegment> {
   readonly name = 'linux' as const;
@@ -98,6 +109,12 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #scratchArg: BigUint64Array | undefined;
   #scratchVec: BigUint64Array | undefined;
   #noexecSeal = true;
+  /** Mappings all live segments use: the sum of their run counts. */
+  #mapCount = 0;
+  /** The most mappings all segments together may use. */
+  readonly mapBudget: number;
+  /** Runs one segment may reach before it is compacted. */
+  readonly maxRuns: number;
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
@@ -111,6 +128,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     } finally {
       sys.munmap(probe, this.pageSize);
     }
+    this.maxRuns = Math.max(8, options.maxRuns ?? 128);
+    this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -125,25 +144,24 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#closeLayer(layer);
       throw err;
     }
-    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [{ start: 0, end: pages, layer }], released: false };
-    this.#ref(seg.runs, 1);
+    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [], released: false };
+    this.#setRuns(seg, [{ start: 0, end: pages, layer }]);
     this.#segments.add(seg);
     return seg;
   }
 
   clone(source: LinuxSegment): LinuxSegment {
-    this.#makePrivate(source);
-    this.#freeze(source);
+    this.#prepare(source);
+    this.#ensureRoom(source.runs.length, source);
     const addr = this.#mapRuns(null, source.runs, source.length);
-    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: source.runs, released: false };
-    this.#ref(seg.runs, 1);
+    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], released: false };
+    this.#setRuns(seg, source.runs);
     this.#segments.add(seg);
     return seg;
   }
 
   restore(target: LinuxSegment, source: LinuxSegment): void {
-    this.#makePrivate(source);
-    this.#freeze(source);
+    this.#prepare(source);
     if (target.shared === null && target.runs === source.runs) {
       // Same run list: target differs from source only in the pages it wrote
       // since. Dropping them reverts each to its layer's contents (private
@@ -156,6 +174,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // the target must be put back, so its written pages go into a layer first
     // (with a single run the first call replaces everything or nothing).
     if (target.shared === null && source.runs.length > 1) this.#freeze(target);
+    this.#ensureRoom(source.runs.length - target.runs.length, source);
     const old = target.runs;
     const oldShared = target.shared;
     try {
@@ -164,10 +183,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#putBack(target, oldShared, old);
       throw err;
     }
-    this.#ref(source.runs, 1);
     target.shared = null;
-    target.runs = source.runs;
-    this.#ref(old, -1);
+    this.#setRuns(target, source.runs);
   }
 
   release(seg: LinuxSegment): void {
@@ -175,7 +192,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     sys.munmap(seg.addr, seg.length);
     seg.released = true;
     this.#segments.delete(seg);
-    this.#ref(seg.runs, -1);
+    this.#setRuns(seg, []);
   }
 
   address(seg: LinuxSegment): bigint {
@@ -210,16 +227,60 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     let layerBytes = 0;
     for (const layer of this.#layers) layerBytes += sys.allocatedBytes(layer.fd);
     let privateBytes = 0;
-    let mappings = 0;
-    for (const seg of this.#segments) {
-      const s = this.stats(seg);
-      privateBytes += s.privateBytes;
-      mappings += s.mappings;
-    }
-    return { layers: this.#layers.size, layerBytes, privateBytes, mappings };
+    for (const seg of this.#segments) privateBytes += this.stats(seg).privateBytes;
+    return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#mapCount };
   }
 
   // ---- copy-on-write machinery ------------------------------------------------
+
+  /**
+   * Brings `seg` to the state a clone or restore can share: private, its
+   * written pages in a layer, and no more runs than `maxRuns`.
+   */
+  #prepare(seg: LinuxSegment): void {
+    this.#makePrivate(seg);
+    const dirty = this.scanWritten(seg);
+    // Freezing adds up to two mappings per written run.
+    this.#ensureRoom(2 * dirty.length, seg);
+    this.#freeze(seg, dirty);
+    if (seg.runs.length > this.maxRuns) this.#compact(seg, this.maxRuns >> 2);
+  }
+
+  /**
+   * Makes room for `needed` more mappings under the budget by compacting the
+   * most fragmented segments; throws ENOMEM when even that cannot.
+   */
+  #ensureRoom(needed: number, current: LinuxSegment): void {
+    if (this.#mapCount + needed <= this.mapBudget) return;
+    const bySize = [...this.#segments].filter((s) => s.runs.length > 3).sort((a, b) => b.runs.length - a.runs.length);
+    for (const seg of bySize) {
+      this.#compact(seg, 1);
+      if (this.#mapCount + needed <= this.mapBudget) return;
+    }
+    if (current.runs.length > 3) this.#compact(current, 1);
+    if (this.#mapCount + needed <= this.mapBudget) return;
+    throw new SegmentError(
+      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount} of ${this.mapBudget} mappings in use, ${needed} more needed)`,
+      'ENOMEM',
+      12,
+      'mmap',
+    );
+  }
+
+  /**
+   * Rewrites the fragmented parts of `seg` into a new layer so it has at most
+   * `windows` ranges off its main layer (about 2 × windows + 1 runs). The
+   * windows are the off-main runs with the smallest gaps between them merged,
+   * so the clean pages copied to join them are as few as possible.
+   * Atomic in content, like a freeze: each remap maps the same bytes.
+   */
+  #compact(seg: LinuxSegment, windows: number): void {
+    const base = largestLayer(seg.runs);
+    const foreign = coalesce(seg.runs.filter((r) => r.layer !== base));
+    const chosen = joinSmallestGaps(foreign, Math.max(1, windows));
+    if (2 * chosen.length + 1 >= seg.runs.length) return;
+    this.#freeze(seg, chosen);
+  }
 
   /**
    * Turns a fresh MAP_SHARED segment into a private mapping of its layer, at
@@ -255,8 +316,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * remaps them from it, so its run list describes its contents exactly.
    * Atomic in content: each step leaves every page reading as before.
    */
-  #freeze(seg: LinuxSegment): void {
-    const dirty = this.scanWritten(seg);
+  #freeze(seg: LinuxSegment, dirty: Range[] = this.scanWritten(seg)): void {
     if (dirty.length === 0) return;
     const layer = this.#newLayer(seg.length);
     const done: Range[] = [];
@@ -281,13 +341,19 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
   }
 
-  /** Records that `ranges` of `seg` are now mapped from `layer`, with reference counts. */
+  /** Records that `ranges` of `seg` are now mapped from `layer`. */
   #replace(seg: LinuxSegment, ranges: readonly Range[], layer: Layer | null): void {
-    const old = seg.runs;
-    seg.runs = overlay(old, ranges, layer);
-    this.#ref(seg.runs, 1);
-    this.#ref(old, -1);
+    this.#setRuns(seg, overlay(seg.runs, ranges, layer));
     if (layer !== null && layer.refs.empty) this.#closeLayer(layer);
+  }
+
+  /** Gives `seg` a new run list, keeping reference counts and the mapping count. */
+  #setRuns(seg: LinuxSegment, runs: Runs): void {
+    const old = seg.runs;
+    this.#ref(runs, 1);
+    seg.runs = runs;
+    this.#mapCount += runs.length - old.length;
+    this.#ref(old, -1);
   }
 
   /**
@@ -378,10 +444,15 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   /** Adds `delta` to the reference counts of every layer run; frees what falls to zero. */
   #ref(runs: Runs, delta: number): void {
+    const byLayer = new Map<Layer, Range[]>();
     for (const r of runs) {
-      const layer = r.layer;
-      if (layer === null) continue;
-      const freed = layer.refs.add(r.start, r.end, delta);
+      if (r.layer === null) continue;
+      const list = byLayer.get(r.layer);
+      if (list === undefined) byLayer.set(r.layer, [r]);
+      else list.push(r);
+    }
+    for (const [layer, ranges] of byLayer) {
+      const freed = layer.refs.addAll(ranges, delta);
       if (layer.refs.empty) {
         this.#closeLayer(layer);
         continue;
@@ -529,6 +600,34 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   layerCount(): number {
     return this.#layers.size;
   }
+}
+
+/**
+ * `ranges` (sorted, disjoint) joined across their smallest gaps until at most
+ * `count` remain.
+ */
+export function joinSmallestGaps(ranges: readonly Range[], count: number): Range[] {
+  if (ranges.length <= count) return ranges.slice();
+  const gaps = ranges.slice(1).map((r, i) => ({ at: i, size: r.start - ranges[i]!.end }));
+  gaps.sort((a, b) => b.size - a.size || a.at - b.at);
+  const cuts = new Set(gaps.slice(0, count - 1).map((g) => g.at));
+  const out: Range[] = [];
+  let start = ranges[0]!.start;
+  for (let i = 0; i < ranges.length; i++) {
+    if (i === ranges.length - 1 || cuts.has(i)) {
+      out.push({ start, end: ranges[i]!.end });
+      if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
+    }
+  }
+  return out;
+}
+
+/** Half of vm.max_map_count, less what the process maps now and a reserve. */
+function defaultBudget(): number {
+  const max = Number.parseInt(sys.readSmallFile('/proc/sys/vm/max_map_count') ?? '65530', 10) || 65530;
+  const maps = sys.readSmallFile('/proc/self/maps');
+  const used = maps === undefined ? 1024 : maps.split('\n').length;
+  return Math.floor(max / 2) - used - RESERVE;
 }
 
 /** The layer (or anonymous memory) holding the most pages in `runs`. */

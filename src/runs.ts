@@ -142,42 +142,47 @@ export class RefCounts {
 
   /** Adds `delta` over [start, end); returns the ranges whose count fell to zero. */
   add(start: number, end: number, delta: number): Range[] {
-    if (start >= end) return [];
+    return this.addAll([{ start, end }], delta);
+  }
+
+  /**
+   * Adds `delta` over each of `ranges` (which may overlap and come in any
+   * order); returns the ranges whose count fell to zero. One sweep over
+   * the old spans and the new ranges together.
+   */
+  addAll(ranges: readonly Range[], delta: number): Range[] {
+    // Events: position, change of the old count, change of the new count.
+    const events: [number, number, number][] = [];
+    for (const sp of this.spans) {
+      events.push([sp.start, sp.count, sp.count], [sp.end, -sp.count, -sp.count]);
+    }
+    for (const r of ranges) {
+      if (r.start < r.end) events.push([r.start, 0, delta], [r.end, 0, -delta]);
+    }
+    events.sort((a, b) => a[0] - b[0]);
     const next: { start: number; end: number; count: number }[] = [];
     const freed: Range[] = [];
-    let cursor = start;
-    const push = (s: number, e: number, count: number): void => {
-      if (s >= e) return;
-      if (count < 0) throw new Error('reference count below zero');
-      if (count === 0) {
+    let oldCount = 0;
+    let newCount = 0;
+    for (let i = 0; i < events.length; ) {
+      const at = events[i]![0];
+      for (; i < events.length && events[i]![0] === at; i++) {
+        oldCount += events[i]![1];
+        newCount += events[i]![2];
+      }
+      if (newCount < 0) throw new Error('reference count below zero');
+      const to = i < events.length ? events[i]![0] : at;
+      if (to === at) continue;
+      if (newCount > 0) {
+        const last = next[next.length - 1];
+        if (last !== undefined && last.end === at && last.count === newCount) last.end = to;
+        else next.push({ start: at, end: to, count: newCount });
+      } else if (oldCount > 0) {
         const last = freed[freed.length - 1];
-        if (last !== undefined && last.end === s) freed[freed.length - 1] = { start: last.start, end: e };
-        else freed.push({ start: s, end: e });
-        return;
+        if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
+        else freed.push({ start: at, end: to });
       }
-      const last = next[next.length - 1];
-      if (last !== undefined && last.end === s && last.count === count) last.end = e;
-      else next.push({ start: s, end: e, count });
-    };
-    for (const sp of this.spans) {
-      if (sp.end <= start || sp.start >= end) {
-        if (sp.start >= end && cursor < end) {
-          push(cursor, end, delta);
-          cursor = end;
-        }
-        push(sp.start, sp.end, sp.count);
-        continue;
-      }
-      push(sp.start, Math.max(sp.start, start), sp.count);
-      const s = Math.max(sp.start, start);
-      if (cursor < s) push(cursor, s, delta);
-      const e = Math.min(sp.end, end);
-      push(s, e, sp.count + delta);
-      cursor = e;
-      push(e, sp.end, sp.count);
     }
-    if (cursor < end) push(cursor, end, delta);
-    // Ranges never counted that a negative delta reached are a bookkeeping bug.
     this.spans = next;
     return freed;
   }
