@@ -1,0 +1,388 @@
+// Run-list math, checked against a naive model: one entry per page saying
+// which layer holds it (or `undefined` where nothing covers the page).
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import {
+  clip,
+  coalesce,
+  layerAt,
+  merge,
+  overlay,
+  pageCount,
+  RefCounts,
+  select,
+  subtract,
+  type Range,
+  type Run,
+} from '../src/runs.ts';
+
+type Layer = string | null;
+type Model = (Layer | undefined)[];
+
+/** Pages [0, SPAN) are enough to reach every case; runs rarely pass it. */
+const SPAN = 64;
+const layers: Layer[] = [null, 'a', 'b', 'c'];
+
+/** Sorted, disjoint ranges; neighbours may touch. */
+const rangesArb: fc.Arbitrary<Range[]> = fc
+  .array(fc.record({ gap: fc.nat(4), len: fc.integer({ min: 1, max: 6 }) }), { maxLength: 12 })
+  .map((parts) => {
+    const out: Range[] = [];
+    let at = 0;
+    for (const p of parts) {
+      const start = at + p.gap;
+      out.push({ start, end: start + p.len });
+      at = start + p.len;
+    }
+    return out;
+  });
+
+/** Sorted, disjoint runs; touching neighbours may share a layer (not merged). */
+const runsArb: fc.Arbitrary<Run<Layer>[]> = fc
+  .tuple(rangesArb, fc.array(fc.constantFrom(...layers), { minLength: 12, maxLength: 12 }))
+  .map(([ranges, ls]) => ranges.map((r, i) => ({ ...r, layer: ls[i]! })));
+
+/** Runs that cover [0, n) exactly, as a segment's run list does. */
+const coveringRunsArb: fc.Arbitrary<Run<Layer>[]> = fc
+  .array(fc.record({ len: fc.integer({ min: 1, max: 6 }), layer: fc.constantFrom(...layers) }), { minLength: 1, maxLength: 12 })
+  .map((parts) => {
+    let at = 0;
+    return parts.map((p) => {
+      const r = { start: at, end: at + p.len, layer: p.layer };
+      at += p.len;
+      return r;
+    });
+  });
+
+const rangeArb: fc.Arbitrary<Range> = fc
+  .tuple(fc.nat(SPAN), fc.integer({ min: 1, max: SPAN }))
+  .map(([start, len]) => ({ start, end: start + len }));
+
+function modelOf(runs: readonly Run<Layer>[]): Model {
+  const m: Model = new Array(2 * SPAN + 16).fill(undefined);
+  for (const r of runs) for (let p = r.start; p < r.end; p++) m[p] = r.layer;
+  return m;
+}
+
+function pagesOf(ranges: readonly Range[]): Set<number> {
+  const s = new Set<number>();
+  for (const r of ranges) for (let p = r.start; p < r.end; p++) s.add(p);
+  return s;
+}
+
+function assertSortedDisjoint(ranges: readonly Range[]): void {
+  for (let i = 0; i < ranges.length; i++) {
+    const r = ranges[i]!;
+    assert.ok(r.start < r.end, `empty range ${JSON.stringify(r)}`);
+    if (i > 0) assert.ok(ranges[i - 1]!.end <= r.start, `overlap or disorder at ${i}: ${JSON.stringify(ranges)}`);
+  }
+}
+
+function assertMerged(runs: readonly Run<Layer>[]): void {
+  assertSortedDisjoint(runs);
+  for (let i = 1; i < runs.length; i++) {
+    const a = runs[i - 1]!;
+    const b = runs[i]!;
+    assert.ok(!(a.end === b.start && a.layer === b.layer), `unmerged neighbours at ${i}: ${JSON.stringify(runs)}`);
+  }
+}
+
+const opts = { numRuns: 1000 };
+
+describe('merge()', () => {
+  it('keeps every page in its layer and joins touching runs of one layer', () => {
+    fc.assert(
+      fc.property(runsArb, (runs) => {
+        const out = merge(runs);
+        assert.deepEqual(modelOf(out), modelOf(runs));
+        assertMerged(out);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('overlay()', () => {
+  it('puts the top ranges in the new layer and keeps every other page of the base', () => {
+    fc.assert(
+      fc.property(runsArb, rangesArb, fc.constantFrom(...layers), (base, top, layer) => {
+        const out = overlay(base, top, layer);
+        const want = modelOf(base);
+        for (const p of pagesOf(top)) want[p] = layer;
+        assert.deepEqual(modelOf(out), want);
+        assertMerged(out);
+      }),
+      opts,
+    );
+  });
+
+  it('keeps a covering run list covering, with the same page count', () => {
+    fc.assert(
+      fc.property(coveringRunsArb, rangesArb, fc.constantFrom(...layers), (base, top, layer) => {
+        const n = base[base.length - 1]!.end;
+        const inside = top.flatMap((r) => clip([{ ...r, layer: null }], { start: 0, end: n }));
+        const out = overlay(base, inside, layer);
+        assert.equal(out[0]!.start, 0);
+        assert.equal(out[out.length - 1]!.end, n);
+        assert.equal(pageCount(out), n);
+        assertMerged(out);
+      }),
+      opts,
+    );
+  });
+
+  it('returns the base unchanged in content for an empty top', () => {
+    fc.assert(
+      fc.property(runsArb, (base) => {
+        assert.deepEqual(modelOf(overlay(base, [], 'z')), modelOf(base));
+      }),
+    );
+  });
+});
+
+describe('clip()', () => {
+  it('keeps exactly the pages inside the range, each in its layer', () => {
+    fc.assert(
+      fc.property(runsArb, rangeArb, (runs, range) => {
+        const out = clip(runs, range);
+        const want = modelOf(runs).map((l, p) => (p >= range.start && p < range.end ? l : undefined));
+        assert.deepEqual(modelOf(out), want);
+        assertSortedDisjoint(out);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('select()', () => {
+  it('keeps exactly the pages under the ranges, each in its layer', () => {
+    fc.assert(
+      fc.property(runsArb, rangesArb, (runs, ranges) => {
+        const out = select(runs, ranges);
+        const under = pagesOf(ranges);
+        const want = modelOf(runs).map((l, p) => (under.has(p) ? l : undefined));
+        assert.deepEqual(modelOf(out), want);
+        assertSortedDisjoint(out);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('subtract()', () => {
+  it('gives the pages of a that are not in b, as sorted disjoint ranges', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, (a, b) => {
+        const out = subtract(a, b);
+        const bp = pagesOf(b);
+        const want = [...pagesOf(a)].filter((p) => !bp.has(p)).sort((x, y) => x - y);
+        assert.deepEqual([...pagesOf(out)].sort((x, y) => x - y), want);
+        assertSortedDisjoint(out);
+        assert.equal(pageCount(out), want.length);
+      }),
+      opts,
+    );
+  });
+
+  it('gives a back for an empty b and nothing for b covering a', () => {
+    fc.assert(
+      fc.property(rangesArb, (a) => {
+        assert.deepEqual(pagesOf(subtract(a, [])), pagesOf(a));
+        assert.deepEqual(subtract(a, [{ start: 0, end: 10 * SPAN }]), []);
+        assert.deepEqual(subtract(a, a), []);
+      }),
+    );
+  });
+});
+
+describe('coalesce()', () => {
+  /** Sorted by start; may overlap and touch. */
+  const sortedRangesArb = fc
+    .array(rangeArb, { maxLength: 12 })
+    .map((rs) => rs.sort((x, y) => x.start - y.start));
+
+  /** Model: maximal runs of covered pages, then runs closer than `gap` joined. */
+  function naive(ranges: readonly Range[], gap: number): Range[] {
+    const covered = pagesOf(ranges);
+    const runs: Range[] = [];
+    for (let p = 0; p < 4 * SPAN; p++) {
+      if (!covered.has(p)) continue;
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.end === p) runs[runs.length - 1] = { start: last.start, end: p + 1 };
+      else runs.push({ start: p, end: p + 1 });
+    }
+    const out: Range[] = [];
+    for (const r of runs) {
+      const last = out[out.length - 1];
+      if (last !== undefined && r.start - last.end <= gap) out[out.length - 1] = { start: last.start, end: r.end };
+      else out.push(r);
+    }
+    return out;
+  }
+
+  it('joins touching and overlapping ranges into maximal ones', () => {
+    fc.assert(
+      fc.property(sortedRangesArb, (ranges) => {
+        assert.deepEqual(coalesce(ranges), naive(ranges, 0));
+      }),
+      opts,
+    );
+  });
+
+  it('also joins ranges closer than the gap', () => {
+    fc.assert(
+      fc.property(sortedRangesArb, fc.nat(6), (ranges, gap) => {
+        const out = coalesce(ranges, gap);
+        assert.deepEqual(out, naive(ranges, gap));
+        for (let i = 1; i < out.length; i++) assert.ok(out[i]!.start - out[i - 1]!.end > gap);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('pageCount()', () => {
+  it('sums the pages of disjoint ranges', () => {
+    fc.assert(
+      fc.property(rangesArb, (ranges) => {
+        assert.equal(pageCount(ranges), pagesOf(ranges).size);
+      }),
+    );
+    assert.equal(pageCount([]), 0);
+  });
+});
+
+describe('layerAt()', () => {
+  it('finds the layer of every page, and undefined where no run covers it', () => {
+    fc.assert(
+      fc.property(runsArb, (runs) => {
+        const m = modelOf(runs);
+        for (let p = 0; p < m.length; p++) assert.equal(layerAt(runs, p), m[p], `page ${p}`);
+        assert.equal(layerAt(runs, -1), undefined);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('RefCounts', () => {
+  type Op =
+    | { kind: 'add'; start: number; end: number; delta: number }
+    | { kind: 'release'; pick: number; cut: number }
+    | { kind: 'wild'; start: number; end: number; delta: number };
+
+  const opArb: fc.Arbitrary<Op> = fc.oneof(
+    { weight: 4, arbitrary: fc.record({ kind: fc.constant('add' as const), start: fc.nat(SPAN), end: fc.nat(SPAN), delta: fc.integer({ min: 1, max: 3 }) }) },
+    { weight: 4, arbitrary: fc.record({ kind: fc.constant('release' as const), pick: fc.nat(), cut: fc.nat(8) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('wild' as const), start: fc.nat(SPAN), end: fc.nat(SPAN), delta: fc.integer({ min: -3, max: -1 }) }) },
+  );
+
+  function spansOf(rc: RefCounts): { start: number; end: number; count: number }[] {
+    return (rc as unknown as { spans: { start: number; end: number; count: number }[] }).spans;
+  }
+
+  function zeroRuns(before: number[], after: number[]): Range[] {
+    const out: Range[] = [];
+    for (let p = 0; p < after.length; p++) {
+      if (!(before[p]! > 0 && after[p] === 0)) continue;
+      const last = out[out.length - 1];
+      if (last !== undefined && last.end === p) out[out.length - 1] = { start: last.start, end: p + 1 };
+      else out.push({ start: p, end: p + 1 });
+    }
+    return out;
+  }
+
+  it('agrees with per-page counts through any sequence of adds and releases', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 40 }), fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 4 })), { minLength: 3, maxLength: 3 }), (ops, probes) => {
+        const rc = new RefCounts();
+        const model: number[] = new Array(SPAN + 1).fill(0);
+        const held: { start: number; end: number; delta: number }[] = [];
+        for (const op of ops) {
+          let start: number;
+          let end: number;
+          let delta: number;
+          if (op.kind === 'release') {
+            if (held.length === 0) continue;
+            const h = held.splice(op.pick % held.length, 1)[0]!;
+            // Release all of it, or keep a piece of it held.
+            const cut = Math.min(op.cut, h.end - h.start);
+            start = h.start + (cut > 0 && cut < h.end - h.start ? cut : 0);
+            end = h.end;
+            if (start > h.start) held.push({ start: h.start, end: start, delta: h.delta });
+            delta = -h.delta;
+          } else {
+            start = Math.min(op.start, op.end);
+            end = Math.max(op.start, op.end);
+            delta = op.delta;
+          }
+          const before = model.slice();
+          const after = model.slice();
+          for (let p = start; p < end; p++) after[p]! += delta;
+          const goesNegative = after.some((c) => c < 0);
+          if (goesNegative) {
+            const spans = JSON.stringify(spansOf(rc));
+            assert.throws(() => rc.add(start, end, delta), /below zero/);
+            assert.equal(JSON.stringify(spansOf(rc)), spans, 'a refused add leaves the counts as they were');
+            continue;
+          }
+          const freed = rc.add(start, end, delta);
+          for (let p = 0; p < model.length; p++) model[p] = after[p]!;
+          if (op.kind === 'add' && start < end) held.push({ start, end, delta });
+          if (op.kind === 'wild') {
+            // A successful wild release takes its pages back from what is held:
+            // simplest is to forget the held list and rebuild it from the model.
+            held.length = 0;
+            for (let p = 0; p < model.length; p++) if (model[p]! > 0) held.push({ start: p, end: p + 1, delta: model[p]! });
+          }
+          assert.deepEqual(freed, zeroRuns(before, after), `freed by add(${start}, ${end}, ${delta})`);
+          // Invariants of the spans.
+          const spans = spansOf(rc);
+          for (let i = 0; i < spans.length; i++) {
+            const s = spans[i]!;
+            assert.ok(s.start < s.end && s.count > 0);
+            if (i > 0) {
+              const prev = spans[i - 1]!;
+              assert.ok(prev.end <= s.start);
+              assert.ok(prev.end < s.start || prev.count !== s.count, 'touching spans have different counts');
+            }
+          }
+          for (let p = 0; p < model.length; p++) {
+            const sp = spans.find((s) => s.start <= p && p < s.end);
+            assert.equal(sp?.count ?? 0, model[p], `count of page ${p}`);
+          }
+          assert.equal(rc.pages, model.filter((c) => c > 0).length);
+          assert.equal(rc.empty, model.every((c) => c === 0));
+          for (const [a, b, c] of probes) {
+            const s = Math.min(a, b);
+            const e = Math.max(a, b);
+            assert.equal(rc.countEqual(s, e, c), model.slice(s, e).filter((x) => x === c).length, `countEqual(${s}, ${e}, ${c})`);
+          }
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('frees a range when its last reference goes, and is empty again', () => {
+    const rc = new RefCounts();
+    assert.equal(rc.empty, true);
+    assert.deepEqual(rc.add(0, 10, 1), []);
+    assert.deepEqual(rc.add(4, 6, 1), []);
+    assert.deepEqual(rc.add(0, 10, -1), [{ start: 0, end: 4 }, { start: 6, end: 10 }]);
+    assert.equal(rc.pages, 2);
+    assert.deepEqual(rc.add(4, 6, -1), [{ start: 4, end: 6 }]);
+    assert.equal(rc.empty, true);
+    assert.deepEqual(rc.add(3, 3, 1), []);
+    assert.equal(rc.empty, true);
+  });
+
+  it('refuses to count below zero', () => {
+    const rc = new RefCounts();
+    rc.add(2, 4, 1);
+    assert.throws(() => rc.add(0, 4, -1), /below zero/);
+    assert.throws(() => rc.add(2, 4, -2), /below zero/);
+    assert.equal(rc.pages, 2);
+  });
+});
