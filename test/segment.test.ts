@@ -156,7 +156,7 @@ for (const b of backends) {
       it('copies a SharedArrayBuffer', () => {
         const sab = new SharedArrayBuffer(page + 1);
         new Uint8Array(sab).set(pattern(page + 1, 5));
-        using seg = Segment.from(sab);
+        using seg = Segment.from(sab as unknown as ArrayBuffer);
         assertBytes(bytesOf(seg), pattern(page + 1, 5));
       });
 
