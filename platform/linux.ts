@@ -52,8 +52,23 @@ export interface LinuxSegment {
    * known to hold the same contents apart from pages written since.
    */
   runs: Runs;
+  /**
+   * Estimated µs spent mapping runs beyond the first few since this run list
+   * was last compacted, shared along clones of it. When it exceeds what a
+   * compaction would cost, compaction pays for itself (ski rental).
+   */
+  debt: number;
   released: boolean;
 }
+
+// Cost model for compaction (µs, measured on a 2-core x86_64 VM): mapping one
+// run of a clone or restore, and copying one page into a new layer.
+const MAP_COST = 6;
+const COPY_COST = 1.5;
+/** Written runs closer than this many pages are frozen as one, copying the clean pages between. */
+const JOIN_GAP = 4;
+/** Windows a cost-driven compaction leaves. */
+const COMPACT_WINDOWS = 4;
 
 /** How written pages are found. */
 export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
@@ -85,7 +100,7 @@ export interface LinuxOptions {
    * and a reserve for V8 and everything else.
    */
   mapBudget?: number;
-  /** Runs one segment may reach before it is compacted (default 128). */
+  /** Runs one segment may reach before it is compacted whatever the cost (default 4096). */
   maxRuns?: number;
 }
 
@@ -128,7 +143,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     } finally {
       sys.munmap(probe, this.pageSize);
     }
-    this.maxRuns = Math.max(8, options.maxRuns ?? 128);
+    this.maxRuns = Math.max(8, options.maxRuns ?? 4096);
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
   }
 
@@ -144,7 +159,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#closeLayer(layer);
       throw err;
     }
-    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [], released: false };
+    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [], debt: 0, released: false };
     this.#setRuns(seg, [{ start: 0, end: pages, layer }]);
     this.#segments.add(seg);
     return seg;
@@ -154,7 +169,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#prepare(source);
     this.#ensureRoom(source.runs.length, source);
     const addr = this.#mapRuns(null, source.runs, source.length);
-    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], released: false };
+    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
+    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], debt: source.debt, released: false };
     this.#setRuns(seg, source.runs);
     this.#segments.add(seg);
     return seg;
@@ -185,6 +201,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     target.shared = null;
     this.#setRuns(target, source.runs);
+    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
+    target.debt = source.debt;
   }
 
   release(seg: LinuxSegment): void {
@@ -242,8 +260,19 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const dirty = this.scanWritten(seg);
     // Freezing adds up to two mappings per written run.
     this.#ensureRoom(2 * dirty.length, seg);
-    this.#freeze(seg, dirty);
-    if (seg.runs.length > this.maxRuns) this.#compact(seg, this.maxRuns >> 2);
+    this.#freeze(seg, coalesce(dirty, JOIN_GAP));
+    if (seg.runs.length > this.maxRuns) {
+      this.#compact(seg, this.maxRuns >> 2);
+    } else if (seg.runs.length > 2 * COMPACT_WINDOWS + 1) {
+      const plan = joinSmallestGaps(this.#foreign(seg), COMPACT_WINDOWS);
+      if (seg.debt >= COPY_COST * pageCount(plan)) this.#compact(seg, COMPACT_WINDOWS);
+    }
+  }
+
+  /** Ranges of `seg` off its main layer (the one holding most pages). */
+  #foreign(seg: LinuxSegment): Range[] {
+    const base = largestLayer(seg.runs);
+    return coalesce(seg.runs.filter((r) => r.layer !== base));
   }
 
   /**
@@ -275,11 +304,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * Atomic in content, like a freeze: each remap maps the same bytes.
    */
   #compact(seg: LinuxSegment, windows: number): void {
-    const base = largestLayer(seg.runs);
-    const foreign = coalesce(seg.runs.filter((r) => r.layer !== base));
-    const chosen = joinSmallestGaps(foreign, Math.max(1, windows));
+    const chosen = joinSmallestGaps(this.#foreign(seg), Math.max(1, windows));
     if (2 * chosen.length + 1 >= seg.runs.length) return;
     this.#freeze(seg, chosen);
+    seg.debt = 0;
   }
 
   /**
