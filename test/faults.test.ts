@@ -1,0 +1,512 @@
+// Every failure path of the Linux backend, driven through the fault seam in
+// platform/libc.ts: for each operation, count the libc calls it makes, then
+// fail each of them in turn and check that the operation either throws a
+// clean SegmentError or (for calls the engine tolerates) succeeds correctly,
+// that no live segment's bytes changed, that every segment stays usable, and
+// that no descriptor, mapping or layer is left behind.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { constants } from 'node:os';
+import { Segment, setBackend } from '../src/segment.ts';
+import { SegmentError, errnoName } from '../src/errors.ts';
+import type { LinuxBackend as LinuxBackendType, ScanMethod } from '../platform/linux.ts';
+import type { CallName } from '../platform/libc.ts';
+import { linuxOnly, newSegmentLikeMaps, snapshot, type ProcSnapshot } from './helpers/proc.ts';
+
+const skip = linuxOnly;
+
+// Loaded lazily so that other platforms never open libc.so.6.
+type Sys = typeof import('../platform/libc.ts');
+type LinuxModule = typeof import('../platform/linux.ts');
+let sys: Sys;
+let LinuxBackend: LinuxModule['LinuxBackend'];
+if (!skip) {
+  sys = require('../platform/libc.ts') as Sys;
+  LinuxBackend = (require('../platform/linux.ts') as LinuxModule).LinuxBackend;
+}
+
+const E = constants.errno;
+
+/** The errno each call fails with: what the kernel could really return there. */
+const errnoFor: Record<CallName, number> = {
+  memfd_create: E.EMFILE,
+  ftruncate: E.EIO,
+  fcntl: E.EIO,
+  mmap: E.ENOMEM,
+  munmap: E.ENOMEM,
+  madvise: E.ENOMEM,
+  pwrite: E.ENOSPC,
+  pread: E.EIO,
+  fallocate: E.EIO,
+  lseek: E.EIO,
+  close: E.EIO,
+  open: E.EMFILE,
+  ioctl: E.EIO,
+  fstat: E.EIO,
+};
+
+/**
+ * Calls whose failure the engine may absorb: freeing part of a layer
+ * (punch-hole), closing a descriptor (Linux frees it even on error).
+ */
+const tolerated = new Set<CallName>(['fallocate', 'close']);
+
+/** What a scenario prepared: its live segments and the operation under test. */
+interface Prepared {
+  segs: Segment[];
+  op(): Segment | void;
+  /** Contents every segment in `segs` must hold after a successful op (default: unchanged). */
+  after?(before: Uint8Array[]): Uint8Array[];
+  /** Contents of the segment the op returns, after success. */
+  result?(before: Uint8Array[]): Uint8Array;
+  /** Index in `segs` of a segment the op closes. */
+  closes?: number;
+}
+
+interface Scenario {
+  name: string;
+  setup(page: number): Prepared;
+}
+
+function write(seg: Segment, page: number, pages: readonly number[], value: number): void {
+  const u = new Uint8Array(seg.buffer);
+  for (const p of pages) {
+    u[p * page] = value;
+    u[p * page + 1234] = value ^ 0x5a;
+    u[(p + 1) * page - 1] = value + 1;
+  }
+}
+
+function read(seg: Segment): Uint8Array {
+  return seg.byteLength === 0 ? new Uint8Array(0) : new Uint8Array(seg.buffer).slice();
+}
+
+function pattern(n: number): Uint8Array {
+  const u = new Uint8Array(n);
+  for (let i = 0; i < n; i++) u[i] = (i * 31 + 7) & 0xff;
+  return u;
+}
+
+const scenarios: Scenario[] = [
+  {
+    name: 'create()',
+    setup: (page) => ({ segs: [], op: () => Segment.create(5 * page + 100), result: () => new Uint8Array(5 * page + 100) }),
+  },
+  {
+    name: 'from()',
+    setup: (page) => ({ segs: [], op: () => Segment.from(pattern(3 * page + 5)), result: () => pattern(3 * page + 5) }),
+  },
+  {
+    name: 'first clone() of a fresh segment',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9, 15], 1);
+      return { segs: [a], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() after writes at several places',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      write(a, page, [1, 5, 6, 12, 15], 2);
+      return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() of a written clone',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      write(c, page, [2, 7, 8, 14], 3);
+      return { segs: [a, c], op: () => c.clone(), result: (b) => b[1]! };
+    },
+  },
+  {
+    name: 'clone() of a segment with several runs, written again',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s1 = a.clone();
+      write(a, page, [1, 5, 6, 12], 2);
+      const s2 = a.clone();
+      write(a, page, [2, 10, 11], 4);
+      return { segs: [a, s1, s2], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'restore() to the last snapshot (fast path)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s = a.clone();
+      write(a, page, [2, 4, 11], 5);
+      return { segs: [a, s], op: () => a.restore(s), after: (b) => [b[1]!, b[1]!] };
+    },
+  },
+  {
+    name: 'restore() to a different snapshot with several runs',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s1 = a.clone();
+      write(a, page, [1, 5, 6, 12], 2);
+      const s2 = a.clone();
+      write(a, page, [2, 4], 3);
+      write(s1, page, [3, 10], 6);
+      return { segs: [a, s1, s2], op: () => s1.restore(s2), after: (b) => [b[0]!, b[2]!, b[2]!] };
+    },
+  },
+  {
+    name: 'restore() of a segment to an older snapshot',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s1 = a.clone();
+      write(a, page, [1, 5, 6, 12], 2);
+      const s2 = a.clone();
+      write(a, page, [2, 4, 7], 3);
+      return { segs: [a, s1, s2], op: () => a.restore(s1), after: (b) => [b[1]!, b[1]!, b[2]!] };
+    },
+  },
+  {
+    name: 'restore() of a fresh segment from a snapshot with several runs',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s1 = a.clone();
+      write(a, page, [1, 5, 6, 12], 2);
+      const s2 = a.clone();
+      const f = Segment.create(16 * page);
+      write(f, page, [0, 8, 13], 7);
+      return { segs: [a, s1, s2, f], op: () => f.restore(s2), after: (b) => [b[0]!, b[1]!, b[2]!, b[2]!] };
+    },
+  },
+  {
+    name: 'restore() from a source written since its last clone',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s = a.clone();
+      write(s, page, [1, 13, 14], 8);
+      write(a, page, [4], 9);
+      return { segs: [a, s], op: () => a.restore(s), after: (b) => [b[1]!, b[1]!] };
+    },
+  },
+  {
+    name: 'close() of a cloned and written segment',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const s = a.clone();
+      write(a, page, [2, 4], 2);
+      const s2 = a.clone();
+      write(a, page, [5], 3);
+      return { segs: [a, s, s2], op: () => a.close(), closes: 0 };
+    },
+  },
+  {
+    name: 'close() of a fresh segment',
+    setup: (page) => {
+      const a = Segment.create(8 * page);
+      write(a, page, [0, 7], 1);
+      const other = Segment.create(8 * page);
+      write(other, page, [1], 2);
+      return { segs: [a, other], op: () => a.close(), closes: 0 };
+    },
+  },
+];
+
+/** Clones, writes and restores `seg` to show it still works; closes what it made. */
+function exercise(seg: Segment, page: number): void {
+  if (seg.byteLength === 0) return;
+  const u = new Uint8Array(seg.buffer);
+  u[0] = (u[0]! + 1) & 0xff;
+  const saved = u.slice();
+  const c = seg.clone();
+  try {
+    assert.deepEqual(new Uint8Array(c.buffer), saved, 'a clone made after the failure reads as its source');
+    u[page - 1] = (u[page - 1]! + 3) & 0xff;
+    new Uint8Array(c.buffer)[1] = 0xee;
+    assert.equal(u[1], saved[1], 'a write to the clone is not seen by the source');
+    seg.restore(c);
+    const expected = saved.slice();
+    expected[1] = 0xee;
+    assert.deepEqual(new Uint8Array(seg.buffer), expected, 'restore() after the failure works');
+  } finally {
+    c.close();
+  }
+}
+
+function assertNoLeak(backend: LinuxBackendType, base: ProcSnapshot, layers: number, where = ''): void {
+  const now = snapshot();
+  assert.equal(backend.layerCount(), layers, `${where}layers left behind`);
+  assert.equal(now.fds, base.fds, `${where}descriptors left open`);
+  assert.equal(now.layerMaps, base.layerMaps, `${where}layer mappings left behind`);
+  // V8 and malloc map and unmap their own memory at any time: look only at
+  // new mappings that look like segments.
+  const added = newSegmentLikeMaps(base);
+  assert.deepEqual(added, [], `${where}mappings left behind: ${added.join('; ')}`);
+}
+
+/** Runs a scenario once without faults and returns how many times the op calls each function. */
+function countCalls(scenario: Scenario, page: number): Map<CallName, number> {
+  const p = scenario.setup(page);
+  // Read every segment as the faulty runs do: reading memory can change what
+  // the op has to do (it fills memory-file holes, or allocates pages).
+  p.segs.map(read);
+  sys.callCounts(true);
+  const r = p.op();
+  const counts = sys.callCounts(true);
+  if (r instanceof Segment) r.close();
+  for (const s of p.segs) s.close();
+  return counts;
+}
+
+interface Outcome {
+  injected: number;
+  threw: number;
+  absorbed: Map<string, number>;
+  /** One line per failure point whose checks failed. */
+  broken: string[];
+}
+
+function newOutcome(): Outcome {
+  return { injected: 0, threw: 0, absorbed: new Map(), broken: [] };
+}
+
+/** Every failure point of every scenario, one after the other; failed checks are collected. */
+function runAll(backend: LinuxBackendType, sticky: boolean, out: Outcome): string[] {
+  const perScenario: string[] = [];
+  for (const scenario of scenarios) {
+    const counts = countCalls(scenario, backend.pageSize);
+    assert.ok(counts.size > 0, `${scenario.name} makes libc calls`);
+    for (const [name, n] of counts) {
+      for (let k = 1; k <= n; k++) {
+        const problems = runWithFault(backend, scenario, name, k, sticky, out);
+        if (problems.length > 0) {
+          out.broken.push(`${scenario.name}, ${name} call ${k}${sticky ? ' and after' : ''} failing: ${problems.join('; ')}`);
+        }
+      }
+    }
+    perScenario.push(`${scenario.name}: ${[...counts].map(([n, c]) => `${n}×${c}`).join(' ')}`);
+  }
+  return perScenario;
+}
+
+function report(t: { diagnostic(msg: string): void }, out: Outcome, what: string): void {
+  t.diagnostic(
+    `${out.injected} ${what} failure points injected, ${out.threw} threw SegmentError, absorbed: ${
+      [...out.absorbed].map(([n, c]) => `${n}×${c}`).join(' ') || 'none'
+    }`,
+  );
+  if (out.broken.length > 0) {
+    assert.fail(`${out.broken.length} of ${out.injected} failure points broke the contract:\n${out.broken.join('\n')}`);
+  }
+}
+
+/** Pages where `actual` and `expected` differ, e.g. "pages 2, 4 differ", or '' when equal. */
+function pageDiff(actual: Uint8Array, expected: Uint8Array, page: number): string {
+  if (actual.length !== expected.length) return `length ${actual.length} instead of ${expected.length}`;
+  const bad: number[] = [];
+  for (let p = 0; p * page < actual.length; p++) {
+    const a = actual.subarray(p * page, (p + 1) * page);
+    const e = expected.subarray(p * page, (p + 1) * page);
+    if (Buffer.compare(a, e) !== 0) bad.push(p);
+  }
+  return bad.length === 0 ? '' : `page${bad.length > 1 ? 's' : ''} ${bad.join(', ')} differ`;
+}
+
+/**
+ * Fails the `k`-th call of `name` during the scenario's op (from the k-th on
+ * when `sticky`) and checks everything the contract promises. Returns what
+ * broke, one line each.
+ */
+function runWithFault(
+  backend: LinuxBackendType,
+  scenario: Scenario,
+  name: CallName,
+  k: number,
+  sticky: boolean,
+  out: Outcome,
+): string[] {
+  const page = backend.pageSize;
+  const problems: string[] = [];
+  const check = (what: string, fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      problems.push(`${what}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  };
+  const base = snapshot();
+  const layers = backend.layerCount();
+  const p = scenario.setup(page);
+  const before = p.segs.map(read);
+  const buffers = p.segs.map((s) => s.buffer);
+  const errno = errnoFor[name];
+  let result: Segment | void = undefined;
+  let error: unknown;
+  sys.callCounts(true);
+  sys.injectFault(name, k, errno, sticky);
+  try {
+    result = p.op();
+  } catch (err) {
+    error = err;
+  } finally {
+    sys.clearFaults();
+  }
+  out.injected++;
+  check('the fault was reached', () => assert.ok((sys.callCounts().get(name) ?? 0) >= k, 'the op no longer makes that call'));
+
+  const made: Segment[] = [];
+  if (result instanceof Segment) made.push(result);
+  try {
+    if (error !== undefined) {
+      out.threw++;
+      check('error', () => {
+        assert.ok(error instanceof SegmentError, `threw ${String(error)} instead of a SegmentError`);
+        assert.equal(error.syscall, name, 'syscall');
+        assert.equal(error.errno, errno, 'errno');
+        assert.equal(error.code, errnoName(errno), 'code');
+      });
+      check('message', () => {
+        const message = (error as Error).message;
+        assert.ok(message.startsWith(`${name} ${errnoName(errno)}: `), `"${message}" is not in the form "${name} ${errnoName(errno)}: …"`);
+      });
+    } else {
+      // The op succeeded anyway: its result is checked like any other below.
+      out.absorbed.set(name, (out.absorbed.get(name) ?? 0) + 1);
+    }
+
+    if (p.closes !== undefined) {
+      const closing = p.segs[p.closes]!;
+      check('close()', () => {
+        assert.equal(closing.closed, true, 'closed after close()');
+        assert.equal(buffers[p.closes!]!.byteLength, 0, 'buffer detached by close()');
+        // A failed close() is retried by the next one; a done one is a no-op.
+        closing.close();
+      });
+    }
+
+    const expected = error === undefined && p.after !== undefined ? p.after(before) : before;
+    p.segs.forEach((s, i) => {
+      if (i === p.closes) return;
+      check(`segment ${i}`, () => {
+        assert.equal(buffers[i]!.byteLength, s.byteLength, 'its buffer was detached');
+        const diff = pageDiff(read(s), expected[i]!, page);
+        assert.equal(diff, '', `${diff} from what it held ${error === undefined ? 'after success' : 'before the failed op'}`);
+      });
+    });
+    if (error === undefined && p.result !== undefined) {
+      check('new segment', () => {
+        assert.ok(result instanceof Segment, 'the op returned no segment');
+        const diff = pageDiff(read(result), p.result!(before), page);
+        assert.equal(diff, '', diff);
+      });
+    }
+
+    for (const [i, s] of [...p.segs, ...made].entries()) {
+      if (!s.closed) check(`segment ${i} usable afterwards`, () => exercise(s, page));
+    }
+  } finally {
+    for (const s of [...p.segs, ...made]) {
+      check('closing', () => s.close());
+    }
+  }
+  check('leaks', () => assertNoLeak(backend, base, layers));
+  return problems;
+}
+
+const scanMethods: ScanMethod[] = ['pagemap-scan', 'pagemap-read', 'none'];
+
+for (const scan of scanMethods) {
+  test(`every single libc failure during create, from, clone, restore and close is clean (scan: ${scan})`, { skip }, (t) => {
+    const backend = new LinuxBackend({ scan });
+    if (backend.scanMethod !== scan) {
+      t.skip(`${scan} is not available here (got ${backend.scanMethod})`);
+      return;
+    }
+    setBackend(backend);
+    const out = newOutcome();
+    for (const line of runAll(backend, false, out)) t.diagnostic(line);
+    report(t, out, 'single');
+    for (const name of out.absorbed.keys()) {
+      assert.ok(tolerated.has(name as CallName), `a failing ${name} call was absorbed silently`);
+    }
+    assert.ok(out.injected > 100);
+  });
+}
+
+test('persistent libc failures (every call from the k-th on) are clean too', { skip }, (t) => {
+  const backend = new LinuxBackend({ scan: 'pagemap-scan' });
+  setBackend(backend);
+  const out = newOutcome();
+  runAll(backend, true, out);
+  report(t, out, 'persistent');
+});
+
+test('close() that fails to unmap reports it, detaches, and the next close() retries', { skip }, () => {
+  const backend = new LinuxBackend();
+  setBackend(backend);
+  const base = snapshot();
+  const layers = backend.layerCount();
+  const page = backend.pageSize;
+  const a = Segment.create(4 * page);
+  write(a, page, [0, 2], 9);
+  const keep = a.clone();
+  const buf = a.buffer;
+  const view = a.view(page, page);
+  sys.injectFault('munmap', 1, E.ENOMEM);
+  let error: unknown;
+  try {
+    a.close();
+  } catch (err) {
+    error = err;
+  } finally {
+    sys.clearFaults();
+  }
+  assert.ok(error instanceof SegmentError);
+  assert.equal(error.code, 'ENOMEM');
+  assert.equal(error.errno, E.ENOMEM);
+  assert.equal(error.syscall, 'munmap');
+  assert.equal(a.closed, true);
+  assert.equal(buf.byteLength, 0);
+  assert.equal(view.byteLength, 0);
+  assert.throws(() => a.clone(), (e: unknown) => e instanceof SegmentError && e.code === 'ERR_SEGMENT_CLOSED');
+  sys.callCounts(true);
+  a.close();
+  assert.equal(sys.callCounts().get('munmap'), 1, 'the second close() unmapped');
+  sys.callCounts(true);
+  a.close();
+  assert.equal(sys.callCounts().get('munmap') ?? 0, 0, 'a third close() does nothing');
+  const expected = new Uint8Array(4 * page);
+  expected[0] = 9;
+  expected[1234] = 9 ^ 0x5a;
+  expected[page - 1] = 10;
+  expected[2 * page] = 9;
+  expected[2 * page + 1234] = 9 ^ 0x5a;
+  expected[3 * page - 1] = 10;
+  assert.deepEqual(new Uint8Array(keep.buffer), expected, 'the clone is unaffected');
+  keep.close();
+  assertNoLeak(backend, base, layers, 'after the retried close: ');
+});
+
+test('create() falls back when the kernel rejects MFD_NOEXEC_SEAL', { skip }, () => {
+  const backend = new LinuxBackend();
+  setBackend(backend);
+  sys.injectFault('memfd_create', 1, E.EINVAL);
+  let seg: Segment;
+  try {
+    seg = Segment.create(backend.pageSize);
+  } finally {
+    sys.clearFaults();
+  }
+  new Uint8Array(seg.buffer)[5] = 5;
+  const c = seg.clone();
+  assert.equal(new Uint8Array(c.buffer)[5], 5);
+  c.close();
+  seg.close();
+});

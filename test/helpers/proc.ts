@@ -1,0 +1,160 @@
+// What the kernel says about this process, read from /proc: open file
+// descriptors, mappings and memory. Linux only; every suite that uses it
+// skips elsewhere with `linuxOnly`.
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+
+/** `false`, or the reason a Linux-only suite is skipped (for `{ skip }`). */
+export const linuxOnly: false | string = process.platform !== 'linux' && 'Linux only: reads /proc and uses memfd';
+
+/** Number of entries in /proc/self/fd (including the one used to list it). */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Every open descriptor and what it links to, e.g. `/memfd:memfork (deleted)`. */
+export function fdTargets(): { fd: number; target: string }[] {
+  const out: { fd: number; target: string }[] = [];
+  for (const name of readdirSync('/proc/self/fd')) {
+    try {
+      out.push({ fd: Number(name), target: readlinkSync(`/proc/self/fd/${name}`) });
+    } catch {
+      // The descriptor used to list the directory is gone by now.
+    }
+  }
+  return out;
+}
+
+/** Descriptors of memfork's memory files (layers). */
+export function layerFds(): number[] {
+  return fdTargets()
+    .filter((f) => f.target.startsWith('/memfd:memfork'))
+    .map((f) => f.fd);
+}
+
+/** The lines of /proc/self/maps. */
+export function mapsLines(): string[] {
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l !== '');
+}
+
+/** Number of lines (VMAs) in /proc/self/maps. */
+export function mapsCount(): number {
+  return mapsLines().length;
+}
+
+/** Number of mappings of memfork's memory files. */
+export function layerMapsCount(): number {
+  let n = 0;
+  for (const l of mapsLines()) if (l.includes('memfd:memfork')) n++;
+  return n;
+}
+
+/** Whether any mapping of this process covers `addr`. */
+export function isMapped(addr: bigint): boolean {
+  for (const l of mapsLines()) {
+    const dash = l.indexOf('-');
+    const space = l.indexOf(' ');
+    const start = BigInt(`0x${l.slice(0, dash)}`);
+    const end = BigInt(`0x${l.slice(dash + 1, space)}`);
+    if (addr >= start && addr < end) return true;
+  }
+  return false;
+}
+
+function kbField(text: string, field: string): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
+  if (m === null) throw new Error(`no ${field} field`);
+  return Number(m[1]) * 1024;
+}
+
+/** System-wide Shmem + AnonPages from /proc/meminfo, in bytes (other processes add noise). */
+export function systemMemory(): number {
+  const text = readFileSync('/proc/meminfo', 'utf8');
+  return kbField(text, 'Shmem') + kbField(text, 'AnonPages');
+}
+
+/** This process's resident anonymous + shared-memory bytes (RssAnon + RssShmem). */
+export function processMemory(): number {
+  const text = readFileSync('/proc/self/status', 'utf8');
+  return kbField(text, 'RssAnon') + kbField(text, 'RssShmem');
+}
+
+/**
+ * The mappings that look like memfork's own: private or shared, readable and
+ * writable, MAP_NORESERVE (`nr`), anonymous or of a memfork memory file, and
+ * not marked don't-fork (`dc`) the way V8 marks its heap, and at most
+ * `maxBytes` long (malloc's arenas look the same but are large and grow).
+ * V8 and libuv map and unmap their own memory at any time; these lines stay put.
+ */
+export function segmentLikeMaps(maxBytes = 1 << 20): string[] {
+  const out: string[] = [];
+  const entries = readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
+  for (const e of entries) {
+    const nl = e.indexOf('\n');
+    const head = nl < 0 ? e : e.slice(0, nl);
+    const fields = head.trim().split(/\s+/);
+    const [start, end] = (fields[0] ?? '').split('-').map((x) => BigInt(`0x${x}`));
+    if (start === undefined || end === undefined || end - start > BigInt(maxBytes)) continue;
+    const perms = fields[1] ?? '';
+    const path = fields.slice(5).join(' ');
+    if (!perms.startsWith('rw')) continue;
+    if (path !== '' && !path.startsWith('/memfd:memfork')) continue;
+    const flags = /^VmFlags:(.*)$/m.exec(e)?.[1]?.trim().split(/\s+/) ?? [];
+    if (!flags.includes('nr') || flags.includes('dc')) continue;
+    out.push(head.trim());
+  }
+  return out;
+}
+
+/** Everything a leak check compares. */
+export interface ProcSnapshot {
+  fds: number;
+  maps: number;
+  layerMaps: number;
+  /** The lines of /proc/self/maps. */
+  lines: string[];
+}
+
+export function snapshot(): ProcSnapshot {
+  const lines = mapsLines();
+  return {
+    fds: openFds(),
+    maps: lines.length,
+    layerMaps: lines.filter((l) => l.includes('memfd:memfork')).length,
+    lines,
+  };
+}
+
+/**
+ * Mappings made since `base` that look like memfork's ({@link segmentLikeMaps}):
+ * what a leak leaves behind, without the noise of V8 and malloc.
+ */
+export function newSegmentLikeMaps(base: ProcSnapshot): string[] {
+  const was = new Set(base.lines.map((l) => l.trim()));
+  const added = mapsLines()
+    .map((l) => l.trim())
+    .filter((l) => !was.has(l));
+  if (added.length === 0) return [];
+  const like = new Set(segmentLikeMaps());
+  return added.filter((l) => like.has(l));
+}
+
+let gcFn: (() => void) | undefined;
+
+/**
+ * A full garbage collection, without `--expose-gc` on the command line: the
+ * flag set at run time applies to contexts made afterwards.
+ */
+export function fullGc(): void {
+  if (gcFn === undefined) {
+    const global = (globalThis as { gc?: () => void }).gc;
+    if (typeof global === 'function') {
+      gcFn = global;
+    } else {
+      v8.setFlagsFromString('--expose-gc');
+      gcFn = vm.runInNewContext('gc') as () => void;
+    }
+  }
+  gcFn();
+}
