@@ -167,7 +167,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   clone(source: LinuxSegment): LinuxSegment {
     this.#prepare(source);
-    this.#ensureRoom(source.runs.length, source);
+    this.#ensureRoom(source.runs.length);
     const addr = this.#mapRuns(null, source.runs, source.length);
     source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
     const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], debt: source.debt, released: false };
@@ -190,7 +190,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // the target must be put back, so its written pages go into a layer first
     // (with a single run the first call replaces everything or nothing).
     if (target.shared === null && source.runs.length > 1) this.#freeze(target);
-    this.#ensureRoom(source.runs.length - target.runs.length, source);
+    this.#ensureRoom(source.runs.length - target.runs.length);
     const old = target.runs;
     const oldShared = target.shared;
     try {
@@ -259,7 +259,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#makePrivate(seg);
     const dirty = this.scanWritten(seg);
     // Freezing adds up to two mappings per written run.
-    this.#ensureRoom(2 * dirty.length, seg);
+    this.#ensureRoom(2 * dirty.length);
     this.#freeze(seg, coalesce(dirty, JOIN_GAP));
     if (seg.runs.length > this.maxRuns) {
       this.#compact(seg, this.maxRuns >> 2);
@@ -279,15 +279,18 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * Makes room for `needed` more mappings under the budget by compacting the
    * most fragmented segments; throws ENOMEM when even that cannot.
    */
-  #ensureRoom(needed: number, current: LinuxSegment): void {
+  #ensureRoom(needed: number): void {
     if (this.#mapCount + needed <= this.mapBudget) return;
-    const bySize = [...this.#segments].filter((s) => s.runs.length > 3).sort((a, b) => b.runs.length - a.runs.length);
-    for (const seg of bySize) {
-      this.#compact(seg, 1);
-      if (this.#mapCount + needed <= this.mapBudget) return;
+    // First the cheap way: a few windows off the main layer; then flatten.
+    for (const windows of [COMPACT_WINDOWS, 0]) {
+      const bySize = [...this.#segments]
+        .filter((s) => s.runs.length > 2 * windows + 1)
+        .sort((a, b) => b.runs.length - a.runs.length);
+      for (const seg of bySize) {
+        this.#compact(seg, windows);
+        if (this.#mapCount + needed <= this.mapBudget) return;
+      }
     }
-    if (current.runs.length > 3) this.#compact(current, 1);
-    if (this.#mapCount + needed <= this.mapBudget) return;
     throw new SegmentError(
       `mmap ENOMEM: mapping budget exhausted (${this.#mapCount} of ${this.mapBudget} mappings in use, ${needed} more needed)`,
       'ENOMEM',
@@ -300,11 +303,12 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * Rewrites the fragmented parts of `seg` into a new layer so it has at most
    * `windows` ranges off its main layer (about 2 × windows + 1 runs). The
    * windows are the off-main runs with the smallest gaps between them merged,
-   * so the clean pages copied to join them are as few as possible.
+   * so the clean pages copied to join them are as few as possible. With
+   * `windows` 0 the whole segment is copied into one layer: a single run.
    * Atomic in content, like a freeze: each remap maps the same bytes.
    */
   #compact(seg: LinuxSegment, windows: number): void {
-    const chosen = joinSmallestGaps(this.#foreign(seg), Math.max(1, windows));
+    const chosen = windows === 0 ? [{ start: 0, end: seg.pages }] : joinSmallestGaps(this.#foreign(seg), windows);
     if (2 * chosen.length + 1 >= seg.runs.length) return;
     this.#freeze(seg, chosen);
     seg.debt = 0;

@@ -1,0 +1,245 @@
+// Scale: mapping budget, bounded run lists, compaction, sparse memory and
+// segments beyond 4 GiB. Behaviour only: no test here measures time.
+import { describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { LinuxBackend } from '../platform/linux.ts';
+import { Segment, SegmentError, backend } from '../src/index.ts';
+import { setBackend } from '../src/segment.ts';
+import { linuxOnly, processMemory } from './helpers/proc.ts';
+
+const PAGE = 4096;
+const GiB = 2 ** 30;
+
+/** Runs `fn` with a Linux backend of its own, then puts the default one back. */
+function withLinux<T>(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => T): T {
+  const b = new LinuxBackend(options);
+  setBackend(b);
+  try {
+    return fn(b);
+  } finally {
+    setBackend(new LinuxBackend());
+  }
+}
+
+/** A small deterministic generator, so failures reproduce. */
+function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 2 ** 32;
+  };
+}
+
+describe('mapping budget', { skip: linuxOnly }, () => {
+  it('a 300-deep chain with scattered writes stays within the budget and reads right', () => {
+    withLinux({ mapBudget: 400 }, (b) => {
+      const pages = 512;
+      const random = rng(7);
+      const first = Segment.create(pages * PAGE);
+      const model = new Uint8Array(pages * PAGE);
+      const chain: { seg: Segment; model: Uint8Array }[] = [{ seg: first, model }];
+      let peak = 0;
+      for (let i = 0; i < 300; i++) {
+        const last = chain[chain.length - 1]!;
+        const next = last.seg.clone();
+        const m = last.model.slice();
+        const bytes = new Uint8Array(next.buffer);
+        for (let k = 0; k < 3; k++) {
+          const at = Math.floor(random() * pages) * PAGE + (i % PAGE);
+          bytes[at] = (i % 250) + 1;
+          m[at] = (i % 250) + 1;
+        }
+        chain.push({ seg: next, model: m });
+        peak = Math.max(peak, b.memory().mappings);
+      }
+      assert.ok(peak <= b.mapBudget, `peak ${peak} mappings over a budget of ${b.mapBudget}`);
+      for (const { seg, model: m } of chain) assert.deepEqual(new Uint8Array(seg.buffer), m);
+      for (const { seg } of chain) seg.close();
+      assert.equal(b.memory().mappings, 0);
+      assert.equal(b.layerCount(), 0);
+    });
+  });
+
+  it('fails with ENOMEM, data intact, when compaction cannot make room', () => {
+    withLinux({ mapBudget: 16 }, () => {
+      const segs: Segment[] = [];
+      const pages = 8;
+      // Each segment: one written page in the middle of a clone = 3 runs that
+      // no compaction can shrink below 3.
+      const origin = Segment.create(pages * PAGE);
+      new Uint8Array(origin.buffer).fill(1);
+      let error: unknown;
+      try {
+        for (let i = 0; i < 20; i++) {
+          const c = origin.clone();
+          new Uint8Array(c.buffer)[3 * PAGE] = i + 2;
+          segs.push(c);
+          segs.push(c.clone());
+        }
+      } catch (err) {
+        error = err;
+      }
+      assert.ok(error instanceof SegmentError, `expected SegmentError, got ${String(error)}`);
+      assert.equal(error.code, 'ENOMEM');
+      assert.equal(error.syscall, 'mmap');
+      assert.ok(segs.length > 0);
+      for (let i = 0; i < segs.length; i++) {
+        const bytes = new Uint8Array(segs[i]!.buffer);
+        assert.equal(bytes[3 * PAGE], Math.floor(i / 2) + 2);
+        assert.equal(bytes[0], 1);
+      }
+      assert.ok(new Uint8Array(origin.buffer).every((v) => v === 1));
+      // Closing segments gives the budget back.
+      for (const s of segs) s.close();
+      const again = origin.clone();
+      assert.equal(new Uint8Array(again.buffer)[5], 1);
+      again.close();
+      origin.close();
+    });
+  });
+});
+
+describe('bounded run lists', { skip: linuxOnly }, () => {
+  it('keeps a segment under maxRuns however scattered its writes', () => {
+    withLinux({ maxRuns: 32 }, () => {
+      const pages = 2048;
+      const seg = Segment.create(pages * PAGE);
+      const model = new Uint8Array(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      const random = rng(11);
+      const keep: Segment[] = [];
+      for (let round = 0; round < 20; round++) {
+        for (let k = 0; k < 40; k++) {
+          const at = Math.floor(random() * pages) * PAGE;
+          bytes[at] = round + 1;
+          model[at] = round + 1;
+        }
+        keep.push(seg.clone());
+        assert.ok(seg.stats().mappings <= 32, `round ${round}: ${seg.stats().mappings} mappings`);
+      }
+      assert.deepEqual(new Uint8Array(seg.buffer), model);
+      // Every snapshot still reads what the segment held when it was taken.
+      assert.deepEqual(new Uint8Array(keep[keep.length - 1]!.buffer), model);
+      for (const k of keep) k.close();
+      seg.close();
+    });
+  });
+
+  it('a contiguous write after a scattered history leaves few runs once compaction has paid off', () => {
+    withLinux({}, () => {
+      const pages = 1024;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(5);
+      const random = rng(3);
+      const first = seg.clone();
+      for (let k = 0; k < 100; k++) bytes[Math.floor(random() * pages) * PAGE] = 6;
+      const snapshots: Segment[] = [first];
+      // Cloning a fragmented segment over and over runs up a debt that
+      // compaction then pays off.
+      for (let i = 0; i < 200; i++) snapshots.push(seg.clone());
+      const before = seg.stats().mappings;
+      bytes.fill(7, 10 * PAGE, 20 * PAGE);
+      const after = seg.clone();
+      assert.ok(before <= 9, `${before} runs after 200 clones of a fragmented segment`);
+      assert.ok(after.stats().mappings <= before + 2);
+      assert.deepEqual(new Uint8Array(after.buffer), bytes);
+      for (const s of snapshots) s.close();
+      after.close();
+      seg.close();
+    });
+  });
+});
+
+describe('restore fast path', { skip: linuxOnly }, () => {
+  it('rolls back thousands of times to the same snapshot without growing memory', () => {
+    withLinux({}, (b) => {
+      const pages = 256;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p & 0xff;
+      const snapshot = seg.clone();
+      const expected = new Uint8Array(snapshot.buffer).slice();
+      const random = rng(5);
+      const startLayers = b.layerCount();
+      for (let i = 0; i < 2000; i++) {
+        for (let k = 0; k < 8; k++) bytes[Math.floor(random() * pages) * PAGE + 1] = 0xee;
+        seg.restore(snapshot);
+      }
+      assert.deepEqual(bytes, expected);
+      assert.equal(b.layerCount(), startLayers, 'restore to the same snapshot made no layers');
+      assert.equal(seg.stats().privateBytes, 0);
+      seg.close();
+      snapshot.close();
+    });
+  });
+});
+
+describe('sparse memory', { skip: linuxOnly }, () => {
+  it('creates more memory than the machine has, as long as it is not all written', () => {
+    const size = 64 * GiB;
+    const seg = Segment.create(size);
+    const window = Math.min(backend.maxViewLength, GiB);
+    for (let off = 0; off < size; off += 8 * GiB) new Uint8Array(seg.view(off, PAGE))[0] = 1 + off / (8 * GiB);
+    const clone = seg.clone();
+    new Uint8Array(clone.view(size - window, window))[window - 1] = 9;
+    assert.equal(new Uint8Array(seg.view(size - PAGE, PAGE))[PAGE - 1], 0);
+    for (let off = 0; off < size; off += 8 * GiB) {
+      assert.equal(new Uint8Array(clone.view(off, 1))[0], 1 + off / (8 * GiB));
+    }
+    clone.close();
+    seg.close();
+  });
+
+  it('reading never-written pages of a clone allocates nothing where the kernel has a zero page', (t) => {
+    const b = new LinuxBackend();
+    if (!b.zeroPage) {
+      t.skip('this kernel maps no zero page: reading untouched anonymous memory allocates on it');
+      return;
+    }
+    withLinux({}, () => {
+      const size = 256 << 20;
+      const seg = Segment.create(size);
+      new Uint8Array(seg.buffer)[0] = 1;
+      const clone = seg.clone();
+      const before = processMemory();
+      const bytes = new Uint8Array(clone.buffer);
+      let sum = 0;
+      for (let off = 0; off < size; off += PAGE) sum += bytes[off]!;
+      assert.equal(sum, 1);
+      const grown = processMemory() - before;
+      assert.ok(grown < size / 100, `reading grew memory by ${grown} bytes`);
+      clone.close();
+      seg.close();
+    });
+  });
+});
+
+describe('beyond 4 GiB', { skip: linuxOnly }, () => {
+  it('a 6 GiB segment clones and stays isolated, worked through view() windows', () => {
+    const size = 6 * GiB;
+    const seg = Segment.create(size);
+    if (size > backend.maxViewLength) {
+      assert.throws(() => seg.buffer, (e: unknown) => e instanceof RangeError && /view\(/.test(e.message));
+    }
+    const window = Math.min(backend.maxViewLength, GiB);
+    for (let off = 0; off < size; off += window) new Uint8Array(seg.view(off, window)).fill(1, 0, 2 * PAGE);
+    const clone = seg.clone();
+    for (let off = 0; off < size; off += window) new Uint8Array(clone.view(off, window))[PAGE] = 2;
+    new Uint8Array(clone.view(size - 1, 1))[0] = 3;
+    for (let off = 0; off < size; off += window) {
+      const o = new Uint8Array(seg.view(off, 2 * PAGE));
+      const c = new Uint8Array(clone.view(off, 2 * PAGE));
+      assert.equal(o[PAGE], 1);
+      assert.equal(c[PAGE], 2);
+      assert.equal(o[0], 1);
+      assert.equal(c[0], 1);
+    }
+    assert.equal(new Uint8Array(seg.view(size - 1, 1))[0], 0);
+    assert.equal(new Uint8Array(clone.view(size - 1, 1))[0], 3);
+    clone.close();
+    seg.close();
+  });
+});
