@@ -1,0 +1,255 @@
+#!/usr/bin/env node
+// Runs the test suites (test/*.test.ts) on every other JavaScript runtime
+// memfork supports: Node.js 22, the newest Node.js, Bun and Deno. The
+// runtimes are npm packages (scripts/runtimes/package.json, a devDependency
+// of the project), so `npm ci` brings them; only this platform's binaries
+// install. No install script is needed: the binaries are found here.
+//
+//   node scripts/test-runtimes.mjs                  every runtime, every suite
+//   node scripts/test-runtimes.mjs bun deno         some runtimes
+//   node scripts/test-runtimes.mjs test/x.test.ts   some suites
+//   node scripts/test-runtimes.mjs --verbose        stream each runtime's output
+//   node scripts/test-runtimes.mjs --list           show the runtimes found
+//
+// Each runtime's output is shown when it fails (always with --verbose). The
+// last line is the total over all runtimes: `runtimes: N passed, N failed`.
+// The exit code is 1 when a runtime failed or could not run.
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const runtimesDir = join(root, 'scripts', 'runtimes');
+const platform = process.platform;
+const arch = process.arch;
+
+/** Where npm puts a package of the runtimes package (nested, or hoisted to the root). */
+function packageDir(name) {
+  for (const base of [join(runtimesDir, 'node_modules'), join(root, 'node_modules')]) {
+    const dir = join(base, name);
+    if (existsSync(join(dir, 'package.json'))) return dir;
+  }
+  return undefined;
+}
+
+function versionOf(dir) {
+  return JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).version;
+}
+
+/**
+ * Node.js versions come from the `nodeNN-<platform>-<arch>` aliases in
+ * scripts/runtimes/package.json, so adding a version there adds it here.
+ */
+function nodeRuntimes() {
+  const manifest = JSON.parse(readFileSync(join(runtimesDir, 'package.json'), 'utf8'));
+  const majors = new Set();
+  for (const name of Object.keys(manifest.optionalDependencies ?? {})) {
+    const m = /^node(\d+)-/.exec(name);
+    if (m) majors.add(Number(m[1]));
+  }
+  return [...majors].sort((a, b) => a - b).map((major) => {
+    const dir = packageDir(`node${major}-${platform}-${arch}`);
+    const bin = dir && join(dir, 'bin', 'node');
+    return {
+      name: `node${major}`,
+      bin: bin && existsSync(bin) ? bin : undefined,
+      version: dir && `Node.js ${versionOf(dir)}`,
+      // Node.js 24+ strips types itself and runs `using`. Node.js 22 strips
+      // types too, but its V8 lacks `using` declarations: ts-node compiles there.
+      args: (files) => (major >= 24 ? ['--test', ...files] : ['-r', 'ts-node/register', '--test', ...files]),
+      loader: major >= 24 ? 'built-in type stripping' : 'ts-node (CommonJS)',
+    };
+  });
+}
+
+function bunRuntime() {
+  const cpu = arch === 'x64' ? 'x64' : arch === 'arm64' ? 'aarch64' : arch;
+  const dir = packageDir(`@oven/bun-${platform}-${cpu}`);
+  const bin = dir && join(dir, 'bin', 'bun');
+  return {
+    name: 'bun',
+    bin: bin && existsSync(bin) ? bin : undefined,
+    version: dir && `Bun ${versionOf(dir)}`,
+    // `bun test` runs node:test suites; paths need a ./ to be taken as paths.
+    args: (files) => ['test', ...files.map((f) => `./${f}`)],
+    loader: 'built-in',
+  };
+}
+
+/**
+ * Deno permissions the suites need: FFI for koffi, MEMFORK_BACKEND and the
+ * environment handed to child processes, reads of /proc and node_modules,
+ * writes of scratch files under .tmp/, and child processes (the probes that
+ * check a runtime aborts on an oversized view). See docs/runtimes.md.
+ */
+const denoTestPermissions = ['--allow-ffi', '--allow-env', '--allow-read', '--allow-write', '--allow-run'];
+
+function denoRuntime() {
+  const target = platform === 'linux' ? `linux-${arch}-glibc` : `${platform}-${arch}`;
+  const dir = packageDir(`@deno/${target}`);
+  const bin = dir && join(dir, platform === 'win32' ? 'deno.exe' : 'deno');
+  return {
+    name: 'deno',
+    bin: bin && existsSync(bin) ? bin : undefined,
+    version: dir && `Deno ${versionOf(dir)}`,
+    // Type checking is `npm run typecheck`'s job; Deno only runs the code here.
+    // node_modules is found through package.json (Deno's "manual" mode).
+    args: (files) => ['test', '--no-check', '--no-lock', ...denoTestPermissions, ...files],
+    loader: 'built-in',
+    env: { NO_COLOR: '1' },
+  };
+}
+
+/**
+ * Test files that cannot run on some runtime, with the reason printed when
+ * skipped. Everything else runs everywhere.
+ * @type {Record<string, Record<string, string>>}
+ */
+const fileSkips = {};
+
+/** Reads the pass/fail/skip counts from the closing lines of each runner. */
+function parseCounts(name, out) {
+  const counts = { passed: 0, failed: 0, skipped: 0, found: false };
+  const take = (re, key) => {
+    const all = [...out.matchAll(re)];
+    if (all.length > 0) {
+      counts[key] = Number(all[all.length - 1][1]);
+      counts.found = true;
+    }
+  };
+  if (name.startsWith('node')) {
+    take(/^(?:#|ℹ) pass (\d+)$/gm, 'passed');
+    take(/^(?:#|ℹ) fail (\d+)$/gm, 'failed');
+    const skipped = [...out.matchAll(/^(?:#|ℹ) (?:skipped|todo) (\d+)$/gm)].slice(-2);
+    counts.skipped = skipped.reduce((n, m) => n + Number(m[1]), 0);
+    const cancelled = [...out.matchAll(/^(?:#|ℹ) cancelled (\d+)$/gm)].pop();
+    if (cancelled) counts.failed += Number(cancelled[1]);
+  } else if (name === 'bun') {
+    take(/^\s*(\d+) pass$/gm, 'passed');
+    take(/^\s*(\d+) fail$/gm, 'failed');
+    take(/^\s*(\d+) skip$/gm, 'skipped');
+  } else if (name === 'deno') {
+    const m = [...out.matchAll(/^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored)?/gm)].pop();
+    if (m) {
+      counts.passed = Number(m[1]);
+      counts.failed = Number(m[3]);
+      counts.skipped = Number(m[5] ?? 0);
+      counts.found = true;
+    }
+  }
+  return counts;
+}
+
+function run(runtime, files, verbose, timeoutMs) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const child = spawn(runtime.bin, runtime.args(files), {
+      cwd: root,
+      env: { ...process.env, ...runtime.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let out = '';
+    const onData = (stream) => (chunk) => {
+      out += chunk;
+      if (verbose) stream.write(chunk);
+    };
+    child.stdout.on('data', onData(process.stdout));
+    child.stderr.on('data', onData(process.stderr));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }, timeoutMs);
+    child.on('error', (err) => {
+      out += `\n${err.message}\n`;
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, out, timedOut, seconds: (Date.now() - started) / 1000 });
+    });
+  });
+}
+
+async function main() {
+  const argv = process.argv.slice(2);
+  const verbose = argv.includes('--verbose');
+  const list = argv.includes('--list');
+  const positional = argv.filter((a) => !a.startsWith('--'));
+  const all = [...nodeRuntimes(), bunRuntime(), denoRuntime()];
+  const wanted = positional.filter((a) => !a.endsWith('.ts'));
+  const unknown = wanted.filter((w) => !all.some((r) => r.name === w));
+  if (unknown.length > 0) {
+    console.error(`Unknown runtime: ${unknown.join(', ')} (known: ${all.map((r) => r.name).join(', ')})`);
+    process.exit(2);
+  }
+  const runtimes = wanted.length > 0 ? all.filter((r) => wanted.includes(r.name)) : all;
+
+  if (list) {
+    for (const r of all) {
+      console.log(`${r.name.padEnd(7)} ${r.bin ? `${r.version}: ${relative(root, r.bin)} (TypeScript: ${r.loader})` : `not installed for ${platform}-${arch}`}`);
+    }
+    return;
+  }
+
+  let files = positional.filter((a) => a.endsWith('.ts'));
+  if (files.length === 0) {
+    files = readdirSync(join(root, 'test'))
+      .filter((f) => f.endsWith('.test.ts'))
+      .sort()
+      .map((f) => `test/${f}`);
+  }
+  const timeoutMs = Number(process.env.MEMFORK_RUNTIME_TIMEOUT ?? 300) * 1000;
+
+  const total = { passed: 0, failed: 0, skipped: 0 };
+  const lines = [];
+  let broken = false;
+  for (const r of runtimes) {
+    if (!r.bin) {
+      const line = `${r.name}: skipped, not installed for ${platform}-${arch}`;
+      console.log(line);
+      lines.push(line);
+      continue;
+    }
+    const mine = [];
+    for (const f of files) {
+      const reason = fileSkips[f]?.[r.name];
+      if (reason) console.log(`${r.name}: skipping ${f}: ${reason}`);
+      else mine.push(f);
+    }
+    if (mine.length === 0) continue;
+    console.log(`${r.name}: ${r.version}, ${mine.length} suite${mine.length === 1 ? '' : 's'} (TypeScript: ${r.loader})`);
+    const res = await run(r, mine, verbose, timeoutMs);
+    const c = parseCounts(r.name, res.out);
+    const ok = res.code === 0 && !res.timedOut && c.found && c.failed === 0;
+    if (!ok && !verbose) {
+      process.stdout.write(`----- ${r.name} output -----\n${res.out}${res.out.endsWith('\n') ? '' : '\n'}----- end of ${r.name} output -----\n`);
+    }
+    let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped in ${res.seconds.toFixed(1)} s`;
+    if (res.timedOut) line += ` (killed after ${timeoutMs / 1000} s)`;
+    else if (res.signal) line += ` (ended by ${res.signal})`;
+    else if (res.code !== 0) line += ` (exit code ${res.code})`;
+    if (!c.found) line += ' (no test summary found)';
+    console.log(line);
+    lines.push(line);
+    total.passed += c.passed;
+    total.failed += c.failed;
+    total.skipped += c.skipped;
+    if (!ok) {
+      broken = true;
+      // A runtime that crashed or printed no summary counts as one failure.
+      if (c.failed === 0) total.failed += 1;
+    }
+  }
+  console.log('');
+  for (const line of lines) console.log(`  ${line}`);
+  console.log(`runtimes: ${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
+  if (broken) process.exitCode = 1;
+}
+
+await main();
