@@ -14,7 +14,8 @@ import { backends, useBackend, assertBytes } from './backends.ts';
 const MAX_LIVE = 8;
 const multiplier = Math.max(1, Number(process.env.MEMFORK_MODEL_RUNS ?? 1) || 1);
 const fixedSeed = process.env.MEMFORK_MODEL_SEED;
-const RUNS = 24 * multiplier;
+/** Sequences per backend: about 70 sequences (4,000 operations) in all, however many backends load. */
+const RUNS = Math.ceil(72 / backends.length) * multiplier;
 
 type Op =
   | { kind: 'create'; size: number }
@@ -169,7 +170,7 @@ describe('segments behave like plain byte arrays through random operations', () 
       const before = totalOps;
       try {
         fc.assert(
-          fc.property(fc.array(opArb(backend.pageSize), { minLength: 40, maxLength: 100 }), (ops) => runSequence(ops, backend.pageSize)),
+          fc.property(fc.array(opArb(backend.pageSize), { minLength: 10, maxLength: 120, size: 'max' }), (ops) => runSequence(ops, backend.pageSize)),
           { seed, numRuns: RUNS },
         );
       } catch (err) {
