@@ -9,13 +9,25 @@ import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Segment } from '../src/index.ts';
-import { backends, useBackend, assertBytes } from './backends.ts';
+import { LinuxBackend } from '../platform/linux.ts';
+import { backends, linuxBackends, useBackend, assertBytes, type BackendCase } from './backends.ts';
 
 const MAX_LIVE = 8;
+
+/**
+ * The backends that load, plus Linux with budgets so small that freezing,
+ * compaction and layer reuse run all the time.
+ */
+const cases: BackendCase[] = [
+  ...backends,
+  ...(linuxBackends.length > 0
+    ? [{ name: 'linux (tight budgets)', make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6 }) }]
+    : []),
+];
 const multiplier = Math.max(1, Number(process.env.MEMFORK_MODEL_RUNS ?? 1) || 1);
 const fixedSeed = process.env.MEMFORK_MODEL_SEED;
 /** Sequences per backend: about 70 sequences (4,000 operations) in all, however many backends load. */
-const RUNS = Math.ceil(72 / backends.length) * multiplier;
+const RUNS = Math.ceil(72 / cases.length) * multiplier;
 
 type Op =
   | { kind: 'create'; size: number }
@@ -162,7 +174,7 @@ describe('segments behave like plain byte arrays through random operations', () 
     assert.ok(totalOps >= 2000, `only ${totalOps} operations ran`);
   });
 
-  for (const b of backends) {
+  for (const b of cases) {
     it(`on the ${b.name} backend`, (t) => {
       const backend = useBackend(b);
       const seed = fixedSeed !== undefined ? Number(fixedSeed) : (Date.now() ^ (Math.random() * 0x7fffffff)) | 0;
