@@ -60,6 +60,7 @@ interface Bindings {
   ioctl: (fd: number, request: number, ...args: unknown[]) => number;
   fstat: (fd: number, buf: ArrayBufferView) => number;
   getpagesize: () => number;
+  getrlimit: (resource: number, out: BigUint64Array) => number;
 }
 
 let bindings: Bindings | undefined;
@@ -83,6 +84,7 @@ function libc(): Bindings {
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
     fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
     getpagesize: lib.func('int getpagesize(void)'),
+    getrlimit: lib.func('int getrlimit(int resource, _Out_ uint64_t *rlim)'),
   } as Bindings;
   return bindings;
 }
@@ -95,7 +97,7 @@ export function loadLibc(): void {
 // ---- fault injection (tests only) ------------------------------------------
 
 /** Names of the calls a fault can be injected into. */
-export type CallName = Exclude<keyof Bindings, 'getpagesize'>;
+export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit'>;
 
 interface Fault {
   countdown: number;
@@ -275,6 +277,13 @@ export function readSmallFile(path: string): string | undefined {
   } finally {
     closeFd(fd);
   }
+}
+
+/** The soft limit on open file descriptors (RLIMIT_NOFILE, 7 on Linux), or undefined. */
+export function fdLimit(): number | undefined {
+  const out = new BigUint64Array(2);
+  if (libc().getrlimit(7, out) !== 0) return undefined;
+  return out[0]! > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(out[0]!);
 }
 
 /** The kernel's page size in bytes. */

@@ -28,12 +28,21 @@ import * as sys from './libc.ts';
 export class Layer {
   /** -1 once closed. */
   fd: number;
-  /** How many runs of live segments use each page. */
+  /** Bytes; the length of the segments it serves. */
+  readonly length: number;
+  /**
+   * How many runs of live segments use each page. Invariant: a page is
+   * mapped by some segment only if its count is above zero.
+   */
   readonly refs = new RefCounts();
-  constructor(fd: number) {
+  constructor(fd: number, length: number) {
     this.fd = fd;
+    this.length = length;
   }
 }
+
+/** How many of the newest layers a freeze looks at for free room. */
+const REUSE_CANDIDATES = 4;
 
 type Runs = readonly Run<Layer | null>[];
 
@@ -102,6 +111,11 @@ export interface LinuxOptions {
   mapBudget?: number;
   /** Runs one segment may reach before it is compacted whatever the cost (default 4096). */
   maxRuns?: number;
+  /**
+   * Layers (each an open file descriptor) all segments together may use
+   * before memfork compacts to free some. Default: half the descriptor limit.
+   */
+  fdBudget?: number;
 }
 
 /** Mappings left for the rest of the process (V8, libraries, other FFI code). */
@@ -118,18 +132,25 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   readonly #segments = new Set<LinuxSegment>();
   readonly #layers = new Set<Layer>();
+  /** The newest layers, newest first: where a freeze looks for room to reuse. */
+  #recent: Layer[] = [];
   #pagemapFd = -1;
   /** Scratch memory for PAGEMAP_SCAN: the argument struct, then the result array. */
   #scratch = 0n;
   #scratchArg: BigUint64Array | undefined;
   #scratchVec: BigUint64Array | undefined;
   #noexecSeal = true;
+  /** A spare descriptor, given up when the process runs out so compaction can proceed. */
+  #reserveFd = openReserve();
+  #reclaiming = false;
   /** Mappings all live segments use: the sum of their run counts. */
   #mapCount = 0;
   /** The most mappings all segments together may use. */
   readonly mapBudget: number;
   /** Runs one segment may reach before it is compacted. */
   readonly maxRuns: number;
+  /** Layers all segments may hold open before memfork compacts to close some. */
+  readonly fdBudget: number;
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
@@ -145,6 +166,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     this.maxRuns = Math.max(8, options.maxRuns ?? 4096);
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
+    this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -193,10 +215,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#ensureRoom(source.runs.length - target.runs.length);
     const old = target.runs;
     const oldShared = target.shared;
+    // A MAP_FIXED mmap that fails leaves the old mapping in place, so the
+    // target needs putting back only once the first call has gone through.
+    let touched = false;
     try {
-      this.#mapRuns(target.addr, source.runs, target.length);
+      this.#mapRuns(target.addr, source.runs, target.length, () => (touched = true));
     } catch (err) {
-      this.#putBack(target, oldShared, old);
+      if (touched) this.#putBack(target, oldShared, old);
       throw err;
     }
     target.shared = null;
@@ -350,7 +375,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    */
   #freeze(seg: LinuxSegment, dirty: Range[] = this.scanWritten(seg)): void {
     if (dirty.length === 0) return;
-    const layer = this.#newLayer(seg.length);
+    const reused = this.#reusableLayer(seg.length, dirty);
+    const layer = reused ?? this.#newLayer(seg.length);
     const done: Range[] = [];
     try {
       for (const r of dirty) {
@@ -367,10 +393,28 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       if (done.length > 0) {
         this.#replace(seg, done, layer);
         for (const r of subtract(dirty, done)) this.#punch(layer, r);
-      } else {
+      } else if (reused === undefined) {
         this.#closeLayer(layer);
+      } else {
+        for (const r of dirty) this.#punch(layer, r);
       }
     }
+  }
+
+  /**
+   * A recent layer of this length whose pages under `ranges` nobody uses.
+   * Writing those is safe although the layer is mapped private elsewhere: a
+   * range no segment references is mapped nowhere, and a private mapping
+   * shows file changes only at the offsets it maps. Reuse saves a file
+   * descriptor, and lets neighbouring runs from one layer merge.
+   */
+  #reusableLayer(length: number, ranges: readonly Range[]): Layer | undefined {
+    let tries = 0;
+    for (const layer of this.#recent) {
+      if (++tries > REUSE_CANDIDATES) break;
+      if (layer.fd >= 0 && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
+    }
+    return undefined;
   }
 
   /** Records that `ranges` of `seg` are now mapped from `layer`. */
@@ -393,10 +437,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * the most pages in one call over the whole length, the other runs on top.
    * On failure a new mapping is unmapped; a fixed one is left to the caller.
    */
-  #mapRuns(at: bigint | null, runs: Runs, length: number): bigint {
+  #mapRuns(at: bigint | null, runs: Runs, length: number, onFirstMapped?: () => void): bigint {
     const base = largestLayer(runs);
     const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (base === null ? sys.MAP_ANONYMOUS : 0) | (at === null ? 0 : sys.MAP_FIXED);
     const addr = sys.mmap(at, length, sys.PROT_READ | sys.PROT_WRITE, flags, base === null ? -1 : base.fd, 0);
+    onFirstMapped?.();
     try {
       for (const r of runs) if (r.layer !== base) this.#mapRange(addr, r, r.layer, true);
     } catch (err) {
@@ -439,7 +484,50 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
   }
 
+  /**
+   * A new layer. When the process is out of file descriptors (EMFILE), frees
+   * some by compacting the segments that use the most layers, then tries
+   * once more.
+   */
   #newLayer(length: number): Layer {
+    if (this.#layers.size >= this.fdBudget && !this.#reclaiming) this.#reclaimFds();
+    try {
+      return this.#makeLayer(length);
+    } catch (err) {
+      if ((err as SegmentError).code !== 'EMFILE' || this.#reclaiming || !this.#reclaimFds()) throw err;
+      return this.#makeLayer(length);
+    }
+  }
+
+  /**
+   * Flattens segments, those spread over the most layers first, until some
+   * layers close. The reserve descriptor gives the first flattening a slot.
+   * Returns whether any descriptor was freed.
+   */
+  #reclaimFds(): boolean {
+    const before = this.#layers.size;
+    this.#reclaiming = true;
+    if (this.#reserveFd >= 0) sys.closeFd(this.#reserveFd);
+    this.#reserveFd = -1;
+    try {
+      const spread = (s: LinuxSegment): number => new Set(s.runs.map((r) => r.layer)).size;
+      const candidates = [...this.#segments].filter((s) => spread(s) > 1).sort((a, b) => spread(b) - spread(a));
+      for (const seg of candidates) {
+        try {
+          this.#compact(seg, 0);
+        } catch {
+          break;
+        }
+        if (this.#layers.size < before - 1) break;
+      }
+    } finally {
+      this.#reserveFd = openReserve();
+      this.#reclaiming = false;
+    }
+    return this.#layers.size < before;
+  }
+
+  #makeLayer(length: number): Layer {
     let fd: number;
     const flags = sys.MFD_CLOEXEC | sys.MFD_ALLOW_SEALING;
     if (this.#noexecSeal) {
@@ -461,8 +549,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       sys.closeFd(fd);
       throw err;
     }
-    const layer = new Layer(fd);
+    const layer = new Layer(fd, length);
     this.#layers.add(layer);
+    this.#recent.unshift(layer);
+    if (this.#recent.length > REUSE_CANDIDATES) this.#recent.pop();
     return layer;
   }
 
@@ -652,6 +742,15 @@ export function joinSmallestGaps(ranges: readonly Range[], count: number): Range
     }
   }
   return out;
+}
+
+/** A descriptor to hold in reserve (-1 when none can be had). */
+function openReserve(): number {
+  try {
+    return sys.open('/dev/null', sys.O_RDONLY | sys.O_CLOEXEC);
+  } catch {
+    return -1;
+  }
 }
 
 /** Half of vm.max_map_count, less what the process maps now and a reserve. */

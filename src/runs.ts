@@ -187,6 +187,16 @@ export class RefCounts {
     return freed;
   }
 
+  /** Whether any page of the sorted, disjoint `ranges` has a count above zero. */
+  overlaps(ranges: readonly Range[]): boolean {
+    let i = 0;
+    for (const r of ranges) {
+      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
+      if (i < this.spans.length && this.spans[i]!.start < r.end) return true;
+    }
+    return false;
+  }
+
   /** Pages in [start, end) whose count is exactly `count`. */
   countEqual(start: number, end: number, count: number): number {
     let n = 0;
