@@ -74,6 +74,26 @@ export function systemMemory(): number {
   return kbField(text, 'Shmem') + kbField(text, 'AnonPages');
 }
 
+/**
+ * Resident anonymous + shared-memory bytes of every other process
+ * (Σ RssAnon + RssShmem): what they add to {@link systemMemory}, near enough.
+ */
+export function othersMemory(): number {
+  let total = 0;
+  const self = String(process.pid);
+  for (const pid of readdirSync('/proc')) {
+    if (pid === self || !/^\d+$/.test(pid)) continue;
+    try {
+      const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+      if (!text.includes('RssAnon:')) continue; // kernel threads
+      total += kbField(text, 'RssAnon') + kbField(text, 'RssShmem');
+    } catch {
+      // The process ended meanwhile.
+    }
+  }
+  return total;
+}
+
 /** This process's resident anonymous + shared-memory bytes (RssAnon + RssShmem). */
 export function processMemory(): number {
   const text = readFileSync('/proc/self/status', 'utf8');
