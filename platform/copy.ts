@@ -39,6 +39,8 @@ export type CopyMemory = 'heap' | 'arraybuffer';
 export interface CopyOptions {
   /** Force a memory kind; by default 'heap' when this runtime allows it, else 'arraybuffer'. */
   memory?: CopyMemory;
+  /** Test seam: the allocator heap mode uses instead of the C library's. */
+  heap?: CopyHeap;
 }
 
 /** The copy backend's handle for one segment. */
@@ -52,14 +54,15 @@ export interface CopySegment {
   /** Bytes asked of the allocator: `length`, plus alignment slack in heap mode. */
   readonly allocated: number;
   /** The allocator that owns `base` (memory goes back to the one it came from). */
-  readonly heap: Heap | undefined;
+  readonly heap: CopyHeap | undefined;
   /** Arraybuffer mode: the memory itself; undefined once released. */
   mem: ArrayBuffer | undefined;
   released: boolean;
 }
 
 /** A C-style allocator: zero-filled memory, and its release. */
-interface Heap {
+export interface CopyHeap {
+  /** The call named in errors, e.g. 'calloc'. */
   readonly name: string;
   /** Zero-filled memory of `bytes` bytes, or null when there is none. */
   calloc(bytes: number): bigint | null;
@@ -75,10 +78,10 @@ const COPY_WINDOW = 64 << 20;
 /** Page size of the heap mode: it only rounds lengths and aligns starts, so any power of two works. */
 const HEAP_PAGE = 4096;
 
-let heapCache: Heap | null | undefined;
+let heapCache: CopyHeap | null | undefined;
 
 /** The C library's calloc/free through koffi, or koffi's own allocator; null when none loads. */
-function loadHeap(): Heap | null {
+export function nativeHeap(): CopyHeap | null {
   if (heapCache !== undefined) return heapCache;
   heapCache = null;
   // POSIX: null opens the running program, whose global symbols include the C library.
@@ -138,14 +141,14 @@ export class CopyBackend implements Backend<CopySegment> {
   /** Why heap mode was not used, when it was wanted but could not be. */
   readonly fallbackReason: string | undefined;
 
-  readonly #heap: Heap | undefined;
+  readonly #heap: CopyHeap | undefined;
   readonly #segments = new Set<CopySegment>();
 
   constructor(options: CopyOptions = {}) {
     let reason: string | undefined;
-    let heap: Heap | undefined;
+    let heap: CopyHeap | undefined;
     if (options.memory !== 'arraybuffer') {
-      const h = loadHeap();
+      const h = options.heap ?? nativeHeap();
       if (h === null) {
         reason = 'koffi cannot allocate memory here';
       } else {
@@ -222,7 +225,11 @@ export class CopyBackend implements Backend<CopySegment> {
 
   view(seg: CopySegment, offset: number, length: number): ArrayBuffer {
     if (seg.mem !== undefined) {
-      if (offset === 0 && length === seg.mem.byteLength) return seg.mem;
+      if (seg.mem.byteLength !== seg.length) {
+        // Only close() may detach it: anything else has dropped the contents.
+        throw new Error('Cannot create view: the memory of this segment was detached (in arraybuffer mode the view is the memory itself)');
+      }
+      if (offset === 0 && length === seg.length) return seg.mem;
       throw new RangeError(
         `Cannot create view(${offset}, ${length}): this runtime does not allow ArrayBuffers over outside memory, so the copy backend can only alias the whole segment (use buffer)`,
       );
