@@ -1,0 +1,125 @@
+// Runs every example in its own process with small sizes, and checks that it
+// exits 0 and prints what it is meant to show.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { backend } from '../src/index.ts';
+
+const root = path.resolve(__dirname, '..');
+const linuxOnly = { skip: process.platform !== 'linux' && 'Linux only: the example reads /proc or maps gigabytes lazily' };
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function runExample(file: string, args: string[] = [], nodeFlags: string[] = []): Promise<Result> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [...nodeFlags, '-r', 'ts-node/register', path.join('examples', file), ...args],
+      { cwd: root, env: { ...process.env, NO_COLOR: '1' }, timeout: 120_000, maxBuffer: 16 << 20 },
+      (err, stdout, stderr) => {
+        const code = err === null ? 0 : typeof err.code === 'number' ? err.code : null;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+function assertSucceeded(r: Result): void {
+  assert.equal(r.code, 0, `exit code ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
+  assert.doesNotMatch(r.stdout, /✘/, 'no check failed');
+}
+
+/** Parses "+4.0 KiB" / "-1.2 MiB" / "+0 B" into bytes. */
+function parseDelta(text: string): number {
+  const m = /([+-])(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)/.exec(text);
+  assert.ok(m !== null, `a change in bytes in: ${text}`);
+  const scale = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30 }[m[3] as 'B' | 'KiB' | 'MiB' | 'GiB'];
+  return (m[1] === '-' ? -1 : 1) * Number(m[2]) * scale;
+}
+
+test('the copy-on-write demo shows the clone reading b and the origin still reading a', async () => {
+  const r = await runExample('cow-demo.ts', ['--size', '16M', '--rounds', '3']);
+  assertSucceeded(r);
+  assert.match(r.stdout, /clone reads 'b', origin still reads 'a'/);
+  assert.match(r.stdout, /^\s+origin\s+0x[0-9a-f]+\s+'a'/m);
+  assert.match(r.stdout, /^\s+clone\s+0x[0-9a-f]+\s+'b'/m);
+  for (const label of ["after write 'a'", 'after clone', "after write 'b'"]) assert.match(r.stdout, new RegExp(label));
+});
+
+test('the copy-on-write demo shows a clone costing far less memory than the segment', linuxOnly, async () => {
+  const r = await runExample('cow-demo.ts', ['--size', '32M', '--rounds', '3']);
+  assertSucceeded(r);
+  const row = (label: string) => r.stdout.split('\n').find((l) => l.includes(label)) ?? '';
+  // Columns: VmSize, VmRSS, memory held; each "<value> <change>". The last change is memory held.
+  const changes = (line: string) => [...line.matchAll(/[+-]\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)/g)].map((m) => parseDelta(m[0]));
+  const fill = changes(row("after write 'a'"));
+  const clone = changes(row('after clone'));
+  assert.ok(fill[2] >= 30 * 2 ** 20, `writing 'a' holds the segment's memory: ${row("after write 'a'")}`);
+  assert.ok(clone[0] >= 30 * 2 ** 20, `the clone adds its address range to VmSize: ${row('after clone')}`);
+  assert.ok(clone[2] < 8 * 2 ** 20, `the clone holds (almost) no new memory: ${row('after clone')}`);
+});
+
+test('the checkpoint simulation rolls back exactly', async () => {
+  const r = await runExample('checkpoint-simulation.ts', ['--side', '192', '--generations', '20', '--every', '5']);
+  assertSucceeded(r);
+  assert.match(r.stdout, /✔ after restore\(\) the world is exactly generation \d+ again/);
+  assert.match(r.stdout, /✔ replaying gives exactly the same generation 20/);
+  assert.match(r.stdout, /OK: checkpoints and rollbacks are exact/);
+});
+
+test('the snapshot table saves a consistent file while the table keeps changing', async () => {
+  const r = await runExample('snapshot-table.ts', ['--rows', '32768', '--chunk', '64K']);
+  assertSucceeded(r);
+  assert.match(r.stdout, /✔ the file equals the snapshot byte for byte/);
+  assert.match(r.stdout, /✔ the file is the table as it was at the snapshot/);
+  assert.match(r.stdout, /✔ the live table moved on meanwhile/);
+  assert.match(r.stdout, /^OK:/m);
+});
+
+test('the fuzz loop resets its target with restore() and prints the rate', async () => {
+  const r = await runExample('fuzz-restore.ts', ['--size', '8M', '--iterations', '100']);
+  assertSucceeded(r);
+  assert.match(r.stdout, /ran 100 inputs in [\d.]+ s: \d+ restores per second/);
+  assert.match(r.stdout, /✔ the whole heap is byte for byte the starting state at the end/);
+  assert.match(r.stdout, /^OK$/m);
+});
+
+test('the large segment example works past 4 GiB through view() windows', linuxOnly, async () => {
+  const r = await runExample('large-segment.ts', ['--size', '5G', '--window', '512M']);
+  assertSucceeded(r);
+  if (backend.maxViewLength <= 2 ** 32) {
+    assert.match(r.stdout, /✔ buffer throws RangeError pointing to view\(\)/);
+  } else {
+    assert.match(r.stdout, /✔ buffer covers all/);
+  }
+  assert.match(r.stdout, /✔ the origin still reads its own marker and 0 in all 10 windows/);
+  assert.match(r.stdout, /✔ after clone\.restore\(origin\) the clone reads as the origin again/);
+  assert.match(r.stdout, /^OK$/m);
+});
+
+test('the bench in quick mode prints its table and writes JSON and SVG', async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'memfork-bench-'));
+  try {
+    const r = await runExample('bench.ts', ['--quick', '--sizes', '8M', '--chain', '20', '--out', out], ['--expose-gc']);
+    assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^case\s+size\s+memfork\s+copy: slice\(\)/m);
+    for (const row of ['fill', 'first clone', 'clone, nothing written', 'clone after 1% written, random', 'clone after 100% written', 'restore loop']) {
+      assert.match(r.stdout, new RegExp(`^${row.replace(/[()%]/g, '\\$&')}`, 'm'), `row ${row}`);
+    }
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8')) as { rows: { case: string; memfork: { n: number } }[] };
+    assert.ok(json.rows.length >= 10);
+    assert.ok(json.rows.every((row) => row.memfork.n >= 1));
+    const svg = fs.readFileSync(path.join(out, 'bench.svg'), 'utf8');
+    assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+    assert.match(svg, /<rect [^>]*fill="#2b8a3e"/);
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
