@@ -9,10 +9,13 @@ import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Segment, backend, memoryStats } from '../src/index.ts';
+import { LinuxBackend } from '../platform/linux.ts';
 import { linuxBackends, useBackend } from './backends.ts';
 
 const linux = process.platform === 'linux' && backend.name === 'linux';
 const skip = !linux && 'Linux only (needs /proc/meminfo and the linux backend)';
+/** Whether never-written anonymous memory reads as the kernel's shared zero page (some VMs turn it off). */
+const zeroPage = linux && new LinuxBackend().zeroPage;
 
 const MiB = 1 << 20;
 const SIZE = 64 * MiB;
@@ -168,6 +171,27 @@ describe('memory use', { skip }, () => {
     t.diagnostic(`growth in pages, system-wide ${pages(sys)}; this process ${pages(proc)}`);
     const wrote = K * page;
     assertAbout('a second clone', sys, proc, wrote, wrote / 4 + 64 * page);
+  });
+
+  it('costs nothing to read never-written memory after clone()', { skip: !zeroPage && 'this kernel has no zero page: reading untouched memory allocates it' }, (t) => {
+    const growth: number[] = [];
+    for (let trial = 0; trial < TRIALS; trial++) {
+      const origin = Segment.create(SIZE);
+      const clone = origin.clone();
+      collect();
+      const m0 = processBytes();
+      let sum = 0;
+      for (const s of [origin, clone]) {
+        const words = new Int32Array(s.buffer);
+        for (let i = 0; i < words.length; i += page / 4) sum += words[i]!;
+      }
+      growth.push(processBytes() - m0);
+      assert.equal(sum, 0);
+      clone.close();
+      origin.close();
+    }
+    t.diagnostic(`growth in pages: ${pages(growth)}`);
+    assert.ok(median(growth) < SIZE / 100, `reading grew this process's memory by ${median(growth)} bytes`);
   });
 
   it('memoryStats() counts live segments, layers and mappings as they come and go', () => {
