@@ -153,15 +153,18 @@ export class CopyBackend implements Backend<CopySegment> {
         reason = 'koffi cannot allocate memory here';
       } else {
         const probe = h.calloc(HEAP_PAGE);
-        if (probe === null) throw outOfMemory(h.name, HEAP_PAGE);
-        try {
-          // Electron refuses ArrayBuffers over outside memory: koffi.view throws there.
-          nativeView(probe, 1);
-          heap = h;
-        } catch (err) {
-          reason = (err as Error).message;
-        } finally {
-          h.free(probe);
+        if (probe === null) {
+          reason = `${h.name} cannot allocate ${HEAP_PAGE} bytes`;
+        } else {
+          try {
+            // Electron refuses ArrayBuffers over outside memory: koffi.view throws there.
+            nativeView(probe, 1);
+            heap = h;
+          } catch (err) {
+            reason = (err as Error).message;
+          } finally {
+            h.free(probe);
+          }
         }
       }
       if (heap === undefined && options.memory === 'heap') {

@@ -25,7 +25,9 @@ export function loadBackend(name: BackendName): Backend {
     }
     return b;
   } catch (err) {
-    console.warn(`memfork: the ${name} backend cannot load (${(err as Error).message}); using the copy backend`);
+    // One line, whatever the system's message looks like.
+    const reason = String((err as Error)?.message ?? err).replace(/\s+/g, ' ').trim();
+    console.warn(`memfork: the ${name} backend cannot load (${reason}); using the copy backend`);
     return new CopyBackend();
   }
 }
