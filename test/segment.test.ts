@@ -635,6 +635,17 @@ for (const b of backends) {
         assert.throws(() => dv.getUint8(0), TypeError);
       });
 
+      it('detaches every view still reachable, however many were handed out', () => {
+        const seg = Segment.create(4 * page);
+        const kept: Uint8Array[] = [];
+        for (let i = 0; i < 3000; i++) {
+          const v = new Uint8Array(seg.view(i % (3 * page), page));
+          if (i % 7 === 0) kept.push(v);
+        }
+        seg.close();
+        for (const [i, v] of kept.entries()) assert.equal(v.length, 0, `kept view ${i}`);
+      });
+
       it('makes every method but close() throw SegmentError ERR_SEGMENT_CLOSED', () => {
         const seg = Segment.create(page);
         using other = Segment.create(page);
