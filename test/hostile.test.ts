@@ -4,6 +4,7 @@
 // segment never changes.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
 import fc from 'fast-check';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 

@@ -1,0 +1,85 @@
+// Resource limits, each in a child process of its own so nothing here changes
+// for this process or the system: a low descriptor limit (RLIMIT_NOFILE) and
+// a tight address-space limit (RLIMIT_AS). The children are in
+// test/fixtures/limits-*.ts; each prints one JSON line of findings.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { runtimeName } from '../src/runtime.ts';
+import { linuxOnly } from './helpers/proc.ts';
+
+/** The project root: the tests run from it. */
+const root = process.cwd();
+
+function hasPrlimit(): boolean {
+  return spawnSync('prlimit', ['--version'], { encoding: 'utf8' }).status === 0;
+}
+
+const skip =
+  linuxOnly ||
+  (runtimeName !== 'node' && 'runs its children with Node.js and ts-node') ||
+  (!hasPrlimit() && 'prlimit (util-linux) is not installed');
+
+interface ErrorInfo {
+  name: string;
+  code?: string;
+  errno?: number;
+  syscall?: string;
+  message: string;
+}
+
+/** Runs a fixture under `prlimit <limits>` and returns what it printed. */
+function runFixture(fixture: string, limits: string[]): Record<string, unknown> {
+  const r = spawnSync(
+    'prlimit',
+    [...limits, process.execPath, '-r', 'ts-node/register', path.join('test', 'fixtures', fixture)],
+    { cwd: root, encoding: 'utf8', timeout: 120_000 },
+  );
+  assert.equal(r.signal, null, `${fixture} was killed by ${r.signal}\n${r.stderr}`);
+  assert.equal(r.status, 0, `${fixture} exited with ${r.status}\n${r.stderr}`);
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+function assertSegmentError(e: unknown, code: string, errno: number, what: string): void {
+  const err = e as ErrorInfo | null;
+  assert.ok(err !== null, `${what} succeeded`);
+  assert.equal(err.name, 'SegmentError', `${what}: ${err.name}: ${err.message}`);
+  assert.equal(err.code, code, `${what}: code`);
+  assert.equal(err.errno, errno, `${what}: errno`);
+  assert.ok(typeof err.syscall === 'string' && err.syscall.length > 0, `${what}: syscall`);
+  assert.ok(err.message.startsWith(`${err.syscall} ${code}: `), `${what}: message "${err.message}"`);
+}
+
+test('out of file descriptors, create() and clone() throw SegmentError EMFILE, lose nothing, and work resumes once segments close', { skip }, (t) => {
+  const out = runFixture('limits-fds.ts', ['--nofile=64']);
+  t.diagnostic(JSON.stringify(out));
+  assertSegmentError(out.createError, 'EMFILE', 24, 'create() at the limit');
+  assert.ok((out.created as number) > 10, 'segments were created before the limit');
+  assert.equal(out.allIntact, true, 'every segment made before the limit reads as written');
+  assert.equal(out.spreadIntact, true, 'a segment compacted to free descriptors reads as before');
+  assert.ok(
+    (out.layersAtLimit as number) <= (out.created as number) + (out.layersAtStart as number),
+    'no layer is held beyond one per segment',
+  );
+  assertSegmentError(out.cloneError, 'EMFILE', 24, 'clone() of a written segment at the limit');
+  assert.equal(out.sourceIntactAfterClone, true, 'the source of the failed clone is unchanged');
+  assert.equal(out.firstCloneIntact, true, 'an earlier clone is unchanged');
+  assert.equal(out.resumeError, undefined, 'no error once descriptors are free');
+  assert.equal(out.resumed, true, 'create, clone and restore work again');
+  assert.equal(out.stillIntact, true, 'the remaining segments are intact');
+  assert.equal(out.layersAtEnd, 0, 'every layer closed');
+  assert.equal(out.segmentsAtEnd, 0, 'every segment released');
+});
+
+test('under an address-space limit, create(), from() and clone() throw SegmentError ENOMEM and lose nothing', { skip }, (t) => {
+  const out = runFixture('limits-as.ts', []);
+  t.diagnostic(JSON.stringify(out));
+  assertSegmentError(out.createError, 'ENOMEM', 12, 'create() beyond the limit');
+  assertSegmentError(out.fromError, 'ENOMEM', 12, 'from() beyond the limit');
+  assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() beyond the limit');
+  assert.equal(out.intact, true, 'every segment reads as before');
+  assert.equal(out.usableError, undefined, 'what fits still works');
+  assert.equal(out.usable, true, 'a small clone and a restore work under the limit');
+});
