@@ -301,8 +301,12 @@ for (const b of backends) {
         assert.equal(seg.address, at);
       });
 
-      it('is page-aligned and distinct for every live segment on the native backends', { skip: !b.name.startsWith('linux') && 'native backends only' }, () => {
+      it('is page-aligned and distinct for every live segment when the backend hands out real addresses', (t) => {
         using seg = Segment.create(page * 2);
+        if (seg.address === 0n && !b.name.startsWith('linux')) {
+          t.skip('this backend keeps segments in plain ArrayBuffers, with no address');
+          return;
+        }
         using c = seg.clone();
         using d = Segment.create(1);
         for (const s of [seg, c, d]) {
