@@ -4,8 +4,9 @@
 //   npm run bench -- --sizes 256M,1G      # chosen sizes (or MEMFORK_BENCH_SIZES)
 //   npm run bench -- --quick              # a few seconds, small sizes (the smoke test)
 //
-// Options: --sizes LIST, --chain DEPTH (500), --chain-size SIZE (256M),
-// --seconds S (restore loop, 2), --out DIR (bench-results), --quick.
+// Options: --sizes LIST, --chain DEPTH (500), --chain-size SIZE (64M),
+// --restore-size SIZE (256M), --seconds S (restore loop, 2),
+// --out DIR (bench-results), --quick.
 //
 // What a user does without memfork is copy: `Uint8Array.prototype.slice()`
 // into fresh memory, or `set()` into a buffer that is already touched (the
@@ -45,7 +46,9 @@ const sizes = (arg('sizes') ?? process.env.MEMFORK_BENCH_SIZES ?? (quick ? '16M'
   .map(parseSize)
   .map((s) => Math.ceil(s / PAGE) * PAGE);
 const chainDepth = Number(arg('chain') ?? (quick ? 50 : 500));
-const chainSize = parseSize(arg('chain-size') ?? (quick ? '16M' : '256M'));
+// 64 MiB: deep enough to reach the process's mapping budget within 500 links.
+const chainSize = parseSize(arg('chain-size') ?? (quick ? '16M' : '64M'));
+const restoreSize = parseSize(arg('restore-size') ?? (quick ? '16M' : '256M'));
 const restoreSeconds = Number(arg('seconds') ?? (quick ? 0.3 : 2));
 const outDir = arg('out') ?? 'bench-results';
 /** Time one case may take at one size before it stops repeating (ms). */
@@ -257,7 +260,7 @@ function benchSize(size: number): void {
     if (a[size - 1] !== 1) throw new Error('fill failed');
     return ms;
   });
-  rows.push({ case: 'fill', size, unit: 'ms', memfork: fillM, slice: fillC, note: 'copy column: new Uint8Array(n).fill()' });
+  rows.push({ case: 'fill', size, unit: 'ms', memfork: fillM, slice: fillC });
 
   // The copy baselines every clone case is compared with.
   log('  copy the bytes');
@@ -383,19 +386,23 @@ function benchSize(size: number): void {
     memfork: cowWrite,
     slice: freshWrite,
     set: touchedWrite,
-    note: 'copy columns: first write to fresh memory / write to touched memory',
   });
 
   // Memory and mappings per clone, with 1% of pages written before each.
   log('  memory per clone');
-  const K = quick ? 4 : 10;
   gc();
   const before = { machine: machineMemory(), proc: processMemory(), maps: mapsLines(), mf: memoryStats().mappings };
   const clones: Segment[] = [];
-  for (let i = 0; i < K; i++) {
+  const floor = Math.max(4 * 2 ** 30, os.totalmem() / 5);
+  for (let i = 0; i < (quick ? 4 : 8); i++) {
     bytes.touch(randomPages(pages, onePercent), v++ & 0xff);
     clones.push(origin.clone());
+    if (meminfo('MemAvailable') < floor) {
+      log(`    stopped after ${i + 1} clones: MemAvailable below ${fmtBytes(floor)}`);
+      break;
+    }
   }
+  const K = clones.length;
   const after = { machine: machineMemory(), proc: processMemory(), maps: mapsLines(), mf: memoryStats().mappings };
   const perClone = {
     machineBytes: (after.machine - before.machine) / K,
@@ -414,7 +421,7 @@ function benchSize(size: number): void {
     unit: 'bytes',
     memfork: single(perClone.processBytes),
     slice: single(size),
-    note: `machine-wide Shmem+AnonPages ${fmtBytes(perClone.machineBytes)}; copy: the whole size`,
+    note: `average of ${K} clones; machine-wide Shmem+AnonPages ${fmtBytes(perClone.machineBytes)}; copy: the whole size`,
   });
   rows.push({
     case: 'mappings per clone',
@@ -435,22 +442,33 @@ function benchChain(size: number, depth: number): void {
   const chain: Segment[] = [filledSegment(size, 1)];
   const times: number[] = [];
   const start = now();
+  // Every segment of the chain stays alive, so memory use is watched: stop
+  // early rather than run the machine out of memory.
+  const floor = Math.max(4 * 2 ** 30, os.totalmem() / 5);
+  let stopped = '';
   for (let i = 0; i < depth; i++) {
     const t = now();
     const c = chain[chain.length - 1].clone();
     times.push(now() - t);
     new Bytes(c).touch([Math.floor(rand() * pages)], (i % 250) + 1);
     chain.push(c);
-    if (i % 50 === 49) log(`    ${i + 1} links, last clone ${fmtMs(times[times.length - 1])}`);
+    if (i % 50 === 49) log(`    ${i + 1} links, last clone ${fmtMs(times[times.length - 1])}, layers hold ${fmtBytes(memoryStats().layerBytes)}`);
+    if (meminfo('MemAvailable') < floor) {
+      stopped = `stopped at link ${i + 1}: MemAvailable below ${fmtBytes(floor)}`;
+      log(`    ${stopped}`);
+      break;
+    }
   }
   const total = now() - start;
   const mappings = chain.map((s) => s.stats().mappings);
-  const k = Math.max(1, Math.min(20, Math.floor(depth / 5)));
+  const links = times.length;
+  const k = Math.max(1, Math.min(20, Math.floor(links / 5)));
   const early = stat(times.slice(0, k));
   const late = stat(times.slice(-k));
   const ms = memoryStats();
   const result = {
-    depth,
+    depth: links,
+    stopped,
     size,
     totalMs: total,
     early,
@@ -468,13 +486,27 @@ function benchChain(size: number, depth: number): void {
       `median ${result.mappingsMedian}, max ${result.mappingsMax}; all segments ${ms.mappings}, /proc/self/maps ${result.mapsLines} lines`,
   );
   rows.push({ case: `chain: clone, links 1–${k}`, size, unit: 'ms', memfork: early });
-  rows.push({ case: `chain: clone, links ${depth - k + 1}–${depth}`, size, unit: 'ms', memfork: late, note: `copy: ${depth} × ${fmtBytes(size)}, not run` });
+  rows.push({
+    case: `chain: clone, links ${links - k + 1}–${links}`,
+    size,
+    unit: 'ms',
+    memfork: late,
+    note: `copy: ${links} × ${fmtBytes(size)}, not run${stopped ? `; ${stopped}` : ''}`,
+  });
   rows.push({
     case: `chain: mappings per segment (max)`,
     size,
     unit: 'count',
     memfork: single(result.mappingsMax),
-    note: `median ${result.mappingsMedian}; all ${depth + 1} segments ${ms.mappings}; maps lines ${result.mapsLines}`,
+    note: `median ${result.mappingsMedian}; all ${links + 1} segments ${ms.mappings}; maps lines ${result.mapsLines}`,
+  });
+  rows.push({
+    case: `chain: memory of all ${links + 1} segments`,
+    size,
+    unit: 'bytes',
+    memfork: single(ms.layerBytes + ms.privateBytes),
+    slice: single((links + 1) * size),
+    note: 'memoryStats() layerBytes + privateBytes; copy: one full copy per segment',
   });
   extra.chain = { ...result, times };
   for (const s of chain) s.close();
@@ -528,7 +560,7 @@ function benchRestore(size: number, seconds: number): void {
   const c = stat(copyRates);
   c.min = Math.max(...copyRates);
   log(`    set() from a saved copy: ${c.median.toFixed(1)}/s`);
-  rows.push({ case: 'restore loop (64 pages dirtied)', size, unit: '/s', memfork: m, set: c, note: '(best) instead of (min)' });
+  rows.push({ case: 'restore loop (64 pages dirtied)', size, unit: '/s', memfork: m, set: c });
   extra.restore = { size, dirty, rates, copyRates };
   snapshot.close();
   state.close();
@@ -571,6 +603,10 @@ function printTable(): void {
   console.log(line(head));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const b of body) console.log(line(b));
+  console.log();
+  const notes = new Map<string, string>();
+  for (const r of rows) if (r.note !== undefined) notes.set(`${r.case} (${fmtBytes(r.size)})`, r.note);
+  for (const [k, n] of notes) console.log(`${k}: ${n}`);
   console.log();
   console.log('median (minimum) of n runs after a warm-up; (n=1): measured once, too costly to repeat.');
   console.log('restore loop: median (best) rate. first write to a page: memfork column = after a clone;');
@@ -663,7 +699,7 @@ function main(): void {
     benchSize(size);
   }
   if (chainDepth > 0) benchChain(chainSize, chainDepth);
-  if (restoreSeconds > 0) benchRestore(chainSize, restoreSeconds);
+  if (restoreSeconds > 0) benchRestore(restoreSize, restoreSeconds);
 
   const seconds = (now() - began) / 1000;
   printTable();
