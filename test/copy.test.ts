@@ -4,6 +4,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Segment, SegmentError } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
+import { chooseBackend } from '../src/backend.ts';
+import { loadBackend } from '../src/load.ts';
 import { CopyBackend, nativeHeap, type CopyHeap } from '../platform/copy.ts';
 import { assertBytes } from './backends.ts';
 
@@ -150,7 +152,8 @@ describe('the copy backend in arraybuffer mode (runtimes that refuse external Ar
     backend = new CopyBackend({ memory: 'arraybuffer' });
     setBackend(backend);
   });
-  after(() => setBackend(new CopyBackend()));
+  // Back to the backend this process would pick, for whatever runs next.
+  after(() => setBackend(loadBackend(chooseBackend(process.platform, process.env.MEMFORK_BACKEND).name)));
 
   it('has no pages to round to and no address', () => {
     assert.equal(backend.memoryKind, 'arraybuffer');

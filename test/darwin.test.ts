@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import koffi from 'koffi';
 import { Segment, SegmentError } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
+import { chooseBackend } from '../src/backend.ts';
+import { loadBackend } from '../src/load.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 import * as mach from '../platform/mach.ts';
 import { MachSim, MACH_SEND_INVALID_DEST } from './mach-sim.ts';
@@ -230,7 +232,11 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
 
   before(() => fresh());
   afterEach(() => fresh());
-  after(() => sim.dispose());
+  after(() => {
+    sim.dispose();
+    // Back to the backend this process would pick, for whatever runs next.
+    setBackend(loadBackend(chooseBackend(process.platform, process.env.MEMFORK_BACKEND).name));
+  });
 
   describe('create()', () => {
     it('takes its page size from vm_page_size, 16 KiB or 4 KiB', () => {
