@@ -1,0 +1,94 @@
+// Segments made and used inside several worker_threads workers at once: each
+// thread loads memfork for itself and works on its own segments, cloning,
+// restoring and checking them against plain copies, all at the same time.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { Segment, backend } from '../src/index.ts';
+import { runtimeName } from '../src/runtime.ts';
+
+const skip = runtimeName !== 'node' && 'the worker fixture loads TypeScript through ts-node';
+
+interface Report {
+  threadId: number;
+  backend: string;
+  ok: boolean;
+  steps: number;
+  clones: number;
+  restores: number;
+  checks: number;
+  segmentsLeft: number;
+  layersLeft: number;
+  error?: string;
+}
+
+function runWorker(seed: number, steps: number, pages: number): Promise<Report> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(path.resolve('test', 'fixtures', 'workers-entry.cjs'), {
+      workerData: { seed, steps, pages },
+    });
+    let report: Report | undefined;
+    w.once('message', (m: Report) => {
+      report = m;
+    });
+    w.once('error', reject);
+    w.once('exit', (code) => {
+      if (report === undefined) reject(new Error(`worker ${seed} exited with ${code} without a report`));
+      else resolve(report);
+    });
+  });
+}
+
+test('segments made in several workers at once clone, restore and read back independently', { skip }, async (t) => {
+  const WORKERS = 4;
+  // The main thread keeps a segment of its own through it all.
+  const mine = Segment.create(3 * backend.pageSize);
+  new Uint8Array(mine.buffer).fill(0x5c);
+  const snapshot = mine.clone();
+  try {
+    let done = false;
+    const all = Promise.all(Array.from({ length: WORKERS }, (_, k) => runWorker(1000 + k, 400, 2 + 3 * k))).finally(() => {
+      done = true;
+    });
+    // Meanwhile the main thread clones and restores its own segment (a few
+    // hundred rounds, to leave the cores to the workers).
+    let rounds = 0;
+    const u = new Uint8Array(mine.buffer);
+    while (!done && rounds < 300) {
+      u[rounds % u.length] = 1;
+      const c = mine.clone();
+      u[(rounds * 7) % u.length] = 2;
+      mine.restore(c);
+      assert.equal(u[(rounds * 7) % u.length], (rounds * 7) % u.length === rounds % u.length ? 1 : 0x5c);
+      assert.equal(u[rounds % u.length], 1);
+      c.close();
+      mine.restore(snapshot);
+      rounds++;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const reports = await all;
+    t.diagnostic(`the main thread did ${rounds} clone/restore rounds meanwhile`);
+    for (const r of reports) {
+      t.diagnostic(
+        `thread ${r.threadId}: ${r.steps} steps, ${r.clones} clones, ${r.restores} restores, ${r.checks} checks, ` +
+          `${r.segmentsLeft} segments and ${r.layersLeft} layers left`,
+      );
+    }
+    for (const r of reports) {
+      assert.equal(r.error, undefined, `thread ${r.threadId}: ${r.error}`);
+      assert.equal(r.ok, true);
+      assert.equal(r.backend, backend.name, 'each worker loads the same backend');
+      assert.ok(r.clones > 0 && r.restores > 0, 'each worker cloned and restored');
+      assert.equal(r.segmentsLeft, 0, 'each worker released its segments');
+      assert.equal(r.layersLeft, 0, 'and closed its layers');
+    }
+    assert.equal(new Set(reports.map((r) => r.threadId)).size, WORKERS, 'they ran on separate threads');
+    assert.ok(new Uint8Array(mine.buffer).every((x) => x === 0x5c), "the main thread's segment is untouched");
+    mine.restore(snapshot);
+    assert.ok(new Uint8Array(mine.buffer).every((x) => x === 0x5c));
+  } finally {
+    snapshot.close();
+    mine.close();
+  }
+});
