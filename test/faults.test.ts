@@ -211,6 +211,68 @@ const scenarios: Scenario[] = [
   },
 ];
 
+/**
+ * Scenarios that make the engine compact or reclaim descriptors, for a
+ * backend with tight budgets (maxRuns 8, fdBudget 4).
+ */
+const tightScenarios: Scenario[] = [
+  {
+    name: 'clone() of a segment with more runs than maxRuns (compacts it)',
+    setup: (page) => {
+      const a = Segment.create(32 * page);
+      write(a, page, [0, 16], 1);
+      const s = a.clone();
+      write(a, page, [2, 8, 14, 20, 26, 31], 2);
+      return { segs: [a, s], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'restore() from a segment with more runs than maxRuns',
+    setup: (page) => {
+      const a = Segment.create(32 * page);
+      write(a, page, [0, 16], 1);
+      const s = a.clone();
+      write(s, page, [3, 9, 15, 21, 27], 3);
+      return { segs: [a, s], op: () => a.restore(s), after: (b) => [b[1]!, b[1]!] };
+    },
+  },
+  {
+    name: 'create() at the descriptor budget (reclaims layers first)',
+    setup: (page) => {
+      const segs: Segment[] = [];
+      for (let k = 0; k < 2; k++) {
+        const a = Segment.create((12 + k) * page);
+        write(a, page, [0, 5], k + 1);
+        a.clone().close();
+        write(a, page, [0, 9], k + 3);
+        a.clone().close();
+        segs.push(a);
+      }
+      return { segs, op: () => Segment.create(3 * page), result: () => new Uint8Array(3 * page) };
+    },
+  },
+  {
+    name: 'clone() at the descriptor budget (reclaims layers first)',
+    setup: (page) => {
+      const segs: Segment[] = [];
+      for (let k = 0; k < 3; k++) {
+        const a = Segment.create((12 + k) * page);
+        write(a, page, [0, 5], k + 1);
+        a.clone().close();
+        write(a, page, [0, 9], k + 3);
+        a.clone().close();
+        segs.push(a);
+      }
+      const f = Segment.create(6 * page);
+      write(f, page, [1, 4], 9);
+      const g = f.clone();
+      write(f, page, [2], 10);
+      segs.push(f, g);
+      return { segs, op: () => f.clone(), result: (b) => b[3]! };
+    },
+  },
+];
+
 /** Clones, writes and restores `seg` to show it still works; closes what it made. */
 function exercise(seg: Segment, page: number): void {
   if (seg.byteLength === 0) return;
@@ -270,9 +332,9 @@ function newOutcome(): Outcome {
 }
 
 /** Every failure point of every scenario, one after the other; failed checks are collected. */
-function runAll(backend: LinuxBackend, sticky: boolean, out: Outcome): string[] {
+function runAll(backend: LinuxBackend, sticky: boolean, out: Outcome, list = scenarios): string[] {
   const perScenario: string[] = [];
-  for (const scenario of scenarios) {
+  for (const scenario of list) {
     const counts = countCalls(scenario, backend.pageSize);
     assert.ok(counts.size > 0, `${scenario.name} makes libc calls`);
     for (const [name, n] of counts) {
@@ -431,6 +493,14 @@ for (const scan of scanMethods) {
     assert.ok(out.injected >= 50, `only ${out.injected} failure points`);
   });
 }
+
+test('every single libc failure is clean with tight budgets too (compaction, descriptor reclaim)', { skip }, (t) => {
+  const backend = new LinuxBackend({ maxRuns: 8, fdBudget: 4 });
+  setBackend(backend);
+  const out = newOutcome();
+  for (const line of runAll(backend, false, out, [...tightScenarios, ...scenarios])) t.diagnostic(line);
+  report(t, out, 'single');
+});
 
 test('persistent libc failures (every call from the k-th on) are clean too', { skip }, (t) => {
   const backend = new LinuxBackend({ scan: 'pagemap-scan' });
