@@ -38,6 +38,7 @@ import {
   VM_REGION_TOP_INFO,
 } from '../platform/mach.ts';
 import * as sys from '../platform/libc.ts';
+import { DarwinBackend } from '../platform/darwin.ts';
 
 /** MACH_SEND_INVALID_DEST (mach/message.h): what a call on a bad port returns. */
 export const MACH_SEND_INVALID_DEST = 0x10000003;
@@ -456,3 +457,12 @@ function outArray(value: unknown, type: new (n: number) => ArrayBufferView, leng
     throw new TypeError(`MachSim: ${what} must be a ${type.name} of at least ${length} elements`);
   }
 }
+
+/**
+ * The macOS backend over a fresh simulation, shaped like a case of
+ * test/backends.ts so a suite that runs per backend can include it.
+ */
+export const simulatedDarwin = {
+  name: 'darwin (simulated Mach calls)',
+  make: (): DarwinBackend => new DarwinBackend(new MachSim()),
+} as const;
