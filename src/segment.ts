@@ -54,8 +54,21 @@ let active: Backend | undefined;
 let live = 0;
 
 const owners = new WeakMap<ArrayBuffer, Core>();
+/**
+ * Set once the runtime is unloading: Deno may still run finalizers then, and
+ * an FFI call at that point crashes it. The process is ending anyway, and the
+ * kernel takes the memory back.
+ */
+let unloading = false;
+const events = globalThis as { addEventListener?: (type: string, listener: () => void) => void };
+if (typeof events.addEventListener === 'function') {
+  events.addEventListener('unload', () => {
+    unloading = true;
+  });
+}
 const finalizer = new FinalizationRegistry<Held>((held) => {
   live--;
+  if (unloading) return;
   try {
     held.backend.release(held.handle);
   } catch {
@@ -173,7 +186,12 @@ export class Segment implements Disposable {
       throw new TypeError(`Invalid source: expected an ArrayBuffer or ArrayBufferView, got ${describe(source)}`);
     }
     const seg = Segment.create(bytes.byteLength);
+    if (bytes.byteLength <= seg.#backend.maxViewLength) {
+      new Uint8Array(seg.buffer).set(bytes);
+      return seg;
+    }
     try {
+      // Larger than one ArrayBuffer may be here: copy window by window.
       const window = Math.min(seg.#backend.maxViewLength, 1 << 30);
       for (let off = 0; off < bytes.byteLength; off += window) {
         const n = Math.min(window, bytes.byteLength - off);
