@@ -132,72 +132,85 @@ describe('memory use', { skip }, () => {
   const pages = (xs: number[]): string => xs.map((x) => Math.round(x / page)).join(', ');
 
   it('grows by well under 1% of the size on clone(), and by about the pages written afterwards', (t) => {
-    untilQuiet(t, () => {
-      const growth = { clone: [[], []], write: [[], []], close: [[], []] } as Record<string, [number[], number[]]>;
-      const record = (what: string, from: { system: number; process: number }, to: { system: number; process: number }): void => {
-        growth[what]![0].push(to.system - from.system);
-        growth[what]![1].push(to.process - from.process);
-      };
-      for (let trial = 0; trial < TRIALS; trial++) {
-        const origin = Segment.create(SIZE);
-        new Uint8Array(origin.buffer).fill(0x5a);
-        collect();
-        const m0 = sample();
-        const clone = origin.clone();
-        const m1 = sample();
-        touchPages(clone, K, page, 1);
-        const m2 = sample();
-        clone.close();
-        origin.close();
-        const m3 = sample();
-        record('clone', m0, m1);
-        record('write', m1, m2);
-        record('close', m2, m3);
-      }
-      for (const [what, [sys, proc]] of Object.entries(growth)) {
-        t.diagnostic(`${what}: growth in pages, system-wide ${pages(sys)}; this process ${pages(proc)}`);
-      }
-      const [cloneSys, cloneProc] = growth.clone!;
-      assert.ok(median(cloneProc) < SIZE / 100, `clone() grew this process's memory by ${median(cloneProc)} bytes`);
-      const problems: string[] = [];
-      // Copying would cost every trial 64 MiB; noise from elsewhere cannot
-      // hide that from the smallest one.
-      if (min(cloneSys) >= SIZE / 100) problems.push(`clone() grew the system's memory by ${min(cloneSys)} bytes at least`);
-      const wrote = K * page;
-      problems.push(...checkAbout(`writing ${K} pages`, ...growth.write!, wrote, wrote / 4 + 64 * page));
-      // Closing both gives back the shared 64 MiB and the private copies.
-      const held = SIZE + wrote;
-      const [closeSys, closeProc] = growth.close!;
-      problems.push(...checkAbout('closing both', closeSys.map((x) => -x), closeProc.map((x) => -x), held, held / 4));
-      return problems;
-    });
+    const origin = Segment.create(SIZE);
+    new Uint8Array(origin.buffer).fill(0x5a);
+    const wrote = K * page;
+    try {
+      untilQuiet(t, () => {
+        const growth = { clone: [[], []], write: [[], []], close: [[], []] } as Record<string, [number[], number[]]>;
+        const record = (what: string, from: { system: number; process: number }, to: { system: number; process: number }): void => {
+          growth[what]![0].push(to.system - from.system);
+          growth[what]![1].push(to.process - from.process);
+        };
+        for (let trial = 0; trial < TRIALS; trial++) {
+          collect();
+          const m0 = sample();
+          const clone = origin.clone();
+          const m1 = sample();
+          touchPages(clone, K, page, trial);
+          const m2 = sample();
+          clone.close();
+          const m3 = sample();
+          record('clone', m0, m1);
+          record('write', m1, m2);
+          record('close', m2, m3);
+        }
+        for (const [what, [sys, proc]] of Object.entries(growth)) {
+          t.diagnostic(`${what}: growth in pages, system-wide ${pages(sys)}; this process ${pages(proc)}`);
+        }
+        const [cloneSys, cloneProc] = growth.clone!;
+        assert.ok(median(cloneProc) < SIZE / 100, `clone() grew this process's memory by ${median(cloneProc)} bytes`);
+        const problems: string[] = [];
+        // Copying would cost every trial 64 MiB; noise from elsewhere cannot
+        // hide that from the smallest one.
+        if (min(cloneSys) >= SIZE / 100) problems.push(`clone() grew the system's memory by ${min(cloneSys)} bytes at least`);
+        problems.push(...checkAbout(`writing ${K} pages`, ...growth.write!, wrote, wrote / 4 + 64 * page));
+        // Closing the clone gives back its private copies, and only those.
+        const [closeSys, closeProc] = growth.close!;
+        problems.push(...checkAbout('closing the clone', closeSys.map((x) => -x), closeProc.map((x) => -x), wrote, wrote / 4 + 64 * page));
+        return problems;
+      });
+    } finally {
+      const before = processBytes();
+      origin.close();
+      const freed = before - processBytes();
+      t.diagnostic(`closing the origin freed ${Math.round(freed / page)} pages of this process`);
+      assert.ok(Math.abs(freed - SIZE) <= SIZE / 4, `closing the origin freed ${freed} bytes, expected about ${SIZE}`);
+    }
   });
 
   it('grows by about the pages written when a written segment is cloned again', (t) => {
     // The second clone moves the origin's written pages into a new layer and
     // drops its private copies: the total stays about what was written. (One
     // run of pages: scattered ones may be joined, copying the clean pages
-    // between them, by design.)
-    untilQuiet(t, () => {
-      const sys: number[] = [];
-      const proc: number[] = [];
-      for (let trial = 0; trial < TRIALS; trial++) {
-        const origin = Segment.create(SIZE);
-        new Uint8Array(origin.buffer).fill(1);
-        const first = origin.clone();
-        collect();
-        const m0 = sample();
-        new Uint8Array(origin.buffer, 4 * page, K * page).fill(2);
-        const second = origin.clone();
-        const m1 = sample();
-        sys.push(m1.system - m0.system);
-        proc.push(m1.process - m0.process);
-        for (const s of [second, first, origin]) s.close();
-      }
-      t.diagnostic(`growth in pages, system-wide ${pages(sys)}; this process ${pages(proc)}`);
-      const wrote = K * page;
-      return checkAbout('a second clone', sys, proc, wrote, wrote / 4 + 64 * page);
-    });
+    // between them, by design.) Each trial writes a run no trial wrote before.
+    const origin = Segment.create(SIZE);
+    new Uint8Array(origin.buffer).fill(1);
+    const first = origin.clone();
+    const wrote = K * page;
+    let run = 0;
+    try {
+      untilQuiet(t, () => {
+        const sys: number[] = [];
+        const proc: number[] = [];
+        for (let trial = 0; trial < TRIALS; trial++) {
+          const at = (run++ * K) % (SIZE / page - K);
+          collect();
+          const m0 = sample();
+          new Uint8Array(origin.buffer, at * page, wrote).fill(2 + trial);
+          const second = origin.clone();
+          const m1 = sample();
+          sys.push(m1.system - m0.system);
+          proc.push(m1.process - m0.process);
+          second.close();
+        }
+        t.diagnostic(`growth in pages, system-wide ${pages(sys)}; this process ${pages(proc)}`);
+        return checkAbout('a second clone', sys, proc, wrote, wrote / 4 + 64 * page);
+      });
+    } finally {
+      first.close();
+      origin.close();
+    }
   });
 
   it('costs nothing to read never-written memory after clone()', { skip: !zeroPage && 'this kernel has no zero page: reading untouched memory allocates it' }, (t) => {
