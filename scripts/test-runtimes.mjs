@@ -9,6 +9,7 @@
 //   node scripts/test-runtimes.mjs bun deno         some runtimes
 //   node scripts/test-runtimes.mjs test/x.test.ts   some suites
 //   node scripts/test-runtimes.mjs --verbose        stream each runtime's output
+//   node scripts/test-runtimes.mjs --times          show each file's counts and time
 //   node scripts/test-runtimes.mjs --list           show the runtimes found
 //
 // Each runtime's output is shown when it fails (always with --verbose). The
@@ -59,6 +60,12 @@ function nodeRuntimes() {
       // types too, but its V8 lacks `using` declarations: ts-node compiles there.
       args: (files) => (major >= 24 ? ['--test', ...files] : ['-r', 'ts-node/register', '--test', ...files]),
       loader: major >= 24 ? 'built-in type stripping' : 'ts-node (CommonJS)',
+      // The project's package.json has no "type"; Node.js then says on every
+      // file that it reparses it as an ES module. Child processes inherit this.
+      env:
+        major >= 24
+          ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --disable-warning=MODULE_TYPELESS_PACKAGE_JSON`.trim() }
+          : {},
     };
   });
 }
@@ -72,18 +79,19 @@ function bunRuntime() {
     bin: bin && existsSync(bin) ? bin : undefined,
     version: dir && `Bun ${versionOf(dir)}`,
     // `bun test` runs node:test suites; paths need a ./ to be taken as paths.
-    args: (files) => ['test', ...files.map((f) => `./${f}`)],
+    // Bun gives each test 5 s unless told; node:test and Deno give no limit.
+    args: (files) => ['test', '--timeout=600000', ...files.map((f) => `./${f}`)],
     loader: 'built-in',
   };
 }
 
 /**
- * Deno permissions the suites need: FFI for koffi, MEMFORK_BACKEND and the
- * environment handed to child processes, reads of /proc and node_modules,
- * writes of scratch files under .tmp/, and child processes (the probes that
- * check a runtime aborts on an oversized view). See docs/runtimes.md.
+ * Deno permissions for the suites: all of them. The library itself needs
+ * only --allow-ffi and --allow-env=MEMFORK_BACKEND, but the suites' /proc
+ * helpers read /proc/self/maps through node:fs, which Deno grants only with
+ * --allow-all (see docs/runtimes.md).
  */
-const denoTestPermissions = ['--allow-ffi', '--allow-env', '--allow-read', '--allow-write', '--allow-run'];
+const denoTestPermissions = ['--allow-all'];
 
 function denoRuntime() {
   const target = platform === 'linux' ? `linux-${arch}-glibc` : `${platform}-${arch}`;
@@ -130,11 +138,17 @@ function parseCounts(name, out) {
     take(/^\s*(\d+) fail$/gm, 'failed');
     take(/^\s*(\d+) skip$/gm, 'skipped');
   } else if (name === 'deno') {
-    const m = [...out.matchAll(/^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored)?/gm)].pop();
+    // node:test suites are Deno tests and their `it`s are steps: count both.
+    const m = [
+      ...out.matchAll(
+        /^(?:ok|FAILED) \| (\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed(?: \((\d+) steps?\))?(?: \| (\d+) ignored(?: \((\d+) steps?\))?)?/gm,
+      ),
+    ].pop();
     if (m) {
-      counts.passed = Number(m[1]);
-      counts.failed = Number(m[3]);
-      counts.skipped = Number(m[5] ?? 0);
+      const n = (i) => Number(m[i] ?? 0);
+      counts.passed = n(1) + n(2);
+      counts.failed = n(3) + n(4);
+      counts.skipped = n(5) + n(6);
       counts.found = true;
     }
   }
@@ -180,6 +194,7 @@ async function main() {
   const argv = process.argv.slice(2);
   const verbose = argv.includes('--verbose');
   const list = argv.includes('--list');
+  const times = argv.includes('--times');
   const positional = argv.filter((a) => !a.startsWith('--'));
   const all = [...nodeRuntimes(), bunRuntime(), denoRuntime()];
   const wanted = positional.filter((a) => !a.endsWith('.ts'));
@@ -224,27 +239,48 @@ async function main() {
     }
     if (mine.length === 0) continue;
     console.log(`${r.name}: ${r.version}, ${mine.length} suite${mine.length === 1 ? '' : 's'} (TypeScript: ${r.loader})`);
-    const res = await run(r, mine, verbose, timeoutMs);
-    const c = parseCounts(r.name, res.out);
-    const ok = res.code === 0 && !res.timedOut && c.found && c.failed === 0;
-    if (!ok && !verbose) {
-      process.stdout.write(`----- ${r.name} output -----\n${res.out}${res.out.endsWith('\n') ? '' : '\n'}----- end of ${r.name} output -----\n`);
+    // One run per file: Bun runs all files of one `bun test` in one process,
+    // sharing module state (such as the backend a suite switched to); Node.js
+    // and Deno isolate files. One file a run isolates them everywhere, shows
+    // which file crashed a runtime, and times each file.
+    const batches = mine.map((f) => [f]);
+    const c = { passed: 0, failed: 0, skipped: 0 };
+    const problems = [];
+    let seconds = 0;
+    let ok = true;
+    for (const batch of batches) {
+      const res = await run(r, batch, verbose, timeoutMs);
+      const part = parseCounts(r.name, res.out);
+      seconds += res.seconds;
+      c.passed += part.passed;
+      c.failed += part.failed;
+      c.skipped += part.skipped;
+      const where = `${batch[0]}: `;
+      let problem;
+      if (res.timedOut) problem = `${where}killed after ${timeoutMs / 1000} s`;
+      else if (res.signal) problem = `${where}ended by ${res.signal}`;
+      else if (res.code !== 0) problem = `${where}exit code ${res.code}`;
+      else if (!part.found) problem = `${where}no test summary found`;
+      if (problem !== undefined || part.failed > 0) {
+        ok = false;
+        // A file that crashed or printed no summary counts as one failure.
+        if (part.failed === 0) c.failed += 1;
+        if (!verbose) {
+          const label = `${r.name} ${batch[0]}`;
+          process.stdout.write(`----- ${label} output -----\n${res.out}${res.out.endsWith('\n') ? '' : '\n'}----- end of ${label} output -----\n`);
+        }
+      }
+      if (problem !== undefined) problems.push(problem);
+      if (times) console.log(`  ${batch[0]}: ${part.passed} passed, ${part.failed} failed, ${part.skipped} skipped in ${res.seconds.toFixed(1)} s`);
     }
-    let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped in ${res.seconds.toFixed(1)} s`;
-    if (res.timedOut) line += ` (killed after ${timeoutMs / 1000} s)`;
-    else if (res.signal) line += ` (ended by ${res.signal})`;
-    else if (res.code !== 0) line += ` (exit code ${res.code})`;
-    if (!c.found) line += ' (no test summary found)';
+    let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped in ${seconds.toFixed(1)} s`;
+    if (problems.length > 0) line += ` (${problems.join('; ')})`;
     console.log(line);
     lines.push(line);
     total.passed += c.passed;
     total.failed += c.failed;
     total.skipped += c.skipped;
-    if (!ok) {
-      broken = true;
-      // A runtime that crashed or printed no summary counts as one failure.
-      if (c.failed === 0) total.failed += 1;
-    }
+    if (!ok) broken = true;
   }
   console.log('');
   for (const line of lines) console.log(`  ${line}`);

@@ -8,6 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 import { canDetach, maxViewLength, runtimeName } from '../src/runtime.ts';
+import { denoPermissions, projectRoot, runtime as runtimeFromGlobals } from './helpers/runtime.ts';
 
 const GiB4 = 2 ** 32;
 const linux = process.platform === 'linux';
@@ -16,8 +17,7 @@ const overridden = (process.env.MEMFORK_BACKEND ?? '') !== '';
 
 /** The runtime as seen from its own globals, independently of src/runtime.ts. */
 const runtime = {
-  name:
-    'Bun' in globalThis ? 'bun' : 'Deno' in globalThis ? 'deno' : 'node',
+  name: runtimeFromGlobals,
   nodeMajor: Number.parseInt(process.versions.node ?? '0', 10),
 };
 
@@ -113,13 +113,14 @@ console.log('view-length ' + bytes.length);
 `;
 
 function runProbe(): { status: number | null; signal: string | null; stdout: string } {
-  mkdirSync(join(process.cwd(), '.tmp'), { recursive: true });
-  const dir = mkdtempSync(join(process.cwd(), '.tmp', 'probe-'));
+  // Inside the project, so that require('koffi') finds node_modules on every runtime.
+  mkdirSync(join(projectRoot, '.tmp'), { recursive: true });
+  const dir = mkdtempSync(join(projectRoot, '.tmp', 'probe-'));
   try {
     const file = join(dir, 'probe.cjs');
     writeFileSync(file, probe);
-    const args = runtime.name === 'deno' ? ['run', '--allow-all', file] : [file];
-    const r = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+    const args = runtime.name === 'deno' ? ['run', '--no-lock', ...denoPermissions, file] : [file];
+    const r = spawnSync(process.execPath, args, { cwd: projectRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
     return { status: r.status, signal: r.signal, stdout: r.stdout ?? '' };
   } finally {
     rmSync(dir, { recursive: true, force: true });
