@@ -25,15 +25,22 @@
 //   distinct VM objects on top of their entries. `taskVmInfo()` adds the
 //   process-wide figures of task_info(TASK_VM_INFO).
 //
-// Limits: a wired (mlocked) source is copied eagerly by the kernel; results
-// are kern_return_t codes (`KERN_NO_SPACE`, …), not errno. Page size is
-// `vm_page_size` (16 KiB on Apple silicon), never assumed.
+// Errors: a create() the task cannot fit (mach_vm_allocate returns
+// KERN_NO_SPACE or KERN_RESOURCE_SHORTAGE) is `ENOMEM`, as the API promises on
+// every platform, with the kern_return_t as `errno` and its name in the message.
+// Every other Mach failure keeps its kern_return_t name as `code` (`KERN_…`).
+//
+// Limits: a wired (mlocked) source is copied eagerly by the kernel. Page size
+// is `vm_page_size` (16 KiB on Apple silicon), never assumed.
 import type { Backend, BackendMemory, BackendStats } from '../src/backend.ts';
 import { maxViewLength } from '../src/runtime.ts';
 import { isPowerOfTwo } from '../src/pages.ts';
+import { SegmentError } from '../src/errors.ts';
 import {
   KERN_INVALID_ADDRESS,
+  KERN_NO_SPACE,
   KERN_PROTECTION_FAILURE,
+  KERN_RESOURCE_SHORTAGE,
   KERN_SUCCESS,
   TASK_VM_INFO,
   TASK_VM_INFO_LAYOUT,
@@ -48,6 +55,7 @@ import {
   VM_PROT_READ,
   VM_PROT_WRITE,
   VM_REGION_TOP_INFO,
+  kernReturnName,
   loadMach,
   machError,
   type MachCalls,
@@ -120,6 +128,7 @@ export class DarwinBackend implements Backend<DarwinSegment> {
     const m = this.#mach;
     this.#addr[0] = 0n;
     const kr = m.mach_vm_allocate(this.#task, this.#addr, BigInt(length), VM_FLAGS_ANYWHERE | TAG);
+    if (kr === KERN_NO_SPACE || kr === KERN_RESOURCE_SHORTAGE) throw outOfMemory('mach_vm_allocate', kr, length, m);
     if (kr !== KERN_SUCCESS) throw machError('mach_vm_allocate', kr, `cannot allocate ${length} bytes`, m);
     const seg: DarwinSegment = { addr: this.#addr[0]!, length, released: false };
     this.#segments.add(seg);
@@ -298,4 +307,20 @@ export class DarwinBackend implements Backend<DarwinSegment> {
       at = next;
     }
   }
+}
+
+/**
+ * The error for an allocation the task has no room for: `ENOMEM`, as on every
+ * other platform, with the kern_return_t as `errno` and named in the message:
+ * `mach_vm_allocate ENOMEM: cannot allocate 16384 bytes (KERN_NO_SPACE: (os/kern) no space available)`.
+ */
+function outOfMemory(call: string, kr: number, bytes: number, strings: Pick<MachCalls, 'mach_error_string'>): SegmentError {
+  let text = '';
+  try {
+    text = strings.mach_error_string(kr);
+  } catch {
+    // The kern_return_t name says it all.
+  }
+  const why = text ? `${kernReturnName(kr)}: ${text}` : kernReturnName(kr);
+  return new SegmentError(`${call} ENOMEM: cannot allocate ${bytes} bytes (${why})`, 'ENOMEM', kr, call);
 }

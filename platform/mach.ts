@@ -10,7 +10,9 @@
 //
 // Mach results are kern_return_t values, not errno: they become SegmentError
 // with the kern_return_t name as `code` (`KERN_NO_SPACE`), the number as
-// `errno` and the call as `syscall`, never mixed with errno names.
+// `errno` and the call as `syscall`, never mixed with errno names. (The one
+// exception lives in darwin.ts: an allocation with no room is ENOMEM, as the
+// API promises everywhere, naming the kern_return_t in its message.)
 import koffi from 'koffi';
 import { SegmentError } from '../src/errors.ts';
 

@@ -1,10 +1,13 @@
 // The backends that load on this machine, for suites that run once per
-// backend: Linux with each way of finding written pages, and the portable copy
+// backend: Linux with each way of finding written pages, macOS (on Linux, over
+// the simulated Mach calls of test/mach-sim.ts), and the portable copy
 // backend. `useBackend` makes `Segment.create` use one of them.
 import type { Backend } from '../src/backend.ts';
 import { setBackend } from '../src/segment.ts';
 import { CopyBackend } from '../platform/copy.ts';
 import { LinuxBackend, type ScanMethod } from '../platform/linux.ts';
+import { DarwinBackend } from '../platform/darwin.ts';
+import { simulatedDarwin } from './mach-sim.ts';
 
 /** One backend a suite can run against. */
 export interface BackendCase {
@@ -25,12 +28,23 @@ function linuxCase(scan: ScanMethod): BackendCase | undefined {
   return { name: `linux (${scan})`, make: () => new LinuxBackend({ scan }) };
 }
 
+/**
+ * The macOS backend: the real one on macOS; on Linux the same code over a
+ * simulation of the Mach calls, which lives on Linux memory.
+ */
+function darwinCase(): BackendCase | undefined {
+  if (process.platform === 'darwin') return { name: 'darwin', make: () => new DarwinBackend() };
+  if (process.platform === 'linux') return simulatedDarwin;
+  return undefined;
+}
+
 const copy: BackendCase = { name: 'copy', make: () => new CopyBackend() };
 
 /** Every backend that loads here, the native ones first. */
 export const backends: readonly BackendCase[] = [
   linuxCase('pagemap-scan'),
   linuxCase('pagemap-read'),
+  darwinCase(),
   copy,
 ].filter((b): b is BackendCase => b !== undefined);
 

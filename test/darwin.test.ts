@@ -257,31 +257,82 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       assert.ok(sim.isMapped(seg.address, 4 * page));
     });
 
-    it('throws SegmentError KERN_NO_SPACE with the kernel text when mach_vm_allocate has no space', () => {
+    it('throws SegmentError ENOMEM naming KERN_NO_SPACE and the kernel text when mach_vm_allocate has no space', () => {
       sim.fail('mach_vm_allocate', mach.KERN_NO_SPACE);
-      assert.throws(() => Segment.create(page), machFailure('KERN_NO_SPACE', 3, 'mach_vm_allocate', '(os/kern) no space available'));
+      assert.throws(() => Segment.create(page), (err: unknown) => {
+        assert.ok(err instanceof SegmentError, `expected a SegmentError, got ${String(err)}`);
+        assert.equal(err.code, 'ENOMEM');
+        assert.equal(err.errno, mach.KERN_NO_SPACE);
+        assert.equal(err.syscall, 'mach_vm_allocate');
+        assert.equal(err.message, `mach_vm_allocate ENOMEM: cannot allocate ${page} bytes (KERN_NO_SPACE: (os/kern) no space available)`);
+        return true;
+      });
       assert.equal(sim.regionCount, 0);
     });
 
-    it('reports a size beyond the address space as KERN_NO_SPACE, and the process goes on', () => {
+    it('throws SegmentError ENOMEM naming KERN_RESOURCE_SHORTAGE when mach_vm_allocate runs short', () => {
+      sim.fail('mach_vm_allocate', mach.KERN_RESOURCE_SHORTAGE);
+      assert.throws(() => Segment.create(3 * page), (err: unknown) => {
+        assert.ok(err instanceof SegmentError, `expected a SegmentError, got ${String(err)}`);
+        assert.equal(err.code, 'ENOMEM');
+        assert.equal(err.errno, mach.KERN_RESOURCE_SHORTAGE);
+        assert.equal(err.syscall, 'mach_vm_allocate');
+        assert.equal(err.message, `mach_vm_allocate ENOMEM: cannot allocate ${3 * page} bytes (KERN_RESOURCE_SHORTAGE: (os/kern) resource shortage)`);
+        return true;
+      });
+      assert.equal(sim.regionCount, 0);
+    });
+
+    it('names the kern_return_t alone when mach_error_string has no text for it', () => {
+      class Textless extends MachSim {
+        override mach_error_string(): string {
+          throw new Error('no text');
+        }
+      }
+      sim.dispose();
+      sim = new Textless();
+      setBackend(new DarwinBackend(sim));
+      sim.fail('mach_vm_allocate', mach.KERN_NO_SPACE);
+      assert.throws(() => Segment.create(page), {
+        code: 'ENOMEM',
+        message: `mach_vm_allocate ENOMEM: cannot allocate ${page} bytes (KERN_NO_SPACE)`,
+      });
+    });
+
+    it('reports a size beyond the address space as ENOMEM with the Mach result in the message, and the process goes on', () => {
       for (const n of [2 ** 52, Number.MAX_SAFE_INTEGER - 4095]) {
-        assert.throws(() => Segment.create(n), machFailure('KERN_NO_SPACE', 3, 'mach_vm_allocate'));
+        const rounded = Math.ceil(n / page) * page;
+        assert.throws(() => Segment.create(n), (err: unknown) => {
+          assert.ok(err instanceof SegmentError, `expected a SegmentError, got ${String(err)}`);
+          assert.equal(err.code, 'ENOMEM');
+          assert.equal(err.errno, mach.KERN_NO_SPACE);
+          assert.equal(err.syscall, 'mach_vm_allocate');
+          assert.equal(err.message, `mach_vm_allocate ENOMEM: cannot allocate ${rounded} bytes (KERN_NO_SPACE: (os/kern) no space available)`);
+          return true;
+        });
       }
       using seg = Segment.create(page);
       bytesOf(seg)[0] = 1;
       assert.equal(bytesOf(seg)[0], 1);
     });
 
-    it('names every kern_return_t it gets back, even ones xnu does not list', () => {
+    it('keeps the kern_return_t name as the code for every other allocation failure, even ones xnu does not list', () => {
       for (const [kr, code] of [
-        [mach.KERN_RESOURCE_SHORTAGE, 'KERN_RESOURCE_SHORTAGE'],
         [mach.KERN_INVALID_ARGUMENT, 'KERN_INVALID_ARGUMENT'],
+        [mach.KERN_FAILURE, 'KERN_FAILURE'],
         [-304, 'MIG_BAD_ARGUMENTS'],
         [MACH_SEND_INVALID_DEST, 'KERN_RETURN_0x10000003'],
       ] as const) {
         sim.fail('mach_vm_allocate', kr);
         assert.throws(() => Segment.create(page), machFailure(code, kr, 'mach_vm_allocate'));
       }
+    });
+
+    it('keeps KERN_NO_SPACE as the code when a clone, not an allocation, finds no room', () => {
+      using a = Segment.create(page);
+      sim.limit = sim.mappedBytes;
+      assert.throws(() => a.clone(), machFailure('KERN_NO_SPACE', 3, 'mach_vm_remap', '(os/kern) no space available'));
+      sim.limit = Number.POSITIVE_INFINITY;
     });
   });
 
