@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeSync } from 'node:fs';
+import * as path from 'node:path';
 import { runtimeName } from '../src/runtime.ts';
 import { linuxOnly } from './helpers/proc.ts';
 
@@ -32,6 +33,7 @@ interface Findings {
     processLeft: number;
     systemGrew: number;
     systemLeft: number;
+    othersChanged: number;
     released: boolean;
     tries: number;
   };
@@ -178,6 +180,7 @@ async function child(): Promise<void> {
     await until(() => false, 3);
     const base = live();
     const proc0 = proc.processMemory();
+    const others0 = proc.othersMemory();
     const sys0 = sample(Math.min);
     let layerBytes = 0;
     let sys1 = 0;
@@ -204,6 +207,7 @@ async function child(): Promise<void> {
       processLeft: proc.processMemory() - proc0,
       systemGrew: sys1 - sys0,
       systemLeft: sample(Math.min) - sys0,
+      othersChanged: proc.othersMemory() - others0,
       released: tries > 0,
       tries,
     };
@@ -217,7 +221,8 @@ let cached: Findings | undefined;
 /** Runs this file as the child and returns its findings (once). */
 function findings(): Findings {
   if (cached !== undefined) return cached;
-  const r = spawnSync(process.execPath, ['--expose-gc', '-r', 'ts-node/register', __filename], {
+  // Tests run from the project root (this file may be an ES module: no __filename).
+  const r = spawnSync(process.execPath, ['--expose-gc', '-r', 'ts-node/register', path.join('test', 'gc.test.ts')], {
     env: { ...process.env, MEMFORK_GC_CHILD: '1' },
     encoding: 'utf8',
     timeout: 120_000,
@@ -287,6 +292,12 @@ if (CHILD) {
     assert.equal(f.layersLeft, 0, 'every layer was closed');
     assert.equal(f.layerBytesLeft, 0);
     assert.ok(f.processLeft < 16 * MiB, 'the process gave its memory back');
-    assert.ok(f.systemLeft < 48 * MiB, 'Shmem + AnonPages came back');
+    // The system-wide figure moves with every other process: checked when
+    // the rest of the machine held still (this process's share is exact above).
+    if (Math.abs(f.othersChanged) < 32 * MiB) {
+      assert.ok(f.systemLeft < 48 * MiB, 'Shmem + AnonPages came back');
+    } else {
+      t.diagnostic(`other processes changed their memory by ${mib(f.othersChanged)} meanwhile: Shmem + AnonPages not asserted`);
+    }
   });
 }

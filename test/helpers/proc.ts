@@ -5,8 +5,20 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 
+function procReason(): false | string {
+  if (process.platform !== 'linux') return 'Linux only: reads /proc and uses memfd';
+  try {
+    readdirSync('/proc/self/fd');
+    readFileSync('/proc/self/maps');
+    return false;
+  } catch (err) {
+    // Deno, for one, lets only --allow-all read /proc/self.
+    return `this runtime may not read /proc/self here (${(err as Error).message.split('\n')[0]})`;
+  }
+}
+
 /** `false`, or the reason a Linux-only suite is skipped (for `{ skip }`). */
-export const linuxOnly: false | string = process.platform !== 'linux' && 'Linux only: reads /proc and uses memfd';
+export const linuxOnly: false | string = procReason();
 
 /** Number of entries in /proc/self/fd (including the one used to list it). */
 export function openFds(): number {
