@@ -1,6 +1,6 @@
 // Resource limits, each in a child process of its own so nothing here changes
-// for this process or the system: a low descriptor limit (RLIMIT_NOFILE) and
-// a tight address-space limit (RLIMIT_AS). The children are in
+// for this process or the system: a low descriptor limit (RLIMIT_NOFILE), a
+// tight address-space limit (RLIMIT_AS) and a file-size limit (RLIMIT_FSIZE). The children are in
 // test/fixtures/limits-*.ts; each prints one JSON line of findings.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -82,4 +82,17 @@ test('under an address-space limit, create(), from() and clone() throw SegmentEr
   assert.equal(out.intact, true, 'every segment reads as before');
   assert.equal(out.usableError, undefined, 'what fits still works');
   assert.equal(out.usable, true, 'a small clone and a restore work under the limit');
+});
+
+test('under a file-size limit, a segment larger than it throws SegmentError EFBIG and the process lives on', { skip }, (t) => {
+  const out = runFixture('limits-fsize.ts', []);
+  t.diagnostic(JSON.stringify(out));
+  assertSegmentError(out.cloneError, 'EFBIG', 27, 'clone() of a written 8 MiB segment under a 2 MiB file-size limit');
+  assert.equal(out.bigIntact, true, 'the source of the failed clone is unchanged');
+  assert.equal(out.snapIntact, true, 'its snapshot is unchanged');
+  if (out.restoreError !== null) assertSegmentError(out.restoreError, 'EFBIG', 27, 'restore() under the limit');
+  assert.equal(out.bigAfterRestore, true, 'restore() either worked or left the segment as it was');
+  assertSegmentError(out.createError, 'EFBIG', 27, 'create() of 8 MiB under a 2 MiB file-size limit');
+  assertSegmentError(out.fromError, 'EFBIG', 27, 'from() of 3 MiB under a 2 MiB file-size limit');
+  assert.equal(out.smallWorks, true, 'a segment under the limit clones and restores');
 });
