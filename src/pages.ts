@@ -12,5 +12,6 @@ export function pagesFor(bytes: number, page: number): number {
 
 /** True when `n` is a power of two (page sizes always are). */
 export function isPowerOfTwo(n: number): boolean {
-  return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
+  // Math.log2 is exact on powers of two; `&` would cut n to 32 bits.
+  return Number.isSafeInteger(n) && n > 0 && Number.isInteger(Math.log2(n)) && 2 ** Math.log2(n) === n;
 }
