@@ -614,55 +614,91 @@ function printTable(): void {
   console.log('fill: the copy column is new Uint8Array(n).fill(). memory per clone: this process (RssAnon + memfd pages).');
 }
 
-/** A grouped bar chart, log scale: memfork vs the two copies for each timed case. */
+/** Short names for the chart. */
+const shortName: Record<string, string> = {
+  fill: 'fill',
+  'first clone': 'first clone',
+  'clone, nothing written': 'nothing written',
+  'clone after 1% written, random': '1% random',
+  'clone after 1% written, one run': '1% one run',
+  'clone after 100% written': '100% written',
+};
+
+function tick(ms: number): string {
+  if (ms >= 1000) return `${ms / 1000} s`;
+  if (ms >= 1) return `${ms} ms`;
+  return `${+(ms * 1000).toPrecision(3)} µs`;
+}
+
+/** A grouped bar chart, log scale: memfork vs the two copies for each timed case, one block per size. */
 function svg(): string {
-  const timed = rows.filter((r) => r.unit === 'ms' && (r.slice !== undefined || r.set !== undefined));
+  const timed = rows.filter((r) => r.unit === 'ms' && shortName[r.case] !== undefined);
   const series: { key: 'memfork' | 'slice' | 'set'; label: string; color: string }[] = [
     { key: 'memfork', label: 'memfork', color: '#2b8a3e' },
-    { key: 'slice', label: 'copy: slice() (fill: new + fill)', color: '#c92a2a' },
+    { key: 'slice', label: 'copy: slice() (for fill: new Uint8Array + fill)', color: '#c92a2a' },
     { key: 'set', label: 'copy: set() into touched memory', color: '#e8590c' },
   ];
   const values = timed.flatMap((r) => series.map((s) => r[s.key]?.median).filter((x): x is number => x !== undefined && x > 0));
+  if (values.length === 0) values.push(1);
   const lo = Math.pow(10, Math.floor(Math.log10(Math.max(1e-4, Math.min(...values)))));
   const hi = Math.pow(10, Math.ceil(Math.log10(Math.max(...values))));
-  const bar = 14;
-  const gap = 22;
+  const bar = 13;
+  const gap = 16;
+  const blockGap = 30;
   const groupW = series.length * bar + gap;
   const left = 70;
-  const top = 50;
-  const plotH = 320;
-  const width = left + timed.length * groupW + 30;
-  const height = top + plotH + 190;
+  const top = 70;
+  const plotH = 300;
+  const sizesShown = [...new Set(timed.map((r) => r.size))];
+  const xOf = new Map<Row, number>();
+  let x = left + 10;
+  for (const size of sizesShown) {
+    for (const r of timed.filter((t) => t.size === size)) {
+      xOf.set(r, x);
+      x += groupW;
+    }
+    x += blockGap;
+  }
+  const width = Math.max(x + 40, 760);
+  const height = top + plotH + 120;
   const y = (v: number) => top + plotH - ((Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plotH;
-  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const esc = (t: string) => t.replace(/&/g, '&amp;').replace(/</g, '&lt;');
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`);
   out.push(`<rect width="100%" height="100%" fill="white"/>`);
-  out.push(`<text x="${left}" y="20" font-size="14" font-weight="bold">memfork vs copying the bytes (median time, log scale; lower is better)</text>`);
-  for (let d = lo; d <= hi * 1.0001; d *= 10) {
-    out.push(`<line x1="${left}" x2="${width - 20}" y1="${y(d)}" y2="${y(d)}" stroke="#ddd"/>`);
-    out.push(`<text x="${left - 6}" y="${y(d) + 4}" text-anchor="end">${esc(fmtMs(d))}</text>`);
+  out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">memfork vs copying the bytes: median time per case (log scale, lower is better)</text>`);
+  let lx = left;
+  for (const s of series) {
+    out.push(`<rect x="${lx}" y="36" width="11" height="11" fill="${s.color}"/><text x="${lx + 16}" y="46">${esc(s.label)}</text>`);
+    lx += 16 + s.label.length * 6.5 + 24; // about 6.5 px per character at 11 px
   }
-  timed.forEach((r, g) => {
-    const x0 = left + g * groupW + gap / 2;
+  for (let d = lo; d <= hi * 1.0001; d *= 10) {
+    out.push(`<line x1="${left}" x2="${width - 20}" y1="${y(d).toFixed(1)}" y2="${y(d).toFixed(1)}" stroke="#e0e0e0"/>`);
+    out.push(`<text x="${left - 6}" y="${(y(d) + 4).toFixed(1)}" text-anchor="end">${esc(tick(+d.toPrecision(1)))}</text>`);
+  }
+  for (const r of timed) {
+    const x0 = xOf.get(r)!;
     series.forEach((s, i) => {
       const v = r[s.key]?.median;
       if (v === undefined || !(v > 0)) return;
       const yy = y(Math.max(v, lo));
       out.push(
-        `<rect x="${x0 + i * bar}" y="${yy}" width="${bar - 2}" height="${top + plotH - yy}" fill="${s.color}"><title>${esc(`${r.case}, ${fmtBytes(r.size)}, ${s.label}: ${fmtMs(v)}`)}</title></rect>`,
+        `<rect x="${x0 + i * bar}" y="${yy.toFixed(1)}" width="${bar - 2}" height="${(top + plotH - yy).toFixed(1)}" fill="${s.color}">` +
+          `<title>${esc(`${r.case}, ${fmtBytes(r.size)}, ${s.label}: ${fmtMs(v)}`)}</title></rect>`,
       );
     });
     const cx = x0 + (series.length * bar) / 2;
-    out.push(
-      `<text transform="translate(${cx},${top + plotH + 10}) rotate(50)" text-anchor="start">${esc(`${r.case} · ${fmtBytes(r.size)}`)}</text>`,
-    );
-  });
+    out.push(`<text transform="translate(${cx},${top + plotH + 12}) rotate(40)">${esc(shortName[r.case])}</text>`);
+  }
+  for (const size of sizesShown) {
+    const xs = timed.filter((t) => t.size === size).map((t) => xOf.get(t)!);
+    const a = Math.min(...xs);
+    const b = Math.max(...xs) + series.length * bar;
+    out.push(`<line x1="${a}" x2="${b}" y1="${top + plotH + 88}" y2="${top + plotH + 88}" stroke="#555"/>`);
+    out.push(`<text x="${(a + b) / 2}" y="${top + plotH + 104}" text-anchor="middle" font-weight="bold">${esc(fmtBytes(size))}</text>`);
+  }
   out.push(`<line x1="${left}" x2="${left}" y1="${top}" y2="${top + plotH}" stroke="#333"/>`);
-  series.forEach((s, i) => {
-    const x = left + i * 230;
-    out.push(`<rect x="${x}" y="30" width="10" height="10" fill="${s.color}"/><text x="${x + 14}" y="39">${esc(s.label)}</text>`);
-  });
+  out.push(`<line x1="${left}" x2="${width - 20}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/>`);
   out.push('</svg>');
   return out.join('\n');
 }
@@ -670,6 +706,15 @@ function svg(): string {
 // ---- main -----------------------------------------------------------------------
 
 function main(): void {
+  const from = arg('chart-from');
+  if (from !== undefined) {
+    // Redraw the chart from an earlier run's JSON, without measuring.
+    rows.push(...(JSON.parse(fs.readFileSync(from, 'utf8')) as { rows: Row[] }).rows);
+    fs.mkdirSync(outDir, { recursive: true });
+    fs.writeFileSync(path.join(outDir, 'bench.svg'), `${svg()}\n`);
+    log(`wrote ${path.join(outDir, 'bench.svg')}`);
+    return;
+  }
   log(
     `memfork bench: backend ${backend.name}, node ${process.version}, ${os.cpus().length} CPUs, ` +
       `load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}${hasGc ? '' : ' (run with --expose-gc for steadier figures)'}`,
