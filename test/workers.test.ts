@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Segment, backend } from '../src/index.ts';
 import { runtimeName } from '../src/runtime.ts';
+import { fdTargets, linuxOnly, newSegmentLikeMaps, snapshot } from './helpers/proc.ts';
 
 const skip = runtimeName !== 'node' && 'the worker fixture loads TypeScript through ts-node';
 
@@ -23,10 +24,10 @@ interface Report {
   error?: string;
 }
 
-function runWorker(seed: number, steps: number, pages: number): Promise<Report> {
+function runWorker(seed: number, steps: number, pages: number, leaveOpen = false): Promise<Report> {
   return new Promise((resolve, reject) => {
     const w = new Worker(path.resolve('test', 'fixtures', 'workers-entry.cjs'), {
-      workerData: { seed, steps, pages },
+      workerData: { seed, steps, pages, leaveOpen },
     });
     let report: Report | undefined;
     w.once('message', (m: Report) => {
@@ -91,4 +92,41 @@ test('segments made in several workers at once clone, restore and read back inde
     snapshot.close();
     mine.close();
   }
+});
+
+/** Descriptors opened since `before`, by what they link to. */
+function newFds(before: { fd: number; target: string }[]): string[] {
+  const was = new Set(before.map((f) => `${f.fd} ${f.target}`));
+  return fdTargets()
+    .filter((f) => !was.has(`${f.fd} ${f.target}`))
+    .map((f) => `${f.fd} -> ${f.target}`);
+}
+
+const procSkip = skip || linuxOnly;
+
+test('workers that used memfork and closed everything leave no descriptor or mapping behind when they exit', { skip: procSkip }, async (t) => {
+  const fds = fdTargets();
+  const base = snapshot();
+  for (let k = 0; k < 3; k++) {
+    const r = await runWorker(2000 + k, 50, 3);
+    assert.equal(r.error, undefined, r.error);
+    assert.equal(r.segmentsLeft, 0);
+  }
+  const left = newFds(fds);
+  t.diagnostic(`after 3 workers: ${left.length} new descriptors${left.length > 0 ? `: ${left.join(', ')}` : ''}`);
+  assert.deepEqual(left, [], 'descriptors opened by memfork in the workers are closed');
+  assert.deepEqual(newSegmentLikeMaps(base), [], 'no segment mapping is left');
+});
+
+test('segments a worker never closed are released when it exits', { skip: procSkip }, async (t) => {
+  const fds = fdTargets();
+  const base = snapshot();
+  const r = await runWorker(3000, 60, 4, true);
+  assert.equal(r.error, undefined, r.error);
+  assert.ok(r.segmentsLeft > 0, 'the worker left segments open');
+  const left = newFds(fds);
+  const maps = newSegmentLikeMaps(base);
+  t.diagnostic(`the worker left ${r.segmentsLeft} segments open; after it exited: ${left.length} new descriptors, ${maps.length} segment mappings`);
+  assert.deepEqual(left.filter((f) => f.includes('memfd:memfork')), [], 'its layers are closed');
+  assert.deepEqual(maps, [], 'its segments are unmapped');
 });
