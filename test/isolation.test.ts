@@ -48,6 +48,7 @@ test('a child process inherits no layer descriptor (MFD_CLOEXEC)', { skip }, (t)
     t.diagnostic(`the child's descriptors: ${seen.join(', ')}`);
     assert.doesNotMatch(ls.stdout, /memfd:memfork/, 'ls sees no memfork memory file');
     assert.doesNotMatch(ls.stdout, /pagemap/, 'nor the page-table reader');
+    assert.doesNotMatch(ls.stdout, /\/dev\/null/, 'nor the spare descriptor memfork keeps');
 
     if (runtimeName === 'node') {
       const script =
