@@ -531,6 +531,29 @@ test('persistent libc failures (every call from the k-th on) are clean too', { s
   report(t, out, 'persistent');
 });
 
+test('the calls each operation makes: a first clone copies nothing, restoring the last snapshot is one madvise', { skip }, (t) => {
+  const backend = new LinuxBackend({ scan: 'pagemap-scan' });
+  if (backend.scanMethod !== 'pagemap-scan') {
+    t.skip('PAGEMAP_SCAN is not available here');
+    return;
+  }
+  setBackend(backend);
+  const byName = new Map(scenarios.map((s) => [s.name, s]));
+  const counts = (name: string): Map<CallName, number> => countCalls(byName.get(name)!, backend.pageSize);
+  const first = counts('first clone() of a fresh segment');
+  assert.equal(first.get('pwrite') ?? 0, 0, 'a first clone writes no bytes');
+  assert.equal(first.get('memfd_create') ?? 0, 0, 'nor makes a layer');
+  const fast = counts('restore() to the last snapshot (fast path)');
+  assert.equal(fast.get('madvise'), 1, 'one madvise');
+  assert.equal(fast.get('mmap') ?? 0, 0, 'no mmap');
+  assert.equal(fast.get('pwrite') ?? 0, 0, 'no bytes copied');
+  const later = counts('clone() after writes at several places');
+  assert.equal(later.get('memfd_create') ?? 0, 1, 'one new layer for the written pages');
+  assert.ok((later.get('pwrite') ?? 0) <= 5, 'about one pwrite per written run');
+  const closing = counts('close() of a cloned and written segment');
+  assert.equal(closing.get('munmap'), 1, 'close() is one munmap');
+});
+
 test('close() that fails to unmap reports it, detaches, and the next close() retries', { skip }, () => {
   const backend = new LinuxBackend();
   setBackend(backend);
