@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { backend } from '../src/index.ts';
+import { projectRoot, tsCommand } from './helpers/runtime.ts';
 
-const root = path.resolve(__dirname, '..');
 const linuxOnly = { skip: process.platform !== 'linux' && 'Linux only: the example reads /proc or maps gigabytes lazily' };
 
 interface Result {
@@ -17,12 +17,14 @@ interface Result {
   stderr: string;
 }
 
-function runExample(file: string, args: string[] = [], nodeFlags: string[] = []): Promise<Result> {
+/** Runs `examples/<file>` on this runtime in a child process. */
+function runExample(file: string, args: string[] = [], options: { exposeGc?: boolean } = {}): Promise<Result> {
+  const { command, args: argv } = tsCommand(path.join(projectRoot, 'examples', file), args, options);
   return new Promise((resolve) => {
     execFile(
-      process.execPath,
-      [...nodeFlags, '-r', 'ts-node/register', path.join('examples', file), ...args],
-      { cwd: root, env: { ...process.env, NO_COLOR: '1' }, timeout: 120_000, maxBuffer: 16 << 20 },
+      command,
+      argv,
+      { cwd: projectRoot, env: { ...process.env, NO_COLOR: '1' }, timeout: 120_000, maxBuffer: 16 << 20 },
       (err, stdout, stderr) => {
         const code = err === null ? 0 : typeof err.code === 'number' ? err.code : null;
         resolve({ code, stdout, stderr });
@@ -107,7 +109,7 @@ test('the large segment example works past 4 GiB through view() windows', linuxO
 test('the bench in quick mode prints its table and writes JSON and SVG', async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'memfork-bench-'));
   try {
-    const r = await runExample('bench.ts', ['--quick', '--sizes', '8M', '--chain', '20', '--out', out], ['--expose-gc']);
+    const r = await runExample('bench.ts', ['--quick', '--sizes', '8M', '--chain', '20', '--out', out], { exposeGc: true });
     assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^case\s+size\s+memfork\s+copy: slice\(\)/m);
     for (const row of ['fill', 'first clone', 'clone, nothing written', 'clone after 1% written, random', 'clone after 100% written', 'restore loop']) {

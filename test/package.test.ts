@@ -7,10 +7,14 @@ import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { projectRoot as root, runtime } from './helpers/runtime.ts';
 
-const root = path.resolve(__dirname, '..');
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+/** The consumer is a Node.js project; other runtimes skip this suite (packing once is enough). */
+const skip = runtime !== 'node' && 'the package is built and checked once, on Node.js';
+/** Node.js itself, to run the consumer and tsc. */
+const node = process.execPath;
 
 let work = '';
 let consumer = '';
@@ -44,6 +48,7 @@ console.log(JSON.stringify({ backend: backend.name, ok, restored, closed: a.clos
 `;
 
 before(async () => {
+  if (skip) return;
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'memfork-pack-'));
   await run(npm, ['run', 'build'], root);
   const packed = JSON.parse(await run(npm, ['pack', '--json', '--pack-destination', work], root)) as { filename: string }[];
@@ -56,10 +61,10 @@ before(async () => {
 });
 
 after(() => {
-  if (work !== '') fs.rmSync(work, { recursive: true, force: true });
+  if (work !== '' && !skip) fs.rmSync(work, { recursive: true, force: true });
 });
 
-test('the tarball ships only dist/, README.md, LICENSE and package.json', async () => {
+test('the tarball ships only dist/, README.md, LICENSE and package.json', { skip }, async () => {
   const [info] = JSON.parse(await run(npm, ['pack', '--dry-run', '--json'], root)) as { files: { path: string }[] }[];
   const files = info.files.map((f) => f.path).sort();
   const stray = files.filter((f) => !f.startsWith('dist/') && !['README.md', 'LICENSE', 'package.json'].includes(f));
@@ -69,25 +74,25 @@ test('the tarball ships only dist/, README.md, LICENSE and package.json', async 
   }
 });
 
-test('the installed package brings koffi along', () => {
+test('the installed package brings koffi along', { skip }, () => {
   assert.ok(fs.existsSync(path.join(consumer, 'node_modules', 'memfork', 'dist', 'index.mjs')));
   assert.ok(fs.existsSync(path.join(consumer, 'node_modules', 'koffi', 'package.json')));
 });
 
-test('the installed package imports as an ES module and clones in isolation', async () => {
+test('the installed package imports as an ES module and clones in isolation', { skip }, async () => {
   fs.writeFileSync(path.join(consumer, 'check.mjs'), `import { Segment, SegmentError, backend } from 'memfork';\n${clonePlan}`);
-  const out = JSON.parse(await run(process.execPath, ['check.mjs'], consumer));
+  const out = JSON.parse(await run(node, ['check.mjs'], consumer));
   assert.deepEqual(out, { backend: out.backend, ok: true, restored: true, closed: true, error: 'function' });
   if (process.platform === 'linux') assert.equal(out.backend, 'linux');
 });
 
-test('the installed package loads with require() and clones in isolation', async () => {
+test('the installed package loads with require() and clones in isolation', { skip }, async () => {
   fs.writeFileSync(path.join(consumer, 'check.cjs'), `const { Segment, SegmentError, backend } = require('memfork');\n${clonePlan}`);
-  const out = JSON.parse(await run(process.execPath, ['check.cjs'], consumer));
+  const out = JSON.parse(await run(node, ['check.cjs'], consumer));
   assert.deepEqual(out, { backend: out.backend, ok: true, restored: true, closed: true, error: 'function' });
 });
 
-test('a TypeScript consumer type-checks against the installed types, with using', async () => {
+test('a TypeScript consumer type-checks against the installed types, with using', { skip }, async () => {
   const source = (importLine: string) => `${importLine}
 export function demo(): number {
   using a = Segment.create(1 << 20);
@@ -124,5 +129,5 @@ export function demo(): number {
       files: ['use-esm.mts', 'use-cjs.cts'],
     }),
   );
-  await run(process.execPath, [tsc, '-p', 'tsconfig.json'], consumer);
+  await run(node, [tsc, '-p', 'tsconfig.json'], consumer);
 });
