@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
 import fc from 'fast-check';
+import * as vm from 'node:vm';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 
 const page = backend.pageSize;
@@ -328,3 +329,45 @@ test('assigning to, redefining or deleting a segment’s public properties chang
   );
   t.diagnostic(`${tried - before} calls tried`);
 });
+
+type Transfer = (this: ArrayBuffer, length?: number) => ArrayBuffer;
+
+/** `ArrayBuffer.prototype[name]`, or the same from a new context (Node.js 20 has it there once the flag is on). */
+function bufferMethod(name: 'transfer' | 'transferToFixedLength'): Transfer | undefined {
+  const own = (ArrayBuffer.prototype as unknown as Record<string, Transfer | undefined>)[name];
+  if (typeof own === 'function') return own;
+  try {
+    const fromContext = vm.runInNewContext(`ArrayBuffer.prototype.${name}`) as unknown;
+    return typeof fromContext === 'function' ? (fromContext as Transfer) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+for (const name of ['transfer', 'transferToFixedLength'] as const) {
+  const method = bufferMethod(name);
+  test(
+    `close() still cuts off a buffer the user moved with ArrayBuffer.prototype.${name}()`,
+    { skip: method === undefined && `this runtime has no ArrayBuffer.prototype.${name}` },
+    () => {
+      const seg = Segment.create(2 * page);
+      new Uint8Array(seg.buffer)[0] = 42;
+      const views = [seg.buffer, seg.view(page, page)];
+      const moved: ArrayBuffer[] = [];
+      for (const v of views) {
+        try {
+          moved.push(method!.call(v));
+        } catch (err) {
+          // Refusing to move memory it does not own is fine too.
+          assert.ok(err instanceof TypeError || err instanceof RangeError, String(err));
+        }
+      }
+      seg.close();
+      // Checked by length only: reading memory that is no longer mapped
+      // would kill the process.
+      for (const m of moved) {
+        assert.equal(m.byteLength, 0, `a ${m === moved[0] ? 'buffer' : 'view'} moved away before close() was not detached: it aliases unmapped memory`);
+      }
+    },
+  );
+}
