@@ -110,7 +110,18 @@ function denoRuntime() {
 }
 
 /**
- * Test files that cannot run on some runtime, with the reason printed when
+ * Suites that check Node.js tooling rather than the runtime: they run once,
+ * on the Node.js that runs `npm test`, and are skipped here with this reason
+ * (named on the command line, they run).
+ * @type {Record<string, string>}
+ */
+const hostOnly = {
+  'test/examples.test.ts': 'runs the examples as a user would, with Node.js and ts-node',
+  'test/package.test.ts': 'builds and packs the package and installs it with npm',
+};
+
+/**
+ * Suites that cannot run on one runtime, with the reason printed when
  * skipped. Everything else runs everywhere.
  * @type {Record<string, Record<string, string>>}
  */
@@ -155,6 +166,21 @@ function parseCounts(name, out) {
   return counts;
 }
 
+/** The process group of the runtime now running, ended with this runner. */
+let current;
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(signal, () => {
+    if (current !== undefined) {
+      try {
+        process.kill(-current, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+    process.exit(130);
+  });
+}
+
 function run(runtime, files, verbose, timeoutMs) {
   return new Promise((resolve) => {
     const started = Date.now();
@@ -164,6 +190,7 @@ function run(runtime, files, verbose, timeoutMs) {
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
+    current = child.pid;
     let out = '';
     const onData = (stream) => (chunk) => {
       out += chunk;
@@ -185,6 +212,7 @@ function run(runtime, files, verbose, timeoutMs) {
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      current = undefined;
       resolve({ code, signal, out, timedOut, seconds: (Date.now() - started) / 1000 });
     });
   });
@@ -218,6 +246,10 @@ async function main() {
       .filter((f) => f.endsWith('.test.ts'))
       .sort()
       .map((f) => `test/${f}`);
+    for (const f of files.filter((f) => hostOnly[f] !== undefined)) {
+      console.log(`skipping ${f} on every runtime here (npm test runs it on Node.js ${process.versions.node}): ${hostOnly[f]}`);
+    }
+    files = files.filter((f) => hostOnly[f] === undefined);
   }
   const timeoutMs = Number(process.env.MEMFORK_RUNTIME_TIMEOUT ?? 300) * 1000;
 
