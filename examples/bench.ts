@@ -16,6 +16,10 @@
 // the table to stdout, raw figures to bench-results/bench.json and a chart to
 // bench-results/bench.svg.
 //
+// fork() is not in the table: child_process.fork() starts a whole new Node.js
+// process (not comparable), and calling fork(2) itself from a multi-threaded
+// Node.js process is unsafe.
+//
 // Memory: a 4 GiB size needs about 12 GiB free at its peak (the segment, a
 // copy, and the layer a 100%-written clone makes). Sizes that do not fit in
 // MemAvailable are skipped with a message.
