@@ -1,6 +1,8 @@
 // Resource limits, each in a child process of its own so nothing here changes
 // for this process or the system: a low descriptor limit (RLIMIT_NOFILE), a
-// tight address-space limit (RLIMIT_AS) and a file-size limit (RLIMIT_FSIZE). The children are in
+// tight address-space limit (RLIMIT_AS), a file-size limit (RLIMIT_FSIZE),
+// and the mapping limit (vm.max_map_count, not changed: the child fills its
+// own address space with mappings until it is near). The children are in
 // test/fixtures/limits-*.ts; each prints one JSON line of findings.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -95,4 +97,23 @@ test('under a file-size limit, a segment larger than it throws SegmentError EFBI
   assertSegmentError(out.createError, 'EFBIG', 27, 'create() of 8 MiB under a 2 MiB file-size limit');
   assertSegmentError(out.fromError, 'EFBIG', 27, 'from() of 3 MiB under a 2 MiB file-size limit');
   assert.equal(out.smallWorks, true, 'a segment under the limit clones and restores');
+});
+
+test('near vm.max_map_count, clone() and restore() of a segment with thousands of runs throw SegmentError ENOMEM and lose no data', { skip }, (t) => {
+  const out = runFixture('limits-maps.ts', []);
+  t.diagnostic(JSON.stringify(out));
+  assert.ok((out.runs as number) > 1000, 'the segment has thousands of runs');
+  assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() at the mapping limit');
+  const restores = [
+    ...(out.restores as { error: ErrorInfo | null; intact: boolean }[]),
+    { error: out.restoreError as ErrorInfo | null, intact: out.freshAfterRestore as boolean },
+  ];
+  for (const [i, r] of restores.entries()) {
+    if (r.error !== null) assertSegmentError(r.error, 'ENOMEM', 12, `restore() ${i + 1}`);
+    assert.equal(r.intact, true, `restore() ${i + 1} either worked or left its target as it was${r.error ? ` (${r.error.message})` : ''}`);
+  }
+  if (out.freezeError !== null) assertSegmentError(out.freezeError, 'ENOMEM', 12, 'clone() of thousands of written runs at the limit');
+  assert.equal(out.intact, true, 'the segment and its clones read as before');
+  assert.equal(out.afterFillerError, null, 'no error once mappings are free again');
+  assert.equal(out.afterFiller, true, 'clone and restore work again once mappings are free');
 });
