@@ -296,27 +296,28 @@ function benchSize(size: number): void {
   gc();
 
   // first clone: of a segment that was never cloned (it is remapped private).
+  // first clone: of a segment never cloned before (it is remapped private).
+  // Each run needs a newly filled segment, so it repeats only while another
+  // fill fits in the budget. The last one goes on as the origin below.
   log('  first clone');
-  const first = repeat(
-    'first clone',
-    () => {
-      const s = spare ?? filledSegment(size, 1);
-      spare = undefined;
-      const t = now();
-      const c = s.clone();
-      const ms = now() - t;
-      c.close();
-      s.close();
-      return ms;
-    },
-    { warm: size <= 2 ** 28, min: 1 },
-  );
+  const firstSamples: number[] = [];
+  let origin: Segment | undefined;
+  const firstStart = now();
+  do {
+    origin?.close();
+    const s = spare ?? filledSegment(size, 1);
+    spare = undefined;
+    const t = now();
+    const c = s.clone();
+    firstSamples.push(now() - t);
+    c.close();
+    origin = s;
+  } while (firstSamples.length < maxReps && now() - firstStart + fillM.median < budgetMs);
+  const first = stat(firstSamples);
+  log(`    first clone: ${fmtMs(first.median)} (min ${fmtMs(first.min)}, n=${first.n})`);
   rows.push({ case: 'first clone', size, unit: 'ms', memfork: first, slice, set });
-  spare?.close();
 
-  const origin = filledSegment(size, 1);
   const bytes = new Bytes(origin);
-  origin.clone().close();
 
   log('  clone, nothing written since the last');
   const nothing = repeat('clone', () => {
