@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { backend } from '../src/index.ts';
 import { runtimeName } from '../src/runtime.ts';
 import { linuxOnly } from './helpers/proc.ts';
 
@@ -20,6 +21,7 @@ function hasPrlimit(): boolean {
 
 const skip =
   linuxOnly ||
+  (backend.name !== 'linux' && `the ${backend.name} backend is loaded, not linux`) ||
   (runtimeName !== 'node' && 'runs its children with Node.js and ts-node') ||
   (!hasPrlimit() && 'prlimit (util-linux) is not installed');
 
