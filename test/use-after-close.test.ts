@@ -9,9 +9,10 @@ import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import * as path from 'node:path';
 import { backends } from './backends.ts';
+import { projectRoot, tsCommand } from './helpers/runtime.ts';
 
-const fixture = path.join(__dirname, 'fixtures', 'stale-views.ts');
-const root = path.join(__dirname, '..');
+const root = projectRoot;
+const fixture = path.join(root, 'test', 'fixtures', 'stale-views.ts');
 
 interface Report {
   backend: string;
@@ -27,7 +28,8 @@ describe('views of a closed or collected segment', () => {
   let child: SpawnSyncReturns<string>;
   const reports = new Map<string, Report>();
   before(() => {
-    child = spawnSync(process.execPath, ['--expose-gc', '-r', 'ts-node/register', fixture, ...backends.map((b) => b.name)], {
+    const { command, args } = tsCommand(fixture, backends.map((b) => b.name), { exposeGc: true });
+    child = spawnSync(command, args, {
       cwd: root,
       encoding: 'utf8',
       env: { ...process.env, MEMFORK_BACKEND: '' },
