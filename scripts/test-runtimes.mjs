@@ -8,8 +8,9 @@
 //   node scripts/test-runtimes.mjs                  every runtime, every suite
 //   node scripts/test-runtimes.mjs bun deno         some runtimes
 //   node scripts/test-runtimes.mjs test/x.test.ts   some suites
-//   node scripts/test-runtimes.mjs --verbose        stream each runtime's output
+//   node scripts/test-runtimes.mjs --verbose        stream each runtime's output (one file at a time)
 //   node scripts/test-runtimes.mjs --times          show each file's counts and time
+//   node scripts/test-runtimes.mjs --jobs=1         one file at a time (default: 2 on 2+ cores)
 //   node scripts/test-runtimes.mjs --list           show the runtimes found
 //
 // Each runtime's output is shown when it fails (always with --verbose). The
@@ -17,6 +18,7 @@
 // The exit code is 1 when a runtime failed or could not run.
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -166,13 +168,13 @@ function parseCounts(name, out) {
   return counts;
 }
 
-/** The process group of the runtime now running, ended with this runner. */
-let current;
+/** Process groups of the runtimes now running, ended with this runner. */
+const running = new Set();
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(signal, () => {
-    if (current !== undefined) {
+    for (const group of running) {
       try {
-        process.kill(-current, 'SIGKILL');
+        process.kill(-group, 'SIGKILL');
       } catch {
         // Already gone.
       }
@@ -190,7 +192,7 @@ function run(runtime, files, verbose, timeoutMs) {
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
-    current = child.pid;
+    running.add(child.pid);
     let out = '';
     const onData = (stream) => (chunk) => {
       out += chunk;
@@ -212,7 +214,7 @@ function run(runtime, files, verbose, timeoutMs) {
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      current = undefined;
+      running.delete(child.pid);
       resolve({ code, signal, out, timedOut, seconds: (Date.now() - started) / 1000 });
     });
   });
@@ -253,14 +255,15 @@ async function main() {
   }
   const timeoutMs = Number(process.env.MEMFORK_RUNTIME_TIMEOUT ?? 300) * 1000;
 
-  const total = { passed: 0, failed: 0, skipped: 0 };
-  const lines = [];
-  let broken = false;
+  // Two files at a time on two cores: each runtime mostly keeps one core
+  // busy, and the suites are written for a machine other processes share.
+  const jobsArg = argv.find((a) => a.startsWith('--jobs='));
+  const jobs = verbose ? 1 : Math.max(1, jobsArg ? Number(jobsArg.slice(7)) : Math.min(2, availableParallelism()));
+
+  const installed = [];
   for (const r of runtimes) {
     if (!r.bin) {
-      const line = `${r.name}: skipped, not installed for ${platform}-${arch}`;
-      console.log(line);
-      lines.push(line);
+      console.log(`${r.name}: skipped, not installed for ${platform}-${arch}`);
       continue;
     }
     const mine = [];
@@ -271,53 +274,78 @@ async function main() {
     }
     if (mine.length === 0) continue;
     console.log(`${r.name}: ${r.version}, ${mine.length} suite${mine.length === 1 ? '' : 's'} (TypeScript: ${r.loader})`);
-    // One run per file: Bun runs all files of one `bun test` in one process,
-    // sharing module state (such as the backend a suite switched to); Node.js
-    // and Deno isolate files. One file a run isolates them everywhere, shows
-    // which file crashed a runtime, and times each file.
-    const batches = mine.map((f) => [f]);
+    installed.push({ runtime: r, files: mine, results: new Map() });
+  }
+
+  // One run per file: Bun runs all files of one `bun test` in one process,
+  // sharing module state (such as the backend a suite switched to); Node.js
+  // and Deno isolate files. One file a run isolates them everywhere, shows
+  // which file crashed a runtime, and times each file.
+  const queue = installed.flatMap((entry) => entry.files.map((file) => ({ entry, file })));
+  const started = Date.now();
+  const report = (entry) => {
+    const r = entry.runtime;
     const c = { passed: 0, failed: 0, skipped: 0 };
     const problems = [];
     let seconds = 0;
-    let ok = true;
-    for (const batch of batches) {
-      const res = await run(r, batch, verbose, timeoutMs);
-      const part = parseCounts(r.name, res.out);
+    for (const file of entry.files) {
+      const { res, part } = entry.results.get(file);
       seconds += res.seconds;
       c.passed += part.passed;
       c.failed += part.failed;
       c.skipped += part.skipped;
-      const where = `${batch[0]}: `;
       let problem;
-      if (res.timedOut) problem = `${where}killed after ${timeoutMs / 1000} s`;
-      else if (res.signal) problem = `${where}ended by ${res.signal}`;
-      else if (res.code !== 0) problem = `${where}exit code ${res.code}`;
-      else if (!part.found) problem = `${where}no test summary found`;
+      if (res.timedOut) problem = `killed after ${timeoutMs / 1000} s`;
+      else if (res.signal) problem = `ended by ${res.signal}`;
+      else if (res.code !== 0) problem = `exit code ${res.code}`;
+      else if (!part.found) problem = 'no test summary found';
       if (problem !== undefined || part.failed > 0) {
-        ok = false;
+        entry.ok = false;
         // A file that crashed or printed no summary counts as one failure.
         if (part.failed === 0) c.failed += 1;
         if (!verbose) {
-          const label = `${r.name} ${batch[0]}`;
+          const label = `${r.name} ${file}`;
           process.stdout.write(`----- ${label} output -----\n${res.out}${res.out.endsWith('\n') ? '' : '\n'}----- end of ${label} output -----\n`);
         }
       }
-      if (problem !== undefined) problems.push(problem);
-      if (times) console.log(`  ${batch[0]}: ${part.passed} passed, ${part.failed} failed, ${part.skipped} skipped in ${res.seconds.toFixed(1)} s`);
+      if (problem !== undefined) problems.push(`${file}: ${problem}`);
+      if (times) console.log(`  ${r.name} ${file}: ${part.passed} passed, ${part.failed} failed, ${part.skipped} skipped in ${res.seconds.toFixed(1)} s`);
     }
-    let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped in ${seconds.toFixed(1)} s`;
+    let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped, ${seconds.toFixed(1)} s of runs`;
     if (problems.length > 0) line += ` (${problems.join('; ')})`;
     console.log(line);
-    lines.push(line);
-    total.passed += c.passed;
-    total.failed += c.failed;
-    total.skipped += c.skipped;
-    if (!ok) broken = true;
-  }
+    entry.line = line;
+    entry.counts = c;
+  };
+
+  // Results print in runtime order, each as soon as it and those before it are done.
+  let printed = 0;
+  const flush = () => {
+    while (printed < installed.length && installed[printed].results.size === installed[printed].files.length) {
+      report(installed[printed]);
+      printed += 1;
+    }
+  };
+  const worker = async () => {
+    for (let job = queue.shift(); job !== undefined; job = queue.shift()) {
+      const res = await run(job.entry.runtime, [job.file], verbose, timeoutMs);
+      job.entry.results.set(job.file, { res, part: parseCounts(job.entry.runtime.name, res.out) });
+      flush();
+    }
+  };
+  await Promise.all(Array.from({ length: jobs }, worker));
+
+  const total = { passed: 0, failed: 0, skipped: 0 };
   console.log('');
-  for (const line of lines) console.log(`  ${line}`);
+  for (const entry of installed) {
+    console.log(`  ${entry.line}`);
+    total.passed += entry.counts.passed;
+    total.failed += entry.counts.failed;
+    total.skipped += entry.counts.skipped;
+  }
+  console.log(`  ${((Date.now() - started) / 1000).toFixed(1)} s in all, ${jobs} file${jobs === 1 ? '' : 's'} at a time`);
   console.log(`runtimes: ${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
-  if (broken) process.exitCode = 1;
+  if (installed.some((entry) => entry.ok === false)) process.exitCode = 1;
 }
 
 await main();
