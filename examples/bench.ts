@@ -429,7 +429,7 @@ function benchSize(size: number): void {
   };
   log(
     `    per clone: ${fmtBytes(perClone.processBytes)} (process), ${fmtBytes(perClone.machineBytes)} (machine), ` +
-      `${perClone.mapsLines} maps lines, ${perClone.memforkMappings} memfork mappings`,
+      `${perClone.mapsLines.toFixed(1)} maps lines, ${perClone.memforkMappings.toFixed(1)} memfork mappings`,
   );
   rows.push({
     case: 'memory per clone (1% written)',
@@ -444,7 +444,7 @@ function benchSize(size: number): void {
     size,
     unit: 'count',
     memfork: single(perClone.memforkMappings),
-    note: `/proc/self/maps lines per clone ${perClone.mapsLines}; stats().mappings ${perClone.mappingsPerClone}`,
+    note: `/proc/self/maps lines per clone ${perClone.mapsLines.toFixed(1)}; stats().mappings of a clone ${perClone.mappingsPerClone}`,
   });
   extra[`memory-${size}`] = { before, after, clones: K, perClone };
   for (const c of clones) c.close();
