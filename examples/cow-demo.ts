@@ -42,6 +42,10 @@ if (!Number.isSafeInteger(size) || size < PAGE) {
   console.error(`cow-demo: the segment must be at least one page (${PAGE} bytes)`);
   process.exit(2);
 }
+if (size > backend.maxViewLength) {
+  console.error(`cow-demo: at most ${backend.maxViewLength} bytes here (one buffer); examples/large-segment.ts shows larger ones`);
+  process.exit(2);
+}
 
 // ---- measuring the process -------------------------------------------------
 
