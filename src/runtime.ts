@@ -29,9 +29,39 @@ export const maxViewLength: number =
 
 type Transfer = (this: ArrayBuffer, newLength?: number) => ArrayBuffer;
 
+// This context's own ArrayBuffer.prototype.transfer and transferToFixedLength,
+// as the runtime made them (before guardTransfers wraps them).
+const nativeTransfer = (ArrayBuffer.prototype as { transfer?: Transfer }).transfer;
+
+/**
+ * Wraps this context's `ArrayBuffer.prototype.transfer` and
+ * `transferToFixedLength` so that `adopt(from, to)` learns of every buffer
+ * moved out of another: moving an ArrayBuffer over outside memory hands the
+ * same memory to the new buffer, which must then be detached on close() too.
+ */
+export function guardTransfers(adopt: (from: ArrayBuffer, to: ArrayBuffer) => void): void {
+  for (const name of ['transfer', 'transferToFixedLength'] as const) {
+    const proto = ArrayBuffer.prototype as unknown as Record<string, Transfer | undefined>;
+    const original = proto[name];
+    if (typeof original !== 'function') continue;
+    Object.defineProperty(ArrayBuffer.prototype, name, {
+      configurable: true,
+      enumerable: false,
+      writable: true,
+      value: {
+        // A method (not an arrow) so `this` is the buffer; named as the original.
+        [name](this: ArrayBuffer, ...args: [number?]): ArrayBuffer {
+          const moved = original.apply(this, args);
+          adopt(this, moved);
+          return moved;
+        },
+      }[name],
+    });
+  }
+}
+
 function findTransfer(): Transfer | undefined {
-  const native = (ArrayBuffer.prototype as { transfer?: Transfer }).transfer;
-  if (typeof native === 'function') return native;
+  if (typeof nativeTransfer === 'function') return nativeTransfer;
   // Node.js 20 ships ArrayBuffer.prototype.transfer behind a V8 flag. Flags set
   // at run time apply to contexts made afterwards, so take it from a new one;
   // it works on ArrayBuffers of any context.

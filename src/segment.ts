@@ -3,7 +3,7 @@
 // backend only maps, clones, restores and unmaps.
 import type { Backend } from './backend.ts';
 import { closedError } from './errors.ts';
-import { detach } from './runtime.ts';
+import { detach, guardTransfers } from './runtime.ts';
 import { roundUp } from './pages.ts';
 
 /** Figures about one segment, from {@link Segment.stats}. */
@@ -66,6 +66,14 @@ if (typeof events.addEventListener === 'function') {
     unloading = true;
   });
 }
+// A buffer moved out of one of ours aliases the same memory: track it too.
+guardTransfers((from, to) => {
+  const core = owners.get(from);
+  if (core === undefined || to.byteLength === 0) return;
+  owners.set(to, core);
+  core.views.add(new WeakRef(to));
+});
+
 const finalizer = new FinalizationRegistry<Held>((held) => {
   live--;
   if (unloading) return;
@@ -127,15 +135,14 @@ function describe(value: unknown): string {
  * ```
  */
 export class Segment implements Disposable {
-  /** The length given at creation (not rounded to pages). */
-  readonly byteLength: number;
+  readonly #byteLength: number;
   #core: Core | undefined;
   readonly #backend: Backend;
 
   /** @internal Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
   constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
     if (token !== constructing) throw new TypeError('Illegal constructor: use Segment.create() or Segment.from()');
-    this.byteLength = byteLength;
+    this.#byteLength = byteLength;
     this.#backend = backend;
     const core: Core = { handle, views: new Set(), swept: 0, buffer: undefined, releasePending: false };
     this.#core = core;
@@ -143,6 +150,8 @@ export class Segment implements Disposable {
       live++;
       finalizer.register(core, { backend, handle }, core);
     }
+    // No own property may shadow byteLength or buffer: the memory checks rely on them.
+    Object.freeze(this);
   }
 
   /**
@@ -207,6 +216,11 @@ export class Segment implements Disposable {
     return seg;
   }
 
+  /** The length given at creation (not rounded to pages). */
+  get byteLength(): number {
+    return this.#byteLength;
+  }
+
   /** Whether `close()` has been called. */
   get closed(): boolean {
     return this.#core === undefined;
@@ -221,12 +235,12 @@ export class Segment implements Disposable {
   get buffer(): ArrayBuffer {
     const core = this.#open('read buffer');
     if (core.buffer !== undefined) return core.buffer;
-    if (this.byteLength > this.#backend.maxViewLength) {
+    if (this.#byteLength > this.#backend.maxViewLength) {
       throw new RangeError(
-        `Cannot read buffer: ${this.byteLength} bytes exceed the ${this.#backend.maxViewLength}-byte ArrayBuffer limit of this runtime; use view(byteOffset, byteLength) instead`,
+        `Cannot read buffer: ${this.#byteLength} bytes exceed the ${this.#backend.maxViewLength}-byte ArrayBuffer limit of this runtime; use view(byteOffset, byteLength) instead`,
       );
     }
-    core.buffer = this.#makeView(core, 0, this.byteLength);
+    core.buffer = this.#makeView(core, 0, this.#byteLength);
     return core.buffer;
   }
 
@@ -252,13 +266,13 @@ export class Segment implements Disposable {
   view(byteOffset: number = 0, byteLength?: number): ArrayBuffer {
     const core = this.#open('create view');
     const offset = checkLength(byteOffset, 'byteOffset');
-    if (offset > this.byteLength) {
-      throw new RangeError(`Invalid byteOffset: ${offset} is beyond the segment's ${this.byteLength} bytes`);
+    if (offset > this.#byteLength) {
+      throw new RangeError(`Invalid byteOffset: ${offset} is beyond the segment's ${this.#byteLength} bytes`);
     }
-    const length = byteLength === undefined ? this.byteLength - offset : checkLength(byteLength, 'byteLength');
-    if (offset + length > this.byteLength) {
+    const length = byteLength === undefined ? this.#byteLength - offset : checkLength(byteLength, 'byteLength');
+    if (offset + length > this.#byteLength) {
       throw new RangeError(
-        `Invalid byteLength: ${offset} + ${length} is beyond the segment's ${this.byteLength} bytes`,
+        `Invalid byteLength: ${offset} + ${length} is beyond the segment's ${this.#byteLength} bytes`,
       );
     }
     if (length > this.#backend.maxViewLength) {
@@ -283,7 +297,7 @@ export class Segment implements Disposable {
   clone(): Segment {
     const core = this.#open('clone segment');
     const handle = core.handle === undefined ? undefined : this.#backend.clone(core.handle);
-    return new Segment(constructing, this.#backend, this.byteLength, handle);
+    return new Segment(constructing, this.#backend, this.#byteLength, handle);
   }
 
   /**
@@ -308,9 +322,9 @@ export class Segment implements Disposable {
     }
     const from = source.#core;
     if (from === undefined) throw closedError('restore segment: source');
-    if (source.byteLength !== this.byteLength) {
+    if (source.byteLength !== this.#byteLength) {
       throw new RangeError(
-        `Invalid source: its byteLength ${source.byteLength} differs from this segment's ${this.byteLength}`,
+        `Invalid source: its byteLength ${source.byteLength} differs from this segment's ${this.#byteLength}`,
       );
     }
     if (source === this || core.handle === undefined) return;
@@ -324,7 +338,7 @@ export class Segment implements Disposable {
   stats(): SegmentStats {
     const core = this.#open('read stats');
     if (core.handle === undefined) return { byteLength: 0, privateBytes: 0, sharedBytes: 0, mappings: 0 };
-    return { byteLength: this.byteLength, ...this.#backend.stats(core.handle) };
+    return { byteLength: this.#byteLength, ...this.#backend.stats(core.handle) };
   }
 
   /**
