@@ -274,6 +274,28 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#mapCount };
   }
 
+  shutdown(): void {
+    for (const seg of [...this.#segments]) {
+      try {
+        this.release(seg);
+      } catch {
+        // Nothing can be reported from an exiting thread.
+      }
+    }
+    for (const layer of [...this.#layers]) this.#closeLayer(layer);
+    for (const fd of [this.#pagemapFd, this.#reserveFd]) if (fd >= 0) sys.closeFd(fd);
+    this.#pagemapFd = -1;
+    this.#reserveFd = -1;
+    if (this.#scratch !== 0n) {
+      try {
+        sys.munmap(this.#scratch, PM_SCAN_ARG_SIZE + SCAN_REGIONS * PAGE_REGION_SIZE);
+      } catch {
+        // As above.
+      }
+      this.#scratch = 0n;
+    }
+  }
+
   // ---- copy-on-write machinery ------------------------------------------------
 
   /**

@@ -50,6 +50,12 @@ export interface Backend<H = unknown> {
   view(handle: H, offset: number, length: number): ArrayBuffer;
   stats(handle: H): BackendStats;
   memory(): BackendMemory;
+  /**
+   * Releases every live handle and whatever the backend holds itself. Called
+   * when a worker thread exits: its finalizers never run, and the process
+   * lives on.
+   */
+  shutdown?(): void;
 }
 
 /**

@@ -4,6 +4,7 @@ import { chooseBackend } from './backend.ts';
 import { liveSegments, setBackend } from './segment.ts';
 import type { MemoryStats } from './segment.ts';
 import { loadBackend } from './load.ts';
+import { isMainThread } from 'node:worker_threads';
 
 export { Segment } from './segment.ts';
 export type { SegmentStats, MemoryStats } from './segment.ts';
@@ -27,6 +28,11 @@ const chosen = chooseBackend(
 if (chosen.warning !== undefined) console.warn(`memfork: ${chosen.warning}`);
 const active: Backend = loadBackend(chosen.name);
 setBackend(active);
+// A worker's segments would outlive it: its finalizers never run, and the
+// process goes on. Release them, and the backend's own descriptors, on exit.
+if (!isMainThread && typeof process !== 'undefined' && typeof process.once === 'function') {
+  process.once('exit', () => active.shutdown?.());
+}
 
 /**
  * The backend chosen at load time (from the platform, or `MEMFORK_BACKEND`).
