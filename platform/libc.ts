@@ -20,6 +20,8 @@ export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MADV_DONTNEED = 4;
 export const MADV_NOHUGEPAGE = 15;
+export const MREMAP_MAYMOVE = 1;
+export const MREMAP_FIXED = 2;
 export const MFD_CLOEXEC = 0x1;
 export const MFD_ALLOW_SEALING = 0x2;
 export const MFD_NOEXEC_SEAL = 0x8;
@@ -34,6 +36,7 @@ export const SEEK_HOLE = 4;
 export const O_RDONLY = 0;
 export const O_CLOEXEC = 0x80000;
 export const EINTR = 4;
+export const EFAULT = 14;
 export const ENXIO = 6;
 export const EINVAL = 22;
 export const ENOTTY = 25;
@@ -50,6 +53,7 @@ interface Bindings {
   fcntl: (fd: number, cmd: number, ...args: unknown[]) => number;
   mmap: (addr: bigint | null, len: number, prot: number, flags: number, fd: number, off: number) => bigint;
   munmap: (addr: bigint, len: number) => number;
+  mremap: (old: bigint, oldLen: number, newLen: number, flags: number, ...args: unknown[]) => bigint;
   madvise: (addr: bigint, len: number, advice: number) => number;
   pwrite: (fd: number, buf: bigint, n: number, off: number) => number;
   pread: (fd: number, buf: bigint | ArrayBufferView, n: number, off: number) => number;
@@ -74,6 +78,7 @@ function libc(): Bindings {
     fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
     mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: lib.func('int munmap(void *addr, size_t length)'),
+    mremap: lib.func('void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...)'),
     madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
     pwrite: lib.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)'),
     pread: lib.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)'),
@@ -181,6 +186,15 @@ export function mmap(addr: bigint | null, length: number, prot: number, flags: n
   if (fake !== 0) fail('mmap', fake, `cannot map ${length} bytes`);
   const p = libc().mmap(addr, length, prot, flags, fd, offset);
   if (p === MAP_FAILED) fail('mmap', koffi.errno(), `cannot map ${length} bytes`);
+  return p;
+}
+
+/** `mremap(old, oldLen, newLen, flags, newAddress)`; throws on MAP_FAILED. */
+export function mremap(old: bigint, oldLength: number, newLength: number, flags: number, to: bigint): bigint {
+  const fake = injected('mremap');
+  if (fake !== 0) fail('mremap', fake, `cannot move ${oldLength} bytes`);
+  const p = libc().mremap(old, oldLength, newLength, flags, 'void *', to);
+  if (p === MAP_FAILED) fail('mremap', koffi.errno(), `cannot move ${oldLength} bytes`);
   return p;
 }
 

@@ -143,6 +143,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   /** A spare descriptor, given up when the process runs out so compaction can proceed. */
   #reserveFd = openReserve();
   #reclaiming = false;
+  /** Whether mremap can move several mappings in one call (Linux 6.17+); cleared on the first refusal. */
+  #multiMove = true;
   /** Mappings all live segments use: the sum of their run counts. */
   #mapCount = 0;
   /** The most mappings all segments together may use. */
@@ -208,6 +210,51 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       sys.madvise(target.addr, target.length, sys.MADV_DONTNEED);
       return;
     }
+    if (this.#multiMove) {
+      // The source's runs are mapped at a scratch address first, then moved
+      // over the target in one mremap: any failure leaves the target as it
+      // was. (mremap checks the mapping limit before it unmaps anything.)
+      this.#ensureRoom(source.runs.length);
+      let scratch: bigint;
+      let reserved = false;
+      try {
+        scratch = this.#mapRuns(null, source.runs, source.length, () => (reserved = true));
+      } catch (err) {
+        // No address space for a second copy of the range (RLIMIT_AS):
+        // mapping over the target in place needs none. (A failure after the
+        // range was reserved is the mapping limit, which in place would hit too.)
+        if (reserved || (err as SegmentError).code !== 'ENOMEM') throw err;
+        this.#restoreInPlace(target, source);
+        return;
+      }
+      try {
+        // Safety: MREMAP_FIXED replaces exactly the target's own range; views
+        // keep their addresses and read the restored bytes.
+        sys.mremap(scratch, target.length, target.length, sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED, target.addr);
+      } catch (err) {
+        try {
+          sys.munmap(scratch, target.length);
+        } catch {
+          // The error that matters is the one below.
+        }
+        const errno = (err as SegmentError).errno;
+        // Before Linux 6.17, mremap moves one mapping at a time only.
+        if (errno !== sys.EFAULT && errno !== sys.EINVAL) throw err;
+        this.#multiMove = false;
+        this.#restoreInPlace(target, source);
+        return;
+      }
+      target.shared = null;
+      this.#setRuns(target, source.runs);
+    } else {
+      this.#restoreInPlace(target, source);
+    }
+    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
+    target.debt = source.debt;
+  }
+
+  /** restore() where mremap cannot move several mappings: map over the target, putting it back on failure. */
+  #restoreInPlace(target: LinuxSegment, source: LinuxSegment): void {
     // Mapping the source's runs takes one call per run. If one fails midway,
     // the target must be put back, so its written pages go into a layer first
     // (with a single run the first call replaces everything or nothing).
@@ -226,8 +273,6 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     target.shared = null;
     this.#setRuns(target, source.runs);
-    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
-    target.debt = source.debt;
   }
 
   release(seg: LinuxSegment): void {
@@ -513,12 +558,16 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    */
   #newLayer(length: number): Layer {
     if (this.#layers.size >= this.fdBudget && !this.#reclaiming) this.#reclaimFds();
+    let layer: Layer;
     try {
-      return this.#makeLayer(length);
+      layer = this.#makeLayer(length);
     } catch (err) {
       if ((err as SegmentError).code !== 'EMFILE' || this.#reclaiming || !this.#reclaimFds()) throw err;
-      return this.#makeLayer(length);
+      layer = this.#makeLayer(length);
     }
+    // A reserve given up earlier (and not re-opened then) is taken back now.
+    if (this.#reserveFd < 0 && !this.#reclaiming) this.#reserveFd = openReserve();
+    return layer;
   }
 
   /**

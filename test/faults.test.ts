@@ -26,6 +26,7 @@ const errnoFor: Record<CallName, number> = {
   fcntl: E.EIO,
   mmap: E.ENOMEM,
   munmap: E.ENOMEM,
+  mremap: E.ENOMEM,
   madvise: E.ENOMEM,
   pwrite: E.ENOSPC,
   pread: E.EIO,
@@ -39,9 +40,11 @@ const errnoFor: Record<CallName, number> = {
 
 /**
  * Calls whose failure the engine may absorb: freeing part of a layer
- * (punch-hole), closing a descriptor (Linux frees it even on error).
+ * (punch-hole), closing a descriptor (Linux frees it even on error), and
+ * restore()'s scratch mapping, which falls back to mapping in place when the
+ * address space has no room for it.
  */
-const tolerated = new Set<CallName>(['fallocate', 'close']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {
