@@ -116,6 +116,8 @@ export interface LinuxOptions {
    * before memfork compacts to free some. Default: half the descriptor limit.
    */
   fdBudget?: number;
+  /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
+  restoreInPlace?: boolean;
 }
 
 /** Mappings left for the rest of the process (V8, libraries, other FFI code). */
@@ -169,6 +171,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.maxRuns = Math.max(8, options.maxRuns ?? 4096);
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
+    this.#multiMove = options.restoreInPlace !== true;
   }
 
   // ---- Backend ---------------------------------------------------------------

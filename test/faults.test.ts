@@ -519,7 +519,7 @@ for (const scan of scanMethods) {
 }
 
 test('every single libc failure is clean with tight budgets too (compaction, descriptor reclaim)', { skip }, (t) => {
-  const backend = new LinuxBackend({ maxRuns: 8, fdBudget: 4 });
+  const backend = new LinuxBackend({ maxRuns: 8, fdBudget: 4, restoreInPlace: true });
   setBackend(backend);
   const out = newOutcome();
   for (const line of runAll(backend, false, out, [...tightScenarios, ...scenarios])) t.diagnostic(line);

@@ -177,6 +177,37 @@ describe('restore fast path', { skip: linuxOnly }, () => {
   });
 });
 
+describe('restore in place (kernels before 6.17)', { skip: linuxOnly }, () => {
+  it('gives the same bytes as the scratch-and-move restore, for fresh and cloned targets', () => {
+    const pages = 64;
+    const run = (inPlace: boolean): Uint8Array[] =>
+      withLinux({ restoreInPlace: inPlace }, () => {
+        const random = rng(9);
+        const segs = [Segment.create(pages * PAGE), Segment.create(pages * PAGE)];
+        const out: Uint8Array[] = [];
+        for (let step = 0; step < 200; step++) {
+          const pick = Math.floor(random() * 4);
+          const s = segs[Math.floor(random() * segs.length)]!;
+          if (pick === 0) {
+            for (let k = 0; k < 5; k++) new Uint8Array(s.buffer)[Math.floor(random() * pages) * PAGE + k] = step & 0xff;
+          } else if (pick === 1 && segs.length < 6) {
+            segs.push(s.clone());
+          } else {
+            const other = segs[Math.floor(random() * segs.length)]!;
+            s.restore(other);
+            assert.deepEqual(new Uint8Array(s.buffer), new Uint8Array(other.buffer));
+          }
+        }
+        for (const s of segs) out.push(new Uint8Array(s.buffer).slice());
+        for (const s of segs) s.close();
+        return out;
+      });
+    const inPlace = run(true);
+    assert.ok(inPlace.length > 2);
+    assert.deepEqual(inPlace, run(false));
+  });
+});
+
 describe('sparse memory', { skip: linuxOnly }, () => {
   it('creates more memory than the machine has, as long as it is not all written', () => {
     const size = 64 * GiB;
