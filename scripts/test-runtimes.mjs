@@ -122,6 +122,9 @@ const hostOnly = {
   'test/package.test.ts': 'builds and packs the package and installs it with npm',
 };
 
+/** Suites that measure memory of the whole system: they never share the machine with another file of this run. */
+const measuresSystem = new Set(['test/memory.test.ts', 'test/gc.test.ts']);
+
 /**
  * Suites that cannot run on one runtime, with the reason printed when
  * skipped. Everything else runs everywhere.
@@ -281,7 +284,9 @@ async function main() {
   // sharing module state (such as the backend a suite switched to); Node.js
   // and Deno isolate files. One file a run isolates them everywhere, shows
   // which file crashed a runtime, and times each file.
-  const queue = installed.flatMap((entry) => entry.files.map((file) => ({ entry, file })));
+  const everything = installed.flatMap((entry) => entry.files.map((file) => ({ entry, file })));
+  const alone = everything.filter((job) => measuresSystem.has(job.file));
+  const queue = everything.filter((job) => !measuresSystem.has(job.file));
   const started = Date.now();
   const report = (entry) => {
     const r = entry.runtime;
@@ -334,6 +339,9 @@ async function main() {
     }
   };
   await Promise.all(Array.from({ length: jobs }, worker));
+  // Suites that measure the whole system's memory run last, one at a time.
+  queue.push(...alone);
+  await worker();
 
   const total = { passed: 0, failed: 0, skipped: 0 };
   console.log('');
