@@ -13,9 +13,10 @@
 //   node scripts/test-runtimes.mjs --jobs=1         one file at a time (default: 2 on 2+ cores)
 //   node scripts/test-runtimes.mjs --list           show the runtimes found
 //
-// Each runtime's output is shown when it fails (always with --verbose). The
-// last line is the total over all runtimes: `runtimes: N passed, N failed`.
-// The exit code is 1 when a runtime failed or could not run.
+// Each file runs in a process of its own; its output is shown when it fails
+// (always with --verbose). The last line is the total over all runtimes:
+// `runtimes: N passed, N failed, N skipped`. The exit code is 1 when a file
+// failed or a runtime could not run it.
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -133,7 +134,9 @@ const measuresSystem = new Set(['test/memory.test.ts', 'test/gc.test.ts']);
 const fileSkips = {};
 
 /** Reads the pass/fail/skip counts from the closing lines of each runner. */
-function parseCounts(name, out) {
+function parseCounts(name, output) {
+  // Colours, where FORCE_COLOR or a terminal asked for them.
+  const out = output.replace(/\x1b\[[0-9;]*m/g, '');
   const counts = { passed: 0, failed: 0, skipped: 0, found: false };
   const take = (re, key) => {
     const all = [...out.matchAll(re)];
