@@ -286,11 +286,11 @@ function benchSize(size: number): void {
     keep = src.slice();
     return now() - t;
   });
-  const dst = keep ?? new Uint8Array(size).fill(0); // already touched by slice()
+  let dst: Uint8Array | undefined = keep ?? new Uint8Array(size).fill(0); // already touched by slice()
   keep = undefined;
   const set = repeat('set() into touched memory', () => {
     const t = now();
-    dst.set(src);
+    dst!.set(src);
     return now() - t;
   });
   gc();
@@ -392,7 +392,7 @@ function benchSize(size: number): void {
   }, { unit: 'µs/page' });
   const touchedWrite = repeat('touched memory (no fault)', () => {
     const t = now();
-    for (let i = 0, n = Math.min(size, probe * PAGE); i < n; i += PAGE) dst[i] = 2;
+    for (let i = 0, n = Math.min(size, probe * PAGE); i < n; i += PAGE) dst![i] = 2;
     return ((now() - t) * 1000) / Math.min(pages, probe);
   }, { unit: 'µs/page' });
   rows.push({
@@ -403,6 +403,8 @@ function benchSize(size: number): void {
     slice: freshWrite,
     set: touchedWrite,
   });
+  dst = undefined; // the copy is no longer needed: give its memory back
+  gc();
 
   // Memory and mappings per clone, with 1% of pages written before each.
   log('  memory per clone');
@@ -411,12 +413,14 @@ function benchSize(size: number): void {
   const clones: Segment[] = [];
   const floor = Math.max(4 * 2 ** 30, os.totalmem() / 5);
   for (let i = 0; i < (quick ? 4 : 8); i++) {
-    bytes.touch(randomPages(pages, onePercent), v++ & 0xff);
-    clones.push(origin.clone());
-    if (meminfo('MemAvailable') < floor) {
-      log(`    stopped after ${i + 1} clones: MemAvailable below ${fmtBytes(floor)}`);
+    // A clone may compact its source into a new layer as large as the
+    // segment: only go on while that still leaves room.
+    if (i > 0 && meminfo('MemAvailable') < floor + size) {
+      log(`    stopped after ${i} clones: MemAvailable below ${fmtBytes(floor + size)}`);
       break;
     }
+    bytes.touch(randomPages(pages, onePercent), v++ & 0xff);
+    clones.push(origin.clone());
   }
   const K = clones.length;
   const after = { machine: machineMemory(), proc: processMemory(), maps: mapsLines(), mf: memoryStats().mappings };
