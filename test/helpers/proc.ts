@@ -181,8 +181,12 @@ let gcFn: (() => void) | undefined;
 export function fullGc(): void {
   if (gcFn === undefined) {
     const global = (globalThis as { gc?: () => void }).gc;
+    const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
     if (typeof global === 'function') {
       gcFn = global;
+    } else if (bun !== undefined) {
+      // Bun has no --expose-gc; Bun.gc(true) collects synchronously.
+      gcFn = () => bun.gc(true);
     } else {
       v8.setFlagsFromString('--expose-gc');
       gcFn = vm.runInNewContext('gc') as () => void;
