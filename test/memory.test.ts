@@ -10,6 +10,7 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Segment, backend, memoryStats } from '../src/index.ts';
 import { LinuxBackend } from '../platform/linux.ts';
+import { allocatedBytes } from '../platform/libc.ts';
 import { linuxBackends, useBackend } from './backends.ts';
 
 const linux = process.platform === 'linux' && backend.name === 'linux';
@@ -51,7 +52,8 @@ function processBytes(): number {
   for (const name of fs.readdirSync('/proc/self/fd')) {
     try {
       if (!fs.readlinkSync(`/proc/self/fd/${name}`).startsWith('/memfd:memfork')) continue;
-      layers += Number(fs.fstatSync(Number(name)).blocks) * 512;
+      // fstat through libc: Deno's node:fs numbers its own resources, not the OS's descriptors.
+      layers += allocatedBytes(Number(name));
     } catch {
       // The descriptor of the directory listing itself, gone by now.
     }
