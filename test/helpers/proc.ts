@@ -112,6 +112,9 @@ export function processMemory(): number {
   return kbField(text, 'RssAnon') + kbField(text, 'RssShmem');
 }
 
+/** glibc's HEAP_MAX_SIZE on 64-bit systems: the size and alignment of a thread arena's heap. */
+const HEAP_MAX = 64n << 20n;
+
 /**
  * The mappings that look like memfork's own: private or shared, readable and
  * writable, MAP_NORESERVE (`nr`), anonymous or of a memfork memory file, and
@@ -122,16 +125,36 @@ export function processMemory(): number {
 export function segmentLikeMaps(maxBytes = 1 << 20): string[] {
   const out: string[] = [];
   const entries = readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
-  for (const e of entries) {
+  const range = (e: string | undefined): { fields: string[]; start?: bigint; end?: bigint } => {
+    const nl = e === undefined ? -1 : e.indexOf('\n');
+    const fields = (e === undefined ? '' : nl < 0 ? e : e.slice(0, nl)).trim().split(/\s+/);
+    const [start, end] = (fields[0] ?? '').split('-').map((x) => BigInt(`0x${x}`));
+    return { fields, start, end };
+  };
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
     const nl = e.indexOf('\n');
     const head = nl < 0 ? e : e.slice(0, nl);
-    const fields = head.trim().split(/\s+/);
-    const [start, end] = (fields[0] ?? '').split('-').map((x) => BigInt(`0x${x}`));
+    const { fields, start, end } = range(e);
     if (start === undefined || end === undefined || end - start > BigInt(maxBytes)) continue;
     const perms = fields[1] ?? '';
     const path = fields.slice(5).join(' ');
     if (!perms.startsWith('rw')) continue;
     if (path !== '' && !path.startsWith('/memfd:memfork')) continue;
+    // A glibc malloc heap of another thread's arena (Deno's threads make them
+    // at any time): it starts on a 64 MiB boundary, and the rest of its 64 MiB
+    // follows it reserved (---p).
+    const next = range(entries[i + 1]);
+    if (
+      path === '' &&
+      start % HEAP_MAX === 0n &&
+      next.start === end &&
+      next.end !== undefined &&
+      next.end <= start + HEAP_MAX &&
+      (next.fields[1] ?? '').startsWith('---')
+    ) {
+      continue;
+    }
     const flags = /^VmFlags:(.*)$/m.exec(e)?.[1]?.trim().split(/\s+/) ?? [];
     if (!flags.includes('nr') || flags.includes('dc')) continue;
     out.push(head.trim());
