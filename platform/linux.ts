@@ -109,7 +109,7 @@ export interface LinuxOptions {
    * and a reserve for V8 and everything else.
    */
   mapBudget?: number;
-  /** Runs one segment may reach before it is compacted whatever the cost (default 4096). */
+  /** Runs one segment may reach before it is compacted whatever the cost (default 32768; the mapping budget usually acts first). */
   maxRuns?: number;
   /**
    * Layers (each an open file descriptor) all segments together may use
@@ -168,7 +168,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     } finally {
       sys.munmap(probe, this.pageSize);
     }
-    this.maxRuns = Math.max(8, options.maxRuns ?? 4096);
+    this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
