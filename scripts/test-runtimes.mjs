@@ -124,7 +124,7 @@ const hostOnly = {
 };
 
 /** Suites that measure memory of the whole system: they never share the machine with another file of this run. */
-const measuresSystem = new Set(['test/memory.test.ts', 'test/gc.test.ts']);
+const measuresSystem = new Set(['test/memory.test.ts', 'test/gc.test.ts', 'test/leaks.test.ts']);
 
 /**
  * Suites that cannot run on one runtime, with the reason printed when
