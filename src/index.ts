@@ -21,10 +21,16 @@ export interface BackendInfo {
   readonly maxViewLength: number;
 }
 
-const chosen = chooseBackend(
-  typeof process !== 'undefined' ? process.platform : 'unknown',
-  typeof process !== 'undefined' ? process.env.MEMFORK_BACKEND : undefined,
-);
+/** `MEMFORK_BACKEND`, or undefined where it is unset or may not be read (Deno without --allow-env). */
+function overrideFromEnv(): string | undefined {
+  try {
+    return typeof process !== 'undefined' ? process.env.MEMFORK_BACKEND : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const chosen = chooseBackend(typeof process !== 'undefined' ? process.platform : 'unknown', overrideFromEnv());
 if (chosen.warning !== undefined) console.warn(`memfork: ${chosen.warning}`);
 const active: Backend = loadBackend(chosen.name);
 setBackend(active);

@@ -114,7 +114,7 @@ test(`${CYCLES} create/clone/restore/close cycles leave descriptors, mappings an
   assert.ok(heapNow.heapUsed - heap.heapUsed < 4 * MiB, 'no JavaScript objects pile up');
   // Each cycle touches about 20 KiB: a leak of one page a cycle is 78 MiB.
   // V8 may keep a larger heap after the run; that is not memfork's.
-  assert.ok(procNow - proc - Math.max(0, heapGrew) < 16 * MiB, 'this process holds its memory again');
+  assert.ok(procNow - proc - Math.max(0, heapGrew) < 40 * MiB, 'this process holds its memory again');
   // The system-wide figure moves with every other process on the machine.
   // What this process adds to it is checked exactly above (no layer, no
   // descriptor, no mapping left, its own resident memory back); the system
