@@ -47,6 +47,7 @@ const quick = argv.includes('--quick') || process.env.MEMFORK_BENCH_QUICK === '1
 const PAGE = backend.pageSize;
 const sizes = (arg('sizes') ?? process.env.MEMFORK_BENCH_SIZES ?? (quick ? '16M' : '256M,1G,4G'))
   .split(',')
+  .filter((t) => t.trim() !== '') // --sizes '' runs only the chain and the restore loop
   .map(parseSize)
   .map((s) => Math.ceil(s / PAGE) * PAGE);
 const chainDepth = Number(arg('chain') ?? (quick ? 50 : 500));
@@ -459,6 +460,8 @@ function benchSize(size: number): void {
 function benchChain(size: number, depth: number): void {
   log(`\n== chain: ${depth} clones of clones, ${fmtBytes(size)}, one page written per link ==`);
   const pages = size / PAGE;
+  gc();
+  const heldBefore = processMemory();
   const chain: Segment[] = [filledSegment(size, 1)];
   const times: number[] = [];
   const start = now();
@@ -486,6 +489,7 @@ function benchChain(size: number, depth: number): void {
   const early = stat(times.slice(0, k));
   const late = stat(times.slice(-k));
   const ms = memoryStats();
+  const held = processMemory() - heldBefore;
   const result = {
     depth: links,
     stopped,
@@ -499,6 +503,7 @@ function benchChain(size: number, depth: number): void {
     memoryStatsMappings: ms.mappings,
     layers: ms.layers,
     layerBytes: ms.layerBytes,
+    heldBytes: held,
     mapsLines: mapsLines(),
   };
   log(
@@ -524,9 +529,9 @@ function benchChain(size: number, depth: number): void {
     case: `chain: memory of all ${links + 1} segments`,
     size,
     unit: 'bytes',
-    memfork: single(ms.layerBytes + ms.privateBytes),
+    memfork: single(held),
     slice: single((links + 1) * size),
-    note: 'memoryStats() layerBytes + privateBytes; copy: one full copy per segment',
+    note: `this process (RssAnon + memfd pages); memoryStats(): layers ${fmtBytes(ms.layerBytes)}, private ${fmtBytes(ms.privateBytes)}; copy: one full copy per segment`,
   });
   extra.chain = { ...result, times };
   for (const s of chain) s.close();

@@ -141,8 +141,8 @@ console.log();
 
 const m = memoryStats();
 console.log(
-  `memoryStats(): ${m.segments} segments (world + ${checkpoints.size} checkpoints) in ${kib(m.layerBytes)} of layers ` +
-    `+ ${kib(m.privateBytes)} private; ${checkpoints.size + 1} full copies would be ${kib((checkpoints.size + 1) * SIDE * SIDE)}`,
+  `memoryStats(): ${m.segments} segments (world + ${checkpoints.size} checkpoints) in layers holding ${kib(m.layerBytes)} ` +
+    `(${kib(m.privateBytes)} private to one segment); ${checkpoints.size + 1} full copies would be ${kib((checkpoints.size + 1) * SIDE * SIDE)}`,
 );
 for (const cp of checkpoints.values()) cp.close();
 world.close();

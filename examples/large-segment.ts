@@ -104,9 +104,10 @@ check(restored, 'after clone.restore(origin) the clone reads as the origin again
 const m = memoryStats();
 const cs = clone.stats();
 console.log(
-  `memory: ${m.segments} segments of ${fmt(SIZE)} use ${fmt(m.layerBytes + m.privateBytes)} ` +
-    `(layers ${fmt(m.layerBytes)}, private ${fmt(m.privateBytes)}), ${m.mappings} mappings; clone: ${cs.mappings} mappings`,
+  `memory: ${m.segments} segments of ${fmt(SIZE)}: layers hold ${fmt(m.layerBytes)}, private to segments ${fmt(m.privateBytes)}; ` +
+    `${m.mappings} mappings (clone: ${cs.mappings})`,
 );
+// The two figures may overlap; their sum is an upper bound.
 check(m.layerBytes + m.privateBytes < 256 * 2 ** 20, 'only the pages touched use memory');
 origin.close();
 clone.close();
