@@ -194,7 +194,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   clone(source: LinuxSegment): LinuxSegment {
     this.#prepare(source);
-    this.#ensureRoom(source.runs.length);
+    this.#ensureRoom(source.runs.length, source.pages);
     const addr = this.#mapRuns(null, source.runs, source.length);
     source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
     const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], debt: source.debt, released: false };
@@ -217,7 +217,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       // The source's runs are mapped at a scratch address first, then moved
       // over the target in one mremap: any failure leaves the target as it
       // was. (mremap checks the mapping limit before it unmaps anything.)
-      this.#ensureRoom(source.runs.length);
+      this.#ensureRoom(source.runs.length, source.pages);
       let scratch: bigint;
       let reserved = false;
       try {
@@ -262,7 +262,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // the target must be put back, so its written pages go into a layer first
     // (with a single run the first call replaces everything or nothing).
     if (target.shared === null && source.runs.length > 1) this.#freeze(target);
-    this.#ensureRoom(source.runs.length - target.runs.length);
+    this.#ensureRoom(source.runs.length - target.runs.length, target.pages);
     const old = target.runs;
     const oldShared = target.shared;
     // A MAP_FIXED mmap that fails leaves the old mapping in place, so the
@@ -354,40 +354,96 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#makePrivate(seg);
     const dirty = this.scanWritten(seg);
     // Freezing adds up to two mappings per written run.
-    this.#ensureRoom(2 * dirty.length);
+    this.#ensureRoom(2 * dirty.length, seg.pages);
     this.#freeze(seg, coalesce(dirty, JOIN_GAP));
     if (seg.runs.length > this.maxRuns) {
-      this.#compact(seg, this.maxRuns >> 2);
+      this.#compact(seg, this.maxRuns >> 2, Infinity);
     } else if (seg.runs.length > 2 * COMPACT_WINDOWS + 1) {
-      const plan = joinSmallestGaps(this.#foreign(seg), COMPACT_WINDOWS);
-      if (seg.debt >= COPY_COST * pageCount(plan)) this.#compact(seg, COMPACT_WINDOWS);
+      const limit = seg.pages >> 3;
+      const plan = this.#plan(seg, COMPACT_WINDOWS, limit);
+      if (plan !== undefined && seg.debt >= COPY_COST * pageCount(plan.windows)) this.#compact(seg, COMPACT_WINDOWS, limit);
     }
   }
 
-  /** Ranges of `seg` off its main layer (the one holding most pages). */
-  #foreign(seg: LinuxSegment): Range[] {
-    const base = largestLayer(seg.runs);
-    return coalesce(seg.runs.filter((r) => r.layer !== base));
+  /**
+   * Plans a compaction of `seg` down to `windows` ranges off its main layer
+   * (0: the whole segment as one range). Copying a page that another segment
+   * still holds puts it in memory twice, so a plan may copy at most `limit`
+   * such pages: gaps between off-main runs are joined cheapest first until
+   * the windows are few enough or the limit is reached. Returns undefined
+   * when no plan within the limit reduces the runs.
+   */
+  #plan(seg: LinuxSegment, windows: number, limit: number): { windows: Range[]; duplicated: number } | undefined {
+    const runs = seg.runs;
+    const shared = sharedPages(runs);
+    if (windows === 0) {
+      let dup = 0;
+      for (const n of shared) dup += n;
+      return dup <= limit && runs.length > 1 ? { windows: [{ start: 0, end: seg.pages }], duplicated: dup } : undefined;
+    }
+    // Off-main ranges, and the main-layer gaps between them with their cost.
+    const base = largestLayer(runs);
+    const ranges: { start: number; end: number }[] = [];
+    const gaps: { at: number; cost: number; size: number }[] = [];
+    let dup = 0;
+    let pendingGap: { cost: number; size: number } | undefined;
+    runs.forEach((r, i) => {
+      if (r.layer === base) {
+        if (ranges.length > 0) pendingGap = { cost: shared[i]!, size: r.end - r.start };
+        return;
+      }
+      dup += shared[i]!;
+      const last = ranges[ranges.length - 1];
+      if (last !== undefined && last.end === r.start) {
+        last.end = r.end;
+      } else {
+        if (last !== undefined && pendingGap !== undefined) gaps.push({ at: ranges.length - 1, ...pendingGap });
+        ranges.push({ start: r.start, end: r.end });
+      }
+      pendingGap = undefined;
+    });
+    if (ranges.length === 0 || dup > limit) return undefined;
+    gaps.sort((a, b) => a.cost - b.cost || a.size - b.size);
+    const joined = new Set<number>();
+    let count = ranges.length;
+    for (const g of gaps) {
+      if (count <= windows || dup + g.cost > limit) break;
+      dup += g.cost;
+      joined.add(g.at);
+      count--;
+    }
+    const out: Range[] = [];
+    let start = ranges[0]!.start;
+    for (let i = 0; i < ranges.length; i++) {
+      if (joined.has(i)) continue;
+      out.push({ start, end: ranges[i]!.end });
+      if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
+    }
+    return 2 * out.length + 1 < runs.length ? { windows: out, duplicated: dup } : undefined;
   }
 
   /**
    * Makes room for `needed` more mappings under the budget by compacting the
-   * most fragmented segments; throws ENOMEM when even that cannot.
+   * most fragmented segments; throws ENOMEM when even that cannot. The
+   * compactions together may duplicate at most `pages` shared pages: never
+   * more memory than copying the segment at hand would take.
    */
-  #ensureRoom(needed: number): void {
+  #ensureRoom(needed: number, pages: number): void {
     if (this.#mapCount + needed <= this.mapBudget) return;
+    let allowance = Math.max(pages, duplicateLimit(pages));
     // First the cheap way: a few windows off the main layer; then flatten.
     for (const windows of [COMPACT_WINDOWS, 0]) {
       const bySize = [...this.#segments]
         .filter((s) => s.runs.length > 2 * windows + 1)
         .sort((a, b) => b.runs.length - a.runs.length);
       for (const seg of bySize) {
-        this.#compact(seg, windows);
+        allowance -= this.#compact(seg, windows, allowance);
         if (this.#mapCount + needed <= this.mapBudget) return;
       }
     }
     throw new SegmentError(
-      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount} of ${this.mapBudget} mappings in use, ${needed} more needed)`,
+      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount} of ${this.mapBudget} mappings in use, ${needed} more needed; ` +
+        'compacting further would copy pages other segments share)',
       'ENOMEM',
       12,
       'mmap',
@@ -395,18 +451,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   /**
-   * Rewrites the fragmented parts of `seg` into a new layer so it has at most
-   * `windows` ranges off its main layer (about 2 × windows + 1 runs). The
-   * windows are the off-main runs with the smallest gaps between them merged,
-   * so the clean pages copied to join them are as few as possible. With
-   * `windows` 0 the whole segment is copied into one layer: a single run.
-   * Atomic in content, like a freeze: each remap maps the same bytes.
+   * Rewrites the fragmented parts of `seg` into a new layer, as `#plan`
+   * chooses them, so it has fewer runs. Atomic in content, like a freeze:
+   * each remap maps the same bytes.
    */
-  #compact(seg: LinuxSegment, windows: number): void {
-    const chosen = windows === 0 ? [{ start: 0, end: seg.pages }] : joinSmallestGaps(this.#foreign(seg), windows);
-    if (2 * chosen.length + 1 >= seg.runs.length) return;
-    this.#freeze(seg, chosen);
+  /** Returns the shared pages it duplicated. */
+  #compact(seg: LinuxSegment, windows: number, limit = duplicateLimit(seg.pages)): number {
+    const plan = this.#plan(seg, windows, limit);
+    if (plan === undefined) return 0;
+    this.#freeze(seg, plan.windows);
     seg.debt = 0;
+    return plan.duplicated;
   }
 
   /**
@@ -799,21 +854,35 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 }
 
 /**
- * `ranges` (sorted, disjoint) joined across their smallest gaps until at most
- * `count` remain.
+ * The most pages a compaction forced by the mapping or descriptor budget may
+ * copy that other segments still hold (they then exist twice): 1/64 of the
+ * segment, at least 256 pages (1 MiB of 4 KiB pages). Past that, the operation fails with ENOMEM
+ * rather than spend the segment's size again.
  */
-export function joinSmallestGaps(ranges: readonly Range[], count: number): Range[] {
-  if (ranges.length <= count) return ranges.slice();
-  const gaps = ranges.slice(1).map((r, i) => ({ at: i, size: r.start - ranges[i]!.end }));
-  gaps.sort((a, b) => b.size - a.size || a.at - b.at);
-  const cuts = new Set(gaps.slice(0, count - 1).map((g) => g.at));
-  const out: Range[] = [];
-  let start = ranges[0]!.start;
-  for (let i = 0; i < ranges.length; i++) {
-    if (i === ranges.length - 1 || cuts.has(i)) {
-      out.push({ start, end: ranges[i]!.end });
-      if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
+export function duplicateLimit(pages: number): number {
+  return Math.max(256, Math.floor(pages / 64));
+}
+
+/**
+ * For each run, how many of its pages copying would duplicate: pages of a
+ * layer that another run also uses, and anonymous pages (copying allocates
+ * them). One sweep per layer.
+ */
+function sharedPages(runs: Runs): number[] {
+  const out = new Array<number>(runs.length).fill(0);
+  const byLayer = new Map<Layer, number[]>();
+  runs.forEach((r, i) => {
+    if (r.layer === null) {
+      out[i] = r.end - r.start;
+      return;
     }
+    const list = byLayer.get(r.layer);
+    if (list === undefined) byLayer.set(r.layer, [i]);
+    else list.push(i);
+  });
+  for (const [layer, indices] of byLayer) {
+    const alone = layer.refs.countEqualEach(indices.map((i) => runs[i]!), 1);
+    indices.forEach((i, k) => (out[i] = runs[i]!.end - runs[i]!.start - alone[k]!));
   }
   return out;
 }

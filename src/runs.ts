@@ -197,6 +197,22 @@ export class RefCounts {
     return false;
   }
 
+  /** For each of the sorted, disjoint `ranges`: its pages whose count is exactly `count`. One sweep. */
+  countEqualEach(ranges: readonly Range[], count: number): number[] {
+    const out: number[] = [];
+    let i = 0;
+    for (const r of ranges) {
+      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
+      let n = 0;
+      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
+        const sp = this.spans[j]!;
+        if (sp.count === count) n += Math.min(sp.end, r.end) - Math.max(sp.start, r.start);
+      }
+      out.push(n);
+    }
+    return out;
+  }
+
   /** Pages in [start, end) whose count is exactly `count`. */
   countEqual(start: number, end: number, count: number): number {
     let n = 0;
