@@ -9,7 +9,14 @@ import * as path from 'node:path';
 import { backend } from '../src/index.ts';
 import { projectRoot, tsCommand } from './helpers/runtime.ts';
 
-const linuxOnly = { skip: process.platform !== 'linux' && 'Linux only: the example reads /proc or maps gigabytes lazily' };
+const linuxOnly = {
+  skip:
+    process.platform !== 'linux'
+      ? 'Linux only: the example reads /proc or maps gigabytes lazily'
+      : backend.name !== 'linux'
+        ? `needs copy-on-write: the ${backend.name} backend copies eagerly`
+        : false,
+};
 
 interface Result {
   code: number | null;
