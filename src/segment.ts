@@ -363,8 +363,6 @@ export class Segment implements Disposable {
     core.views.clear();
     core.buffer = undefined;
     if (core.handle === undefined) return;
-    finalizer.unregister(core);
-    live--;
     core.releasePending = true;
     this.#retryRelease();
   }
@@ -379,7 +377,16 @@ export class Segment implements Disposable {
   #retryRelease(): void {
     const core = this.#pending;
     if (core === undefined || !core.releasePending) return;
-    this.#backend.release(core.handle);
+    finalizer.unregister(core);
+    try {
+      this.#backend.release(core.handle);
+    } catch (err) {
+      // Still mapped, and still counted: a later close() retries, and if
+      // there is none the garbage collector does once the segment is dropped.
+      finalizer.register(core, { backend: this.#backend, handle: core.handle }, core);
+      throw err;
+    }
+    live--;
     core.releasePending = false;
     this.#pending = undefined;
   }
