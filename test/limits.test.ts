@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { backend } from '../src/index.ts';
 import { runtimeName } from '../src/runtime.ts';
 import { linuxOnly } from './helpers/proc.ts';
+import type { ErrorInfo } from './fixtures/limits-common.ts';
 
 /** The project root: the tests run from it. */
 const root = process.cwd();
@@ -24,14 +25,6 @@ const skip =
   (backend.name !== 'linux' && `the ${backend.name} backend is loaded, not linux`) ||
   (runtimeName !== 'node' && 'runs its children with Node.js and ts-node') ||
   (!hasPrlimit() && 'prlimit (util-linux) is not installed');
-
-interface ErrorInfo {
-  name: string;
-  code?: string;
-  errno?: number;
-  syscall?: string;
-  message: string;
-}
 
 /** Runs a fixture under `prlimit <limits>` and returns what it printed. */
 function runFixture(fixture: string, limits: string[]): Record<string, unknown> {

@@ -8,21 +8,9 @@ import { Worker } from 'node:worker_threads';
 import { Segment, backend } from '../src/index.ts';
 import { runtimeName } from '../src/runtime.ts';
 import { fdTargets, linuxOnly, newSegmentLikeMaps, snapshot } from './helpers/proc.ts';
+import type { Report } from './fixtures/workers-task.ts';
 
 const skip = runtimeName !== 'node' && 'the worker fixture loads TypeScript through ts-node';
-
-interface Report {
-  threadId: number;
-  backend: string;
-  ok: boolean;
-  steps: number;
-  clones: number;
-  restores: number;
-  checks: number;
-  segmentsLeft: number;
-  layersLeft: number;
-  error?: string;
-}
 
 function runWorker(seed: number, steps: number, pages: number, leaveOpen = false): Promise<Report> {
   return new Promise((resolve, reject) => {
