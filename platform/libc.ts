@@ -19,7 +19,6 @@ export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MADV_DONTNEED = 4;
-export const MADV_NOHUGEPAGE = 15;
 export const MREMAP_MAYMOVE = 1;
 export const MREMAP_FIXED = 2;
 export const MFD_CLOEXEC = 0x1;
@@ -39,7 +38,6 @@ export const EINTR = 4;
 export const EFAULT = 14;
 export const ENXIO = 6;
 export const EINVAL = 22;
-export const ENOTTY = 25;
 
 /** `MAP_FAILED`, as koffi returns it for a `void *`. */
 export const MAP_FAILED = 0xffffffffffffffffn;

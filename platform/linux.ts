@@ -41,6 +41,16 @@ export class Layer {
   }
 }
 
+/**
+ * Adds to `source`'s debt the mapping work that mapping its runs again just
+ * cost beyond a compacted run list's; returns the new debt, which the segment
+ * that now shares the run list takes over.
+ */
+function chargeMapping(source: LinuxSegment): number {
+  source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
+  return source.debt;
+}
+
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
 
@@ -196,8 +206,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#prepare(source);
     this.#ensureRoom(source.runs.length, source.pages);
     const addr = this.#mapRuns(null, source.runs, source.length);
-    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
-    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], debt: source.debt, released: false };
+    const seg: LinuxSegment = { addr, length: source.length, pages: source.pages, shared: null, runs: [], debt: chargeMapping(source), released: false };
     this.#setRuns(seg, source.runs);
     this.#segments.add(seg);
     return seg;
@@ -252,8 +261,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     } else {
       this.#restoreInPlace(target, source);
     }
-    source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
-    target.debt = source.debt;
+    target.debt = chargeMapping(source);
   }
 
   /** restore() where mremap cannot move several mappings: map over the target, putting it back on failure. */
@@ -484,7 +492,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const done: Range[] = [];
     for (const h of holes) {
       try {
-        this.#mapRange(seg.addr, h, null, true);
+        this.#mapRange(seg.addr, h, null);
       } catch {
         break;
       }
@@ -510,7 +518,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       // Safety: each remap covers pages of the segment's own mapping with a
       // layer holding exactly their current bytes.
       for (const r of dirty) {
-        this.#mapRange(seg.addr, r, layer, true);
+        this.#mapRange(seg.addr, r, layer);
         done.push(r);
       }
     } finally {
@@ -568,7 +576,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const addr = sys.mmap(at, length, sys.PROT_READ | sys.PROT_WRITE, flags, base === null ? -1 : base.fd, 0);
     onFirstMapped?.();
     try {
-      for (const r of runs) if (r.layer !== base) this.#mapRange(addr, r, r.layer, true);
+      for (const r of runs) if (r.layer !== base) this.#mapRange(addr, r, r.layer);
     } catch (err) {
       if (at === null) {
         try {
@@ -583,9 +591,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   /** Maps one page range of `layer` (or anonymous memory) at its place in the segment at `base`. */
-  #mapRange(base: bigint, r: Range, layer: Layer | null, fixed: boolean): void {
+  #mapRange(base: bigint, r: Range, layer: Layer | null): void {
     const off = r.start * this.pageSize;
-    const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (fixed ? sys.MAP_FIXED : 0) | (layer === null ? sys.MAP_ANONYMOUS : 0);
+    const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | sys.MAP_FIXED | (layer === null ? sys.MAP_ANONYMOUS : 0);
     sys.mmap(base + BigInt(off), (r.end - r.start) * this.pageSize, sys.PROT_READ | sys.PROT_WRITE, flags, layer === null ? -1 : layer.fd, layer === null ? 0 : off);
   }
 
