@@ -27,6 +27,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Segment, backend, memoryStats } from '../src/index.ts';
+import * as sys from '../platform/libc.ts';
 
 // ---- options --------------------------------------------------------------------
 
@@ -81,6 +82,9 @@ function fmtMs(ms: number): string {
   if (ms >= 1) return `${ms.toFixed(1)} ms`;
   if (ms >= 0.01) return `${ms.toFixed(2)} ms`;
   return `${(ms * 1000).toFixed(1)} µs`;
+}
+function fmtUs(us: number): string {
+  return us >= 1000 ? fmtMs(us / 1000) : `${us.toFixed(us < 1 ? 2 : us < 10 ? 1 : 0)} µs`;
 }
 function median(v: number[]): number {
   if (v.length === 0) return NaN;
@@ -545,17 +549,27 @@ function benchRestore(size: number, seconds: number): void {
   const bytes = new Bytes(state);
   const snapshot = state.clone();
   const dirty = Math.min(64, pages);
+  // Time spent in the writes themselves (each one a page fault after a
+  // restore) and in restore(), apart: the loop cannot beat its own writes.
+  let writeMs = 0;
+  let stepMs = 0;
   const loop = (limitMs: number, step: () => void): { rate: number; n: number } => {
     const t = now();
     let n = 0;
     while (now() - t < limitMs) {
-      bytes.touch(randomPages(pages, dirty), 0x55);
+      const list = randomPages(pages, dirty);
+      const a = now();
+      bytes.touch(list, 0x55);
+      const b = now();
       step();
+      stepMs += now() - b;
+      writeMs += b - a;
       n++;
     }
     return { rate: (n * 1000) / (now() - t), n };
   };
   loop(Math.min(200, seconds * 200), () => state.restore(snapshot)); // warm-up
+  writeMs = stepMs = 0;
   const rates: number[] = [];
   let total = 0;
   for (let r = 0; r < 5; r++) {
@@ -568,6 +582,9 @@ function benchRestore(size: number, seconds: number): void {
   m.min = Math.max(...rates);
   if (bytes.get(0) !== 1) throw new Error('restore did not bring the snapshot back');
   log(`    memfork: ${m.median.toFixed(0)}/s (${total} restores)`);
+  const perWrite = (writeMs * 1000) / (total * dirty);
+  const perRestore = (stepMs * 1000) / total;
+  log(`    per loop: ${dirty} writes ${fmtUs(perWrite * dirty)} (${fmtUs(perWrite)} each), restore() ${fmtUs(perRestore)}`);
   // The copy way: keep a saved copy and set() it back each time.
   const saved = new Uint8Array(size).fill(1);
   const live = new Uint8Array(size).fill(1);
@@ -585,12 +602,92 @@ function benchRestore(size: number, seconds: number): void {
   const c = stat(copyRates);
   c.min = Math.max(...copyRates);
   log(`    set() from a saved copy: ${c.median.toFixed(1)}/s`);
-  rows.push({ case: 'restore loop (64 pages dirtied)', size, unit: '/s', memfork: m, set: c });
-  extra.restore = { size, dirty, rates, copyRates };
+  rows.push({
+    case: 'restore loop (64 pages dirtied)',
+    size,
+    unit: '/s',
+    memfork: m,
+    set: c,
+    note: `per loop, memfork: the ${dirty} writes ${fmtUs(perWrite * dirty)} (a page fault each, ${fmtUs(perWrite)}), restore() ${fmtUs(perRestore)}; the writes alone allow ${(1e6 / (perWrite * dirty)).toFixed(0)}/s`,
+  });
+  extra.restore = { size, dirty, rates, copyRates, writeMicros: perWrite, restoreMicros: perRestore };
   snapshot.close();
   state.close();
   gc();
 }
+
+/**
+ * What the kernel operations memfork is built from cost on this machine, each
+ * per page or per call. memfork's figures above are sums of these: a clone
+ * after scattered writes costs about (copy + 2 × map) per written page, the
+ * restore loop (fault) per written page. Linux only: it calls libc directly.
+ */
+function benchMachine(): void {
+  if (process.platform !== 'linux' || backend.name !== 'linux') return;
+  log('\n== this machine: kernel operations, per page or per call ==');
+  const n = quick ? 256 : 2048;
+  const bytes = n * 4 * PAGE;
+  const fd = sys.memfdCreate('memfork-bench', 0);
+  const costs: { what: string; micros: number }[] = [];
+  const time = (what: string, count: number, f: () => void) => {
+    const t = now();
+    f();
+    const micros = ((now() - t) * 1000) / count;
+    costs.push({ what, micros });
+    log(`    ${what}: ${fmtUs(micros)}`);
+  };
+  try {
+    sys.ftruncate(fd, bytes);
+    const rw = sys.PROT_READ | sys.PROT_WRITE;
+    const anon = sys.mmap(null, bytes, rw, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+    const a = new Uint8Array(sys.view(anon, bytes));
+    const pages = Array.from({ length: n }, (_, i) => i * 4); // one page in four: no neighbours
+    time('system call (lseek)', n, () => {
+      for (let i = 0; i < n; i++) sys.seek(fd, 0, 0);
+    });
+    time('write fault, new anonymous page', n, () => {
+      for (const p of pages) a[p * PAGE] = 1;
+    });
+    time('write to a page already written', n, () => {
+      for (const p of pages) a[p * PAGE] = 2;
+    });
+    time('copy a page just written into a memory file (pwrite)', n, () => {
+      for (const p of pages) sys.pwriteAll(fd, anon + BigInt(p * PAGE), PAGE, p * PAGE);
+    });
+    time('the same again (pwrite, both pages known)', n, () => {
+      for (const p of pages) sys.pwriteAll(fd, anon + BigInt(p * PAGE), PAGE, p * PAGE);
+    });
+    time('map one page of a memory file over a written page (mmap)', n, () => {
+      for (const p of pages) sys.mmap(anon + BigInt(p * PAGE), PAGE, rw, sys.MAP_PRIVATE | sys.MAP_FIXED, fd, p * PAGE);
+    });
+    time('first read of a mapped page (fault)', n, () => {
+      let x = 0;
+      for (const p of pages) x += a[p * PAGE];
+      if (x < 0) log('');
+    });
+    time('first write of a page read before (copy-on-write fault)', n, () => {
+      for (const p of pages) a[p * PAGE] = 3;
+    });
+    time('drop one written page (madvise MADV_DONTNEED)', n, () => {
+      for (const p of pages) sys.madvise(anon + BigInt(p * PAGE), PAGE, sys.MADV_DONTNEED);
+    });
+    sys.munmap(anon, bytes);
+    const whole = sys.mmap(null, bytes, rw, sys.MAP_SHARED, fd, 0);
+    const w = new Uint8Array(sys.view(whole, bytes));
+    sys.madvise(whole, bytes, MADV_POPULATE_WRITE);
+    time('first write to a page mapped by the kernel already (populated)', n, () => {
+      for (const p of pages) w[p * PAGE] = 4;
+    });
+    time('unmap, per page mapped', n * 4, () => sys.munmap(whole, bytes));
+  } finally {
+    sys.closeFd(fd);
+  }
+  extra.machine = costs;
+  machineCosts.push(...costs);
+}
+/** MADV_POPULATE_WRITE (Linux 5.14). */
+const MADV_POPULATE_WRITE = 23;
+const machineCosts: { what: string; micros: number }[] = [];
 
 // ---- output -------------------------------------------------------------------
 
@@ -637,6 +734,12 @@ function printTable(): void {
   console.log('restore loop: median (best) rate. first write to a page: memfork column = after a clone;');
   console.log('  the copy columns = first write to fresh memory / write to already touched memory.');
   console.log('fill: the copy column is new Uint8Array(n).fill(). memory per clone: this process (RssAnon + memfd pages).');
+  if (machineCosts.length > 0) {
+    console.log();
+    console.log('this machine, kernel operations (per page or per call):');
+    const width = Math.max(...machineCosts.map((c) => c.what.length));
+    for (const c of machineCosts) console.log(`  ${c.what.padEnd(width)}  ${fmtUs(c.micros).padStart(8)}`);
+  }
 }
 
 /** Short names for the chart. */
@@ -770,6 +873,7 @@ function main(): void {
   }
   if (chainDepth > 0) benchChain(chainSize, chainDepth);
   if (restoreSeconds > 0) benchRestore(restoreSize, restoreSeconds);
+  benchMachine();
 
   const seconds = (now() - began) / 1000;
   printTable();

@@ -34,7 +34,10 @@ export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 export const O_RDONLY = 0;
 export const O_CLOEXEC = 0x80000;
+export const EPERM = 1;
 export const EINTR = 4;
+export const EBADF = 9;
+export const ENOSYS = 38;
 export const EFAULT = 14;
 export const ENXIO = 6;
 export const EINVAL = 22;
@@ -61,6 +64,7 @@ interface Bindings {
   open: (path: string, flags: number, ...args: unknown[]) => number;
   ioctl: (fd: number, request: number, ...args: unknown[]) => number;
   fstat: (fd: number, buf: ArrayBufferView) => number;
+  process_madvise: (nr: number, ...args: unknown[]) => number;
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
 }
@@ -86,6 +90,7 @@ function libc(): Bindings {
     open: lib.func('int open(const char *pathname, int flags, ...)'),
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
     fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
+    process_madvise: lib.func('long syscall(long number, ...)'),
     getpagesize: lib.func('int getpagesize(void)'),
     getrlimit: lib.func('int getrlimit(int resource, _Out_ uint64_t *rlim)'),
   } as Bindings;
@@ -256,6 +261,24 @@ export function open(path: string, flags: number): number {
 /** `ioctl(fd, request, arg)` with a pointer argument; returns its non-negative result. */
 export function ioctl(fd: number, request: number, arg: bigint): number {
   return retry('ioctl', () => libc().ioctl(fd, request, 'void *', arg), () => `cannot scan page tables (request 0x${request.toString(16)})`);
+}
+
+/** process_madvise(2): the same number on x86_64 and arm64 (syscalls from 424 on are shared). */
+const SYS_PROCESS_MADVISE = 440;
+/** `PIDFD_SELF_THREAD` (Linux 6.15): the calling thread, whose memory is the whole process's. */
+const PIDFD_SELF = -10000;
+
+/**
+ * `process_madvise(PIDFD_SELF, iov, count, advice, 0)` on this process: one
+ * call for `count` ranges, given as (address, length) pairs in `iov`. Returns
+ * the bytes advised, which is less than the total when the kernel stopped early.
+ */
+export function processMadvise(iov: BigUint64Array, count: number, advice: number): number {
+  return retry(
+    'process_madvise',
+    () => Number(libc().process_madvise(SYS_PROCESS_MADVISE, 'int', PIDFD_SELF, 'void *', iov, 'size_t', count, 'int', advice, 'unsigned int', 0)),
+    () => `cannot advise on ${count} ranges`,
+  );
 }
 
 /** Bytes allocated to `fd` (st_blocks × 512; offset 64 in struct stat on x86_64 and arm64). */
