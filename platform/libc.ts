@@ -37,7 +37,9 @@ export const O_CLOEXEC = 0x80000;
 export const EPERM = 1;
 export const EINTR = 4;
 export const EBADF = 9;
+export const EXDEV = 18;
 export const ENOSYS = 38;
+export const EOPNOTSUPP = 95;
 export const EFAULT = 14;
 export const ENXIO = 6;
 export const EINVAL = 22;
@@ -65,6 +67,7 @@ interface Bindings {
   ioctl: (fd: number, request: number, ...args: unknown[]) => number;
   fstat: (fd: number, buf: ArrayBufferView) => number;
   process_madvise: (nr: number, ...args: unknown[]) => number;
+  copy_file_range: (fdIn: number, offIn: BigInt64Array, fdOut: number, offOut: BigInt64Array, n: number, flags: number) => number;
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
 }
@@ -91,6 +94,9 @@ function libc(): Bindings {
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
     fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
     process_madvise: lib.func('long syscall(long number, ...)'),
+    copy_file_range: lib.func(
+      'intptr_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
+    ),
     getpagesize: lib.func('int getpagesize(void)'),
     getrlimit: lib.func('int getrlimit(int resource, _Out_ uint64_t *rlim)'),
   } as Bindings;
@@ -220,6 +226,28 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
       () => `cannot write ${length} bytes to a memory file`,
     );
     if (w === 0) fail('pwrite', 28 /* ENOSPC */, `wrote 0 of ${length} bytes to a memory file`);
+    done += w;
+  }
+}
+
+/**
+ * Copies `length` bytes of file `from` at `offset` to file `to` at the same
+ * offset, inside the kernel (copy_file_range(2)): no page of either file needs
+ * mapping, or touching through a mapping, to be copied.
+ */
+export function copyFileRange(from: number, to: number, offset: number, length: number): void {
+  const offIn = new BigInt64Array(1);
+  const offOut = new BigInt64Array(1);
+  let done = 0;
+  while (done < length) {
+    offIn[0] = offOut[0] = BigInt(offset + done);
+    const n = Math.min(length - done, MAX_IO);
+    const w = retry(
+      'copy_file_range',
+      () => Number(libc().copy_file_range(from, offIn, to, offOut, n, 0)),
+      () => `cannot copy ${length} bytes between memory files`,
+    );
+    if (w === 0) fail('copy_file_range', 5 /* EIO */, `copied 0 of ${length} bytes between memory files`);
     done += w;
   }
 }

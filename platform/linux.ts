@@ -20,7 +20,7 @@
 // Limits: each run costs a kernel mapping (VMA) and each layer an fd.
 import type { Backend, BackendMemory, BackendStats } from '../src/backend.ts';
 import { maxViewLength } from '../src/runtime.ts';
-import { coalesce, overlay, pageCount, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
+import { coalesce, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
 import { SegmentError } from '../src/errors.ts';
 import * as sys from './libc.ts';
 
@@ -94,6 +94,11 @@ const ADVISE_RANGES = 1024;
 /** How a kernel without process_madvise(MADV_DONTNEED) on itself refuses it. */
 const UNSUPPORTED = new Set([sys.EBADF, sys.EINVAL, sys.ENOSYS, sys.EPERM]);
 
+/** Clean runs at least this long are copied file to file when compacting; shorter ones through memory. */
+const FILE_COPY_MIN = 1;
+/** How a kernel or sandbox that cannot copy_file_range between memory files refuses it. */
+const NO_FILE_COPY = new Set([sys.EXDEV, sys.EINVAL, sys.ENOSYS, sys.EOPNOTSUPP, sys.EPERM]);
+
 /** How written pages are found. */
 export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
 
@@ -164,6 +169,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #multiMove = true;
   /** Whether process_madvise(2) takes MADV_DONTNEED for this process (Linux 6.15+); cleared on the first refusal. */
   #vectorAdvise = true;
+  /** Whether copy_file_range(2) copies between memory files here; cleared on the first refusal. */
+  #fileCopy = true;
   /** (address, length) pairs for process_madvise. */
   #adviseRanges: BigUint64Array | undefined;
   /** Mappings all live segments use: the sum of their run counts. */
@@ -507,7 +514,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #compact(seg: LinuxSegment, windows: number, limit = duplicateLimit(seg.pages)): number {
     const plan = this.#plan(seg, windows, limit);
     if (plan === undefined) return 0;
-    this.#freeze(seg, plan.windows);
+    this.#freeze(seg, plan.windows, this.scanWritten(seg));
     seg.debt = 0;
     return plan.duplicated;
   }
@@ -546,15 +553,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * remaps them from it, so its run list describes its contents exactly.
    * Atomic in content: each step leaves every page reading as before.
    */
-  #freeze(seg: LinuxSegment, dirty: Range[] = this.scanWritten(seg)): void {
+  #freeze(seg: LinuxSegment, dirty: Range[] = this.scanWritten(seg), written: readonly Range[] = dirty): void {
     if (dirty.length === 0) return;
     const reused = this.#reusableLayer(seg.length, dirty);
     const layer = reused ?? this.#newLayer(seg.length);
     const done: Range[] = [];
     try {
-      for (const r of dirty) {
-        sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
-      }
+      this.#fill(layer, seg, dirty, written);
       // Safety: each remap covers pages of the segment's own mapping with a
       // layer holding exactly their current bytes.
       for (const r of dirty) {
@@ -570,6 +575,40 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         this.#closeLayer(layer);
       } else {
         for (const r of dirty) this.#punch(layer, r);
+      }
+    }
+  }
+
+  /**
+   * Writes the current bytes of `seg` under `ranges` into `layer` at the same
+   * offsets. Written pages come from the segment's memory. Long stretches it
+   * has not written since its last freeze are copied from the layer they map,
+   * file to file inside the kernel: reading them through the mapping would
+   * fault each one in first.
+   */
+  #fill(layer: Layer, seg: LinuxSegment, ranges: readonly Range[], written: readonly Range[]): void {
+    const fromLayers = this.#fileCopy
+      ? select(seg.runs, subtract(ranges, written)).filter(
+          (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.end - r.start >= FILE_COPY_MIN,
+        )
+      : [];
+    for (const r of subtract(ranges, fromLayers)) {
+      sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
+    }
+    for (const [i, r] of fromLayers.entries()) {
+      const offset = r.start * this.pageSize;
+      const length = (r.end - r.start) * this.pageSize;
+      try {
+        sys.copyFileRange(r.layer.fd, layer.fd, offset, length);
+      } catch (err) {
+        // Refused outright (a kernel or sandbox without it for memory files):
+        // the rest goes through memory, now and from then on.
+        if (!NO_FILE_COPY.has((err as SegmentError).errno ?? 0)) throw err;
+        this.#fileCopy = false;
+        for (const rest of fromLayers.slice(i)) {
+          sys.pwriteAll(layer.fd, seg.addr + BigInt(rest.start * this.pageSize), (rest.end - rest.start) * this.pageSize, rest.start * this.pageSize);
+        }
+        return;
       }
     }
   }

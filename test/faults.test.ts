@@ -37,6 +37,7 @@ const errnoFor: Record<CallName, number> = {
   ioctl: E.EIO,
   fstat: E.EIO,
   process_madvise: E.ENOMEM,
+  copy_file_range: E.EIO,
 };
 
 /**
@@ -583,6 +584,35 @@ test('a kernel that refuses process_madvise on itself gets one madvise per fast 
   }
   a.close();
   snap.close();
+});
+
+test('compaction copies unwritten runs file to file, and through memory once copy_file_range is refused', { skip }, () => {
+  for (const refusal of [0, E.EXDEV]) {
+    const backend = new LinuxBackend({ maxRuns: 8 });
+    setBackend(backend);
+    const page = backend.pageSize;
+    const pages = 64;
+    const a = Segment.create(pages * page);
+    new Uint8Array(a.buffer).set(pattern(pages * page));
+    const kept: { seg: Segment; want: Uint8Array }[] = [];
+    let copied = 0;
+    if (refusal !== 0) sys.injectFault('copy_file_range', 1, refusal);
+    sys.callCounts(true);
+    for (let round = 0; round < 6; round++) {
+      // Scattered writes: each clone leaves more runs than maxRuns allows.
+      write(a, page, [1 + round, 11 + round, 21 + round, 31 + round, 41 + round, 51 + round], 100 + round);
+      const seg = a.clone();
+      kept.push({ seg, want: read(a) });
+      assert.ok(a.stats().mappings <= 8, `round ${round}: ${a.stats().mappings} runs after the clone`);
+      copied += sys.callCounts(true).get('copy_file_range') ?? 0;
+    }
+    sys.clearFaults();
+    for (const [i, k] of kept.entries()) assert.deepEqual(read(k.seg), k.want, `clone ${i} holds what was cloned`);
+    if (refusal === 0) assert.ok(copied > 1, 'compaction copied between files');
+    else assert.equal(copied, 1, 'copy_file_range was tried once, then no more');
+    for (const k of kept) k.seg.close();
+    a.close();
+  }
 });
 
 test('close() that fails to unmap reports it, detaches, and the next close() retries', { skip }, () => {
