@@ -281,34 +281,47 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   /**
    * Drops the pages `seg` wrote since its run list was set (madvise(2),
    * MADV_DONTNEED): each private page then reads its layer's contents again.
-   * Dropping is idempotent, so a call that stops midway is simply redone
-   * over the whole range.
    */
   #dropWritten(seg: LinuxSegment): void {
     const written = this.scanWritten(seg);
     if (written.length === 0) return;
-    if (this.#vectorAdvise && written.length <= ADVISE_RANGES) {
-      // One call naming only the written ranges. One madvise over the whole
-      // segment would do as well, but the kernel then flushes the whole TLB,
-      // which costs more than the dropping where page tables are shadowed
-      // (virtual machines without nested paging: see the bench notes).
-      const iov = (this.#adviseRanges ??= new BigUint64Array(ADVISE_RANGES * 2));
+    // Dropping is idempotent, and every private page of the segment is to go:
+    // a vectored call that fails or stops midway is redone over the whole range.
+    if (written.length <= ADVISE_RANGES && this.#dropRanges(seg, written)) return;
+    sys.madvise(seg.addr, seg.length, sys.MADV_DONTNEED);
+  }
+
+  /**
+   * Drops the private pages of `seg` under `ranges` with process_madvise(2),
+   * up to ADVISE_RANGES ranges a call; false if the kernel refused or stopped
+   * short. Naming only these ranges matters twice over: the other private
+   * pages stay, and the kernel flushes only their TLB entries (one madvise
+   * over a whole segment flushes the whole TLB, which costs more than the
+   * dropping where page tables are shadowed: virtual machines without nested
+   * paging, see the bench notes).
+   */
+  #dropRanges(seg: LinuxSegment, ranges: readonly Range[]): boolean {
+    if (!this.#vectorAdvise) return false;
+    const iov = (this.#adviseRanges ??= new BigUint64Array(ADVISE_RANGES * 2));
+    for (let from = 0; from < ranges.length; from += ADVISE_RANGES) {
+      const batch = ranges.slice(from, from + ADVISE_RANGES);
       let bytes = 0;
-      for (const [i, r] of written.entries()) {
+      for (const [i, r] of batch.entries()) {
         const length = (r.end - r.start) * this.pageSize;
         iov[i * 2] = seg.addr + BigInt(r.start * this.pageSize);
         iov[i * 2 + 1] = BigInt(length);
         bytes += length;
       }
       try {
-        if (sys.processMadvise(iov, written.length, sys.MADV_DONTNEED) === bytes) return;
+        if (sys.processMadvise(iov, batch.length, sys.MADV_DONTNEED) !== bytes) return false;
       } catch (err) {
         // Before Linux 6.15 (no PIDFD_SELF) or 6.13 (no MADV_DONTNEED here):
-        // stop trying. Any other failure: the whole-range call below decides.
+        // stop trying. Any other failure: the caller decides.
         if (UNSUPPORTED.has((err as SegmentError).errno ?? 0)) this.#vectorAdvise = false;
+        return false;
       }
     }
-    sys.madvise(seg.addr, seg.length, sys.MADV_DONTNEED);
+    return true;
   }
 
   /** restore() where mremap cannot move several mappings: map over the target, putting it back on failure. */
@@ -406,8 +419,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * written pages in a layer, and no more runs than `maxRuns`.
    */
   #prepare(seg: LinuxSegment): void {
+    // A segment made private just now has written nothing since.
+    const fresh = seg.shared !== null;
     this.#makePrivate(seg);
-    const dirty = this.scanWritten(seg);
+    const dirty = fresh ? [] : this.#freezeInPlace(seg, this.scanWritten(seg));
     // Freezing adds up to two mappings per written run.
     this.#ensureRoom(2 * dirty.length, seg.pages);
     this.#freeze(seg, coalesce(dirty, JOIN_GAP));
@@ -577,6 +592,44 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         for (const r of dirty) this.#punch(layer, r);
       }
     }
+  }
+
+  /**
+   * Freezes the written pages of `seg` whose layer page no other segment
+   * uses by writing them into that page, then dropping the private copy: the
+   * run list stays as it is, so nothing is remapped and no run is added.
+   * Safe because a private mapping shows a file change only at pages it has
+   * not copied, and the segment has copied exactly these; no other mapping
+   * of these layer pages exists. Returns the written ranges left over (on
+   * anonymous runs, or on layer pages another segment shares).
+   *
+   * A failure leaves the segment reading as before: its private copies stay
+   * until dropped, and the layer pages changed are its alone.
+   */
+  #freezeInPlace(seg: LinuxSegment, dirty: Range[]): Range[] {
+    if (dirty.length === 0) return dirty;
+    const byLayer = new Map<Layer, Range[]>();
+    for (const r of select(seg.runs, dirty)) {
+      if (r.layer === null) continue;
+      const list = byLayer.get(r.layer);
+      if (list === undefined) byLayer.set(r.layer, [r]);
+      else list.push(r);
+    }
+    const owned: Range[] = [];
+    for (const [layer, ranges] of byLayer) {
+      for (const r of layer.refs.rangesWithCount(ranges, 1)) {
+        // Safety: only `seg` maps these layer pages, and it holds private copies of them.
+        sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
+        owned.push(r);
+      }
+    }
+    if (owned.length === 0) return dirty;
+    owned.sort((a, b) => a.start - b.start);
+    if (!this.#dropRanges(seg, owned)) {
+      // Only these ranges may go: the segment's other private pages are not in any layer yet.
+      for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, sys.MADV_DONTNEED);
+    }
+    return subtract(dirty, owned);
   }
 
   /**

@@ -213,6 +213,25 @@ export class RefCounts {
     return out;
   }
 
+  /** The parts of the sorted, disjoint `ranges` whose pages have a count of exactly `count` (above zero). One sweep. */
+  rangesWithCount(ranges: readonly Range[], count: number): Range[] {
+    const out: Range[] = [];
+    let i = 0;
+    for (const r of ranges) {
+      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
+      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
+        const sp = this.spans[j]!;
+        if (sp.count !== count) continue;
+        const start = Math.max(sp.start, r.start);
+        const end = Math.min(sp.end, r.end);
+        const last = out[out.length - 1];
+        if (last !== undefined && last.end === start) out[out.length - 1] = { start: last.start, end };
+        else out.push({ start, end });
+      }
+    }
+    return out;
+  }
+
   /** Pages in [start, end) whose count is exactly `count`. */
   countEqual(start: number, end: number, count: number): number {
     let n = 0;

@@ -45,9 +45,11 @@ const errnoFor: Record<CallName, number> = {
  * (punch-hole), closing a descriptor (Linux frees it even on error), and
  * restore()'s scratch mapping, which falls back to mapping in place when the
  * address space has no room for it, and the vectored drop of a fast restore,
- * which falls back to one madvise over the segment.
+ * which falls back to one madvise over the segment. memfd_create fails here
+ * with EMFILE, which the engine answers by compacting segments to close
+ * layers and trying once more (the descriptor budget).
  */
-const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {

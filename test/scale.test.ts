@@ -169,6 +169,59 @@ describe('bounded run lists', { skip: linuxOnly }, () => {
   });
 });
 
+describe('freezing in place', { skip: linuxOnly }, () => {
+  it('pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory', () => {
+    withLinux({}, (b) => {
+      const pages = 1024;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      seg.clone().close();
+      const layers = b.layerCount();
+      const layerBytes = b.memory().layerBytes;
+      const random = rng(5);
+      for (let round = 0; round < 30; round++) {
+        // Snapshots taken and dropped, as a checkpoint that is written out and let go.
+        for (let k = 0; k < 50; k++) bytes[Math.floor(random() * pages) * PAGE + round] = round + 2;
+        const c = seg.clone();
+        assert.deepEqual(new Uint8Array(c.buffer), bytes, `round ${round}: the clone reads what was cloned`);
+        assert.equal(seg.stats().mappings, 1, `round ${round}: one run`);
+        assert.equal(seg.stats().privateBytes, 0, `round ${round}: no private copy left`);
+        c.close();
+      }
+      assert.equal(b.layerCount(), layers, 'no new layer');
+      assert.ok(b.memory().layerBytes <= layerBytes, `layers grew from ${layerBytes} to ${b.memory().layerBytes} bytes`);
+      seg.close();
+    });
+  });
+
+  it('pages a live segment still maps are never written in place: it keeps its bytes', () => {
+    withLinux({}, () => {
+      const pages = 32;
+      const a = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(a.buffer);
+      bytes.fill(1);
+      const old = a.clone(); // shares every page of the first layer
+      bytes.fill(2, 0, 10 * PAGE);
+      a.clone().close(); // pages 0–9 go to a new layer, used by a alone once this clone is gone
+      // 5–9: a's alone (written in place); 10–14: shared with `old` (a new layer).
+      bytes.fill(3, 5 * PAGE, 15 * PAGE);
+      const now = a.clone();
+      const want = new Uint8Array(pages * PAGE).fill(1);
+      want.fill(2, 0, 5 * PAGE);
+      want.fill(3, 5 * PAGE, 15 * PAGE);
+      assert.deepEqual(new Uint8Array(now.buffer), want);
+      assert.deepEqual(new Uint8Array(a.buffer), want);
+      assert.deepEqual(new Uint8Array(old.buffer), new Uint8Array(pages * PAGE).fill(1), 'the old snapshot is untouched');
+      // And back: `old` restored over `a`, `now` untouched by it.
+      a.restore(old);
+      assert.deepEqual(new Uint8Array(a.buffer), new Uint8Array(pages * PAGE).fill(1));
+      assert.deepEqual(new Uint8Array(now.buffer), want);
+      for (const s of [a, old, now]) s.close();
+    });
+  });
+});
+
 describe('restore fast path', { skip: linuxOnly }, () => {
   it('rolls back thousands of times to the same snapshot without growing memory', () => {
     withLinux({}, (b) => {
