@@ -68,6 +68,9 @@ interface Bindings {
   fstat: (fd: number, buf: ArrayBufferView) => number;
   process_madvise: (nr: number, ...args: unknown[]) => number;
   copy_file_range: (fdIn: number, offIn: BigInt64Array, fdOut: number, offOut: BigInt64Array, n: number, flags: number) => number;
+  pipe2: (fds: Int32Array, flags: number) => number;
+  vmsplice: (fd: number, iov: BigUint64Array, n: number, flags: number) => number;
+  splice: (fdIn: number, offIn: null, fdOut: number, offOut: BigInt64Array, n: number, flags: number) => number;
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
 }
@@ -94,6 +97,9 @@ function libc(): Bindings {
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
     fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
     process_madvise: lib.func('long syscall(long number, ...)'),
+    pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)'),
+    vmsplice: lib.func('intptr_t vmsplice(int fd, const void *iov, size_t nr_segs, unsigned int flags)'),
+    splice: lib.func('intptr_t splice(int fd_in, void *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)'),
     copy_file_range: lib.func(
       'intptr_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
     ),
@@ -249,6 +255,48 @@ export function copyFileRange(from: number, to: number, offset: number, length: 
     );
     if (w === 0) fail('copy_file_range', 5 /* EIO */, `copied 0 of ${length} bytes between memory files`);
     done += w;
+  }
+}
+
+const O_NONBLOCK = 0x800;
+const F_SETPIPE_SZ = 1031;
+const F_GETPIPE_SZ = 1032;
+const SPLICE_F_NONBLOCK = 0x2;
+
+/**
+ * A non-blocking pipe (read end, write end) and its capacity in bytes, at
+ * most `want` (the capacity only makes copies faster, so setting it is not
+ * checked for faults).
+ */
+export function pipe(want: number): { read: number; write: number; size: number } {
+  const fds = new Int32Array(2);
+  retry('pipe2', () => libc().pipe2(fds, O_CLOEXEC | O_NONBLOCK), () => 'cannot create a pipe');
+  const [read, write] = [fds[0]!, fds[1]!];
+  let size = libc().fcntl(write, F_SETPIPE_SZ, 'int', want);
+  if (size < 0) size = libc().fcntl(write, F_GETPIPE_SZ);
+  return { read, write, size: size > 0 ? size : 4096 };
+}
+
+/**
+ * vmsplice(2): puts the memory `iov` names ((address, length) pairs, `count`
+ * of them) into a pipe by reference; returns the bytes taken.
+ */
+export function vmsplice(fd: number, iov: BigUint64Array, count: number): number {
+  return retry('vmsplice', () => Number(libc().vmsplice(fd, iov, count, 0)), () => `cannot pass ${count} ranges of memory to a pipe`);
+}
+
+/** splice(2): moves `length` bytes from pipe `from` into file `to` at `offset`, all of them. */
+export function spliceAll(from: number, to: number, offset: number, length: number): void {
+  const off = new BigInt64Array([BigInt(offset)]);
+  let done = 0;
+  while (done < length) {
+    const n = retry(
+      'splice',
+      () => Number(libc().splice(from, null, to, off, length - done, SPLICE_F_NONBLOCK)),
+      () => `cannot write ${length} bytes to a memory file`,
+    );
+    if (n === 0) fail('splice', 5 /* EIO */, `wrote ${done} of ${length} bytes to a memory file`);
+    done += n;
   }
 }
 

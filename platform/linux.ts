@@ -89,6 +89,8 @@ const JOIN_GAP = 4;
 /** Windows a cost-driven compaction leaves. */
 const COMPACT_WINDOWS = 4;
 
+/** Capacity asked for the copying pipe: the most an unprivileged process gets by default (fs.pipe-max-size). */
+const PIPE_BYTES = 1 << 20;
 /** Ranges one process_madvise call takes (UIO_MAXIOV). */
 const ADVISE_RANGES = 1024;
 /** How a kernel without process_madvise(MADV_DONTNEED) on itself refuses it. */
@@ -165,6 +167,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   /** A spare descriptor, given up when the process runs out so compaction can proceed. */
   #reserveFd = openReserve();
   #reclaiming = false;
+  /** A pipe that copies segment memory into layers (vmsplice, then splice); null: none, use pwrite. */
+  #pipe: { read: number; write: number; size: number } | null = openPipe();
+  /** (address, length) pairs for vmsplice. */
+  #spliceRanges: BigUint64Array | undefined;
   /** Whether mremap can move several mappings in one call (Linux 6.17+); cleared on the first refusal. */
   #multiMove = true;
   /** Whether process_madvise(2) takes MADV_DONTNEED for this process (Linux 6.15+); cleared on the first refusal. */
@@ -400,6 +406,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     for (const layer of [...this.#layers]) this.#closeLayer(layer);
     for (const fd of [this.#pagemapFd, this.#reserveFd]) if (fd >= 0) sys.closeFd(fd);
+    this.#closePipe();
     this.#pagemapFd = -1;
     this.#reserveFd = -1;
     if (this.#scratch !== 0n) {
@@ -617,11 +624,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     const owned: Range[] = [];
     for (const [layer, ranges] of byLayer) {
-      for (const r of layer.refs.rangesWithCount(ranges, 1)) {
-        // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-        sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
-        owned.push(r);
-      }
+      const alone = layer.refs.rangesWithCount(ranges, 1);
+      // Safety: only `seg` maps these layer pages, and it holds private copies of them.
+      this.#writeFromMemory(layer.fd, seg.addr, alone);
+      owned.push(...alone);
     }
     if (owned.length === 0) return dirty;
     owned.sort((a, b) => a.start - b.start);
@@ -630,6 +636,68 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, sys.MADV_DONTNEED);
     }
     return subtract(dirty, owned);
+  }
+
+  /**
+   * Writes the memory under the sorted `ranges` of pages from `base` into
+   * file `fd` at the same offsets. Through a pipe: vmsplice(2) takes the
+   * pages by reference and splice(2) copies them into the file, so the kernel
+   * never reads them through the process's page tables. That is what pwrite
+   * does, and where page tables are shadowed by a hypervisor each first
+   * access costs a trap (see the bench notes); pwrite is the fallback.
+   */
+  #writeFromMemory(fd: number, base: bigint, ranges: readonly Range[]): void {
+    if (ranges.length === 0) return;
+    if (this.#pipe === null) this.#pipe = openPipe();
+    const pipe = this.#pipe;
+    if (pipe === null) {
+      for (const r of ranges) {
+        sys.pwriteAll(fd, base + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
+      }
+      return;
+    }
+    const iov = (this.#spliceRanges ??= new BigUint64Array(ADVISE_RANGES * 2));
+    const page = this.pageSize;
+    // Cursor: the range being written and the byte offset reached in it.
+    let i = 0;
+    let at = ranges[0]!.start * page;
+    try {
+      while (i < ranges.length) {
+        // As much as the pipe holds, from the cursor on.
+        let n = 0;
+        let bytes = 0;
+        for (let j = i, pos = at; j < ranges.length && n < ADVISE_RANGES && bytes < pipe.size; ) {
+          const end = ranges[j]!.end * page;
+          const length = Math.min(end - pos, pipe.size - bytes);
+          iov[n * 2] = base + BigInt(pos);
+          iov[n * 2 + 1] = BigInt(length);
+          n++;
+          bytes += length;
+          pos += length;
+          if (pos === end && ++j < ranges.length) pos = ranges[j]!.start * page;
+        }
+        let taken = sys.vmsplice(pipe.write, iov, n);
+        while (taken > 0) {
+          const end = ranges[i]!.end * page;
+          const length = Math.min(end - at, taken);
+          sys.spliceAll(pipe.read, fd, at, length);
+          taken -= length;
+          at += length;
+          if (at === end && ++i < ranges.length) at = ranges[i]!.start * page;
+        }
+      }
+    } catch (err) {
+      // The pipe may hold pages still: a new one is made next time.
+      this.#closePipe();
+      throw err;
+    }
+  }
+
+  #closePipe(): void {
+    if (this.#pipe === null) return;
+    sys.closeFd(this.#pipe.read);
+    sys.closeFd(this.#pipe.write);
+    this.#pipe = null;
   }
 
   /**
@@ -645,9 +713,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
           (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.end - r.start >= FILE_COPY_MIN,
         )
       : [];
-    for (const r of subtract(ranges, fromLayers)) {
-      sys.pwriteAll(layer.fd, seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
-    }
+    this.#writeFromMemory(layer.fd, seg.addr, subtract(ranges, fromLayers));
     for (const [i, r] of fromLayers.entries()) {
       const offset = r.start * this.pageSize;
       const length = (r.end - r.start) * this.pageSize;
@@ -1028,6 +1094,15 @@ function sharedPages(runs: Runs): number[] {
 }
 
 /** A descriptor to hold in reserve (-1 when none can be had). */
+/** The copying pipe, 1 MiB where the system allows; null when none can be had. */
+function openPipe(): { read: number; write: number; size: number } | null {
+  try {
+    return sys.pipe(PIPE_BYTES);
+  } catch {
+    return null;
+  }
+}
+
 function openReserve(): number {
   try {
     return sys.open('/dev/null', sys.O_RDONLY | sys.O_CLOEXEC);

@@ -38,6 +38,9 @@ const errnoFor: Record<CallName, number> = {
   fstat: E.EIO,
   process_madvise: E.ENOMEM,
   copy_file_range: E.EIO,
+  pipe2: E.EMFILE,
+  vmsplice: E.ENOMEM,
+  splice: E.ENOSPC,
 };
 
 /**
@@ -47,9 +50,10 @@ const errnoFor: Record<CallName, number> = {
  * address space has no room for it, and the vectored drop of a fast restore,
  * which falls back to one madvise over the segment. memfd_create fails here
  * with EMFILE, which the engine answers by compacting segments to close
- * layers and trying once more (the descriptor budget).
+ * layers and trying once more (the descriptor budget). Without the pipe it
+ * copies through (made again after a failure), pages go with pwrite.
  */
-const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {
@@ -111,6 +115,18 @@ const scenarios: Scenario[] = [
       write(a, page, [0, 3, 9], 1);
       const c = a.clone();
       write(a, page, [1, 5, 6, 12, 15], 2);
+      return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() after writes to pages no other segment maps (frozen in place)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      write(a, page, [3, 4], 2);
+      a.clone().close(); // pages 3–4 now in a layer a alone maps
+      write(a, page, [1, 3, 4, 12], 3); // 3–4 in place; 1 and 12 shared with c
       return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
     },
   },
@@ -615,6 +631,36 @@ test('compaction copies unwritten runs file to file, and through memory once cop
     for (const k of kept) k.seg.close();
     a.close();
   }
+});
+
+test('without a pipe to copy through, written pages go with pwrite, and the pipe is made again later', { skip }, () => {
+  const backend = new LinuxBackend();
+  setBackend(backend);
+  const page = backend.pageSize;
+  const a = Segment.create(16 * page);
+  write(a, page, [0, 3, 9], 1);
+  const keep = a.clone();
+  write(a, page, [1, 4, 12], 6);
+  // A failed copy gives up its pipe (it may hold pages); making a new one fails too.
+  sys.injectFault('vmsplice', 1, E.ENOMEM);
+  assert.throws(() => a.clone(), (e: unknown) => e instanceof SegmentError && e.syscall === 'vmsplice');
+  assert.deepEqual(read(keep).subarray(4 * page, 5 * page), new Uint8Array(page), 'the snapshot is untouched');
+  sys.injectFault('pipe2', 1, E.EMFILE);
+  sys.callCounts(true);
+  const b = a.clone();
+  let counts = sys.callCounts(true);
+  sys.clearFaults();
+  assert.equal(counts.get('vmsplice') ?? 0, 0, 'no pipe, no vmsplice');
+  assert.ok((counts.get('pwrite') ?? 0) >= 1, 'pwrite instead');
+  assert.deepEqual(read(b), read(a));
+  write(a, page, [7], 8);
+  const c = a.clone();
+  counts = sys.callCounts(true);
+  assert.equal(counts.get('pipe2'), 1, 'a new pipe');
+  assert.ok((counts.get('vmsplice') ?? 0) >= 1, 'copied through it');
+  assert.equal(counts.get('pwrite') ?? 0, 0);
+  assert.deepEqual(read(c), read(a));
+  for (const s of [a, keep, b, c]) s.close();
 });
 
 test('close() that fails to unmap reports it, detaches, and the next close() retries', { skip }, () => {
