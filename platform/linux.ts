@@ -91,6 +91,8 @@ const COMPACT_WINDOWS = 4;
 
 /** Capacity asked for the copying pipe: the most an unprivileged process gets by default (fs.pipe-max-size). */
 const PIPE_BYTES = 1 << 20;
+/** Fewest pages copied through the pipe rather than with pwrite. */
+const PIPE_MIN_PAGES = 64;
 /** Ranges one process_madvise call takes (UIO_MAXIOV). */
 const ADVISE_RANGES = 1024;
 /** How a kernel without process_madvise(MADV_DONTNEED) on itself refuses it. */
@@ -648,8 +650,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    */
   #writeFromMemory(fd: number, base: bigint, ranges: readonly Range[]): void {
     if (ranges.length === 0) return;
-    if (this.#pipe === null) this.#pipe = openPipe();
-    const pipe = this.#pipe;
+    // A pipe has a fixed cost per copy (up to a millisecond for the first into
+    // a file, measured): a few pages go with pwrite.
+    if (this.#pipe === null && pageCount(ranges) >= PIPE_MIN_PAGES) this.#pipe = openPipe();
+    const pipe = pageCount(ranges) >= PIPE_MIN_PAGES ? this.#pipe : null;
     if (pipe === null) {
       for (const r of ranges) {
         sys.pwriteAll(fd, base + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);

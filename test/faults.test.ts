@@ -131,6 +131,16 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'clone() after writing many pages (copied through a pipe)',
+    setup: (page) => {
+      const a = Segment.create(160 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      write(a, page, [...Array(90).keys()].map((i) => 2 + i + (i >> 3) * 5), 2);
+      return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
     name: 'clone() of a written clone',
     setup: (page) => {
       const a = Segment.create(16 * page);
@@ -637,10 +647,12 @@ test('without a pipe to copy through, written pages go with pwrite, and the pipe
   const backend = new LinuxBackend();
   setBackend(backend);
   const page = backend.pageSize;
-  const a = Segment.create(16 * page);
+  const a = Segment.create(256 * page);
   write(a, page, [0, 3, 9], 1);
   const keep = a.clone();
-  write(a, page, [1, 4, 12], 6);
+  // Enough pages that they go through the pipe, not pwrite.
+  const many = (from: number) => [...Array(80).keys()].map((i) => from + 2 * i);
+  write(a, page, many(1), 6);
   // A failed copy gives up its pipe (it may hold pages); making a new one fails too.
   sys.injectFault('vmsplice', 1, E.ENOMEM);
   assert.throws(() => a.clone(), (e: unknown) => e instanceof SegmentError && e.syscall === 'vmsplice');
@@ -653,7 +665,7 @@ test('without a pipe to copy through, written pages go with pwrite, and the pipe
   assert.equal(counts.get('vmsplice') ?? 0, 0, 'no pipe, no vmsplice');
   assert.ok((counts.get('pwrite') ?? 0) >= 1, 'pwrite instead');
   assert.deepEqual(read(b), read(a));
-  write(a, page, [7], 8);
+  write(a, page, many(2), 8);
   const c = a.clone();
   counts = sys.callCounts(true);
   assert.equal(counts.get('pipe2'), 1, 'a new pipe');
