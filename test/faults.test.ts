@@ -614,6 +614,41 @@ test('a kernel that refuses process_madvise on itself gets one madvise per fast 
   snap.close();
 });
 
+test('fast restores drop only written pages, and every page once their scans have walked 64 times the pages in memory', { skip }, (t) => {
+  const backend = new LinuxBackend({ scan: 'pagemap-scan' });
+  if (backend.scanMethod !== 'pagemap-scan') {
+    t.skip('PAGEMAP_SCAN is not available here');
+    return;
+  }
+  setBackend(backend);
+  const page = backend.pageSize;
+  const pages = 256;
+  const a = Segment.create(pages * page);
+  new Uint8Array(a.buffer).set(pattern(pages * page));
+  const snap = a.clone();
+  const want = read(snap);
+  const u = new Uint8Array(a.buffer);
+  let sum = 0;
+  for (let p = 0; p < pages; p++) sum += u[p * page]!; // every page in memory now, read
+  assert.ok(sum > 0);
+  sys.callCounts(true);
+  let restores = 0;
+  let full = 0;
+  while (full === 0 && restores < 200) {
+    u[7 * page] ^= 0xff;
+    a.restore(snap);
+    restores++;
+    full = sys.callCounts().get('madvise') ?? 0;
+    assert.deepEqual(read(a), want, `restore ${restores}`);
+  }
+  const counts = sys.callCounts(true);
+  assert.equal(full, 1, 'one madvise over the whole segment');
+  assert.equal(restores, 64, 'after 64 scans of 256 pages in memory');
+  assert.equal(counts.get('process_madvise'), 63, 'the written page alone before');
+  a.close();
+  snap.close();
+});
+
 test('compaction copies unwritten runs file to file, and through memory once copy_file_range is refused', { skip }, () => {
   for (const refusal of [0, E.EXDEV]) {
     const backend = new LinuxBackend({ maxRuns: 8 });
