@@ -222,6 +222,11 @@ export class CopyBackend implements Backend<CopySegment> {
     seg.mem = undefined;
   }
 
+  shutdown(): void {
+    // A worker that exits runs no more JavaScript: nothing can read a view now.
+    for (const seg of [...this.#segments]) this.release(seg);
+  }
+
   address(seg: CopySegment): bigint {
     return seg.addr;
   }

@@ -94,6 +94,37 @@ describe('the copy backend in heap mode', () => {
     assert.equal(bytesOf(seg)[0], 1);
   });
 
+  it('shutdown() (a worker exiting) gives back the memory of every segment still open', () => {
+    const real = nativeHeap()!;
+    const live = new Set<bigint>();
+    const heap: CopyHeap = {
+      name: 'calloc',
+      calloc: (n) => {
+        const p = real.calloc(n);
+        if (p !== null) live.add(p);
+        return p;
+      },
+      free: (p) => {
+        assert.ok(live.delete(p), 'freed once, and only what was allocated');
+        real.free(p);
+      },
+    };
+    const b = new CopyBackend({ heap });
+    setBackend(b);
+    try {
+      const a = Segment.from(pattern(3 * 4096, 5));
+      const c = a.clone();
+      Segment.create(10000).close();
+      assert.equal(live.size, 2);
+      b.shutdown();
+      assert.equal(live.size, 0, 'every allocation freed');
+      assert.equal(b.memory().layers, 0);
+      void c;
+    } finally {
+      setBackend(backend);
+    }
+  });
+
   it('keeps the source unchanged and usable when a clone cannot be allocated', () => {
     const real = nativeHeap()!;
     let refuse = false;
