@@ -31,7 +31,7 @@ const RUNS = Math.ceil(72 / cases.length) * multiplier;
 
 type Op =
   | { kind: 'create'; size: number }
-  | { kind: 'write'; seg: number; how: 'small' | 'straddle' | 'pages' | 'view'; a: number; b: number; value: number }
+  | { kind: 'write'; seg: number; how: 'small' | 'straddle' | 'pages' | 'many' | 'view'; a: number; b: number; value: number }
   | { kind: 'clone'; seg: number }
   | { kind: 'restore'; seg: number; from: number; sameLength: boolean }
   | { kind: 'close'; seg: number };
@@ -41,6 +41,8 @@ function sizeArb(page: number): fc.Arbitrary<number> {
   return fc.oneof(
     { weight: 1, arbitrary: fc.constant(0) },
     { weight: 4, arbitrary: fc.constantFrom(page, 3 * page + 5, 8 * page, 16 * page - 1) },
+    // Large enough for writes to many pages (copied through a pipe, not pwrite).
+    { weight: 1, arbitrary: fc.constantFrom(200 * page, 300 * page + 7) },
     {
       weight: 3,
       arbitrary: fc
@@ -59,7 +61,7 @@ function opArb(page: number): fc.Arbitrary<Op> {
       arbitrary: fc.record({
         kind: fc.constant('write' as const),
         seg: idx,
-        how: fc.constantFrom('small' as const, 'straddle' as const, 'pages' as const, 'view' as const),
+        how: fc.constantFrom('small' as const, 'straddle' as const, 'pages' as const, 'many' as const, 'view' as const),
         a: fc.nat(1 << 20),
         b: fc.nat(1 << 20),
         value: fc.integer({ min: 0, max: 255 }),
@@ -111,6 +113,19 @@ function runSequence(ops: readonly Op[], page: number): void {
           const pages = Math.ceil(n / page);
           let off: number;
           let len: number;
+          if (op.how === 'many') {
+            // A byte in each of up to 80 pages, one in `stride`: scattered or in runs.
+            const stride = 1 + (op.b % 6);
+            const at = (op.a % pages) * page + (op.b % page);
+            let count = 0;
+            for (let o = at; o < n && count < 80; o += stride * page, count++) {
+              const v = (op.value + count) & 0xff;
+              new Uint8Array(l.buffer)[o] = v;
+              l.model[o] = v;
+            }
+            touched.push(l);
+            break;
+          }
           if (op.how === 'pages') {
             off = (op.a % pages) * page;
             len = Math.min((1 + (op.b % 4)) * page, n - off);
