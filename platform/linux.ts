@@ -107,7 +107,7 @@ const UNSUPPORTED = new Set([sys.EBADF, sys.EINVAL, sys.ENOSYS, sys.EPERM]);
 
 /** Clean runs at least this long are copied file to file when compacting; shorter ones through memory. */
 const FILE_COPY_MIN = 1;
-/** How a kernel or sandbox that cannot copy_file_range between memory files refuses it. */
+/** How a kernel or sandbox refuses copy_file_range between memory files, or vmsplice and splice. */
 const NO_FILE_COPY = new Set([sys.EXDEV, sys.EINVAL, sys.ENOSYS, sys.EOPNOTSUPP, sys.EPERM]);
 
 /** How written pages are found. */
@@ -178,6 +178,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #reclaiming = false;
   /** A pipe that copies segment memory into layers (vmsplice, then splice); null: none, use pwrite. */
   #pipe: { read: number; write: number; size: number } | null = openPipe();
+  /** Whether vmsplice and splice work here; cleared on the first refusal. */
+  #splicing = true;
   /** (address, length) pairs for vmsplice. */
   #spliceRanges: BigUint64Array | undefined;
   /** Whether mremap can move several mappings in one call (Linux 6.17+); cleared on the first refusal. */
@@ -696,12 +698,16 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (ranges.length === 0) return;
     // A pipe has a fixed cost per copy (up to a millisecond for the first into
     // a file, measured): a few pages go with pwrite.
-    if (this.#pipe === null && pageCount(ranges) >= PIPE_MIN_PAGES) this.#pipe = openPipe();
-    const pipe = pageCount(ranges) >= PIPE_MIN_PAGES ? this.#pipe : null;
-    if (pipe === null) {
+    const many = this.#splicing && pageCount(ranges) >= PIPE_MIN_PAGES;
+    if (many && this.#pipe === null) this.#pipe = openPipe();
+    const pipe = many ? this.#pipe : null;
+    const pwriteAll = () => {
       for (const r of ranges) {
         sys.pwriteAll(fd, base + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, r.start * this.pageSize);
       }
+    };
+    if (pipe === null) {
+      pwriteAll();
       return;
     }
     const iov = (this.#spliceRanges ??= new BigUint64Array(ADVISE_RANGES * 2));
@@ -737,7 +743,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     } catch (err) {
       // The pipe may hold pages still: a new one is made next time.
       this.#closePipe();
-      throw err;
+      // Refused outright (a sandbox without vmsplice, say): from now on, and
+      // for these ranges too, pwrite. Writing the same bytes again is harmless.
+      if (!NO_FILE_COPY.has((err as SegmentError).errno ?? 0)) throw err;
+      this.#splicing = false;
+      pwriteAll();
     }
   }
 

@@ -710,6 +710,32 @@ test('without a pipe to copy through, written pages go with pwrite, and the pipe
   for (const s of [a, keep, b, c]) s.close();
 });
 
+test('where vmsplice is refused outright, written pages go with pwrite from then on', { skip }, () => {
+  const backend = new LinuxBackend();
+  setBackend(backend);
+  const page = backend.pageSize;
+  const a = Segment.create(256 * page);
+  const keep = a.clone();
+  const many = (from: number, v: number) => write(a, page, [...Array(80).keys()].map((i) => from + 3 * i), v);
+  many(0, 4);
+  sys.injectFault('vmsplice', 1, E.ENOSYS);
+  sys.callCounts(true);
+  const b = a.clone();
+  let counts = sys.callCounts(true);
+  assert.equal(counts.get('vmsplice'), 1, 'tried once');
+  assert.ok((counts.get('pwrite') ?? 0) >= 1, 'then pwrite');
+  assert.deepEqual(read(b), read(a));
+  many(1, 5);
+  const c = a.clone();
+  counts = sys.callCounts(true);
+  sys.clearFaults();
+  assert.equal(counts.get('vmsplice') ?? 0, 0, 'not tried again');
+  assert.equal(counts.get('pipe2') ?? 0, 0);
+  assert.deepEqual(read(c), read(a));
+  assert.deepEqual(read(keep), new Uint8Array(256 * page), 'the first snapshot is untouched');
+  for (const s of [a, keep, b, c]) s.close();
+});
+
 test('close() that fails to unmap reports it, detaches, and the next close() retries', { skip }, () => {
   const backend = new LinuxBackend();
   setBackend(backend);
