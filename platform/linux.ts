@@ -731,6 +731,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
           if (pos === end && ++j < ranges.length) pos = ranges[j]!.start * page;
         }
         let taken = sys.vmsplice(pipe.write, iov, n);
+        if (taken <= 0) throw new SegmentError('vmsplice EIO: the pipe took no pages', 'EIO', 5, 'vmsplice');
         while (taken > 0) {
           const end = ranges[i]!.end * page;
           const length = Math.min(end - at, taken);
@@ -782,9 +783,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         // the rest goes through memory, now and from then on.
         if (!NO_FILE_COPY.has((err as SegmentError).errno ?? 0)) throw err;
         this.#fileCopy = false;
-        for (const rest of fromLayers.slice(i)) {
-          sys.pwriteAll(layer.fd, seg.addr + BigInt(rest.start * this.pageSize), (rest.end - rest.start) * this.pageSize, rest.start * this.pageSize);
-        }
+        this.#writeFromMemory(layer.fd, seg.addr, fromLayers.slice(i));
         return;
       }
     }
