@@ -106,7 +106,9 @@ test(`${CYCLES} create/clone/restore/close cycles leave descriptors, mappings an
   assert.equal(statsNow.layerBytes, stats.layerBytes, 'bytes in layers');
   assert.equal(now.fds, base.fds, 'open descriptors');
   assert.equal(now.layerMaps, base.layerMaps, 'mappings of memory files');
-  assert.deepEqual(newSegmentLikeMaps(base), [], 'no segment-like mapping left behind');
+  // No mapping a cycle makes is larger than its segments (Bun's allocator
+  // keeps 64 KiB anonymous chunks of the same look now and then).
+  assert.deepEqual(newSegmentLikeMaps(base, 4 * page), [], 'no segment-like mapping left behind');
   // The total line count is V8's business too (Node.js 26 keeps a hundred or
   // more heap pages mapped after such a run); a segment leak is caught above.
   assert.ok(now.maps - base.maps < 1000, `mappings ${base.maps} → ${now.maps}`);

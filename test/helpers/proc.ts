@@ -182,16 +182,17 @@ export function snapshot(): ProcSnapshot {
 }
 
 /**
- * Mappings made since `base` that look like memfork's ({@link segmentLikeMaps}):
- * what a leak leaves behind, without the noise of V8 and malloc.
+ * Mappings made since `base` that look like memfork's ({@link segmentLikeMaps}),
+ * at most `maxBytes` long: what a leak leaves behind, without the noise of V8,
+ * JavaScriptCore and malloc.
  */
-export function newSegmentLikeMaps(base: ProcSnapshot): string[] {
+export function newSegmentLikeMaps(base: ProcSnapshot, maxBytes?: number): string[] {
   const was = new Set(base.lines.map((l) => l.trim()));
   const added = mapsLines()
     .map((l) => l.trim())
     .filter((l) => !was.has(l));
   if (added.length === 0) return [];
-  const like = new Set(segmentLikeMaps());
+  const like = new Set(segmentLikeMaps(maxBytes));
   return added.filter((l) => like.has(l));
 }
 
