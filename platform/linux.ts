@@ -20,7 +20,7 @@
 // Limits: each run costs a kernel mapping (VMA) and each layer an fd.
 import type { Backend, BackendMemory, BackendStats } from '../src/backend.ts';
 import { maxViewLength } from '../src/runtime.ts';
-import { coalesce, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
+import { appendRange, coalesce, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
 import { SegmentError } from '../src/errors.ts';
 import * as sys from './libc.ts';
 
@@ -337,10 +337,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const written: Range[] = [];
     this.#scanIoctl(seg.addr, seg.pages, (start, end, categories) => {
       present += end - start;
-      if ((categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) !== 0n) return;
-      const last = written[written.length - 1];
-      if (last !== undefined && last.end === start) written[written.length - 1] = { start: last.start, end };
-      else written.push({ start, end });
+      if ((categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n) appendRange(written, start, end);
     });
     return { written, present };
   }
@@ -663,15 +660,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    */
   #freezeInPlace(seg: LinuxSegment, dirty: Range[]): Range[] {
     if (dirty.length === 0) return dirty;
-    const byLayer = new Map<Layer, Range[]>();
-    for (const r of select(seg.runs, dirty)) {
-      if (r.layer === null) continue;
-      const list = byLayer.get(r.layer);
-      if (list === undefined) byLayer.set(r.layer, [r]);
-      else list.push(r);
-    }
     const owned: Range[] = [];
-    for (const [layer, ranges] of byLayer) {
+    for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
       const alone = layer.refs.rangesWithCount(ranges, 1);
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
       this.#writeFromMemory(layer.fd, seg.addr, alone);
@@ -958,14 +948,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   /** Adds `delta` to the reference counts of every layer run; frees what falls to zero. */
   #ref(runs: Runs, delta: number): void {
-    const byLayer = new Map<Layer, Range[]>();
-    for (const r of runs) {
-      if (r.layer === null) continue;
-      const list = byLayer.get(r.layer);
-      if (list === undefined) byLayer.set(r.layer, [r]);
-      else list.push(r);
-    }
-    for (const [layer, ranges] of byLayer) {
+    for (const [layer, ranges] of rangesByLayer(runs)) {
       const freed = layer.refs.addAll(ranges, delta);
       if (layer.refs.empty) {
         this.#closeLayer(layer);
@@ -1076,9 +1059,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
           each(s, e, vec[i * 3 + 2]!);
           continue;
         }
-        const last = out[out.length - 1];
-        if (last !== undefined && last.end >= s) out[out.length - 1] = { start: last.start, end: Math.max(last.end, e) };
-        else out.push({ start: s, end: e });
+        appendRange(out, s, e);
       }
       // walk_end is unreliable once many regions come back (seen on 6.18):
       // a short array means the walk reached the end.
@@ -1101,10 +1082,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         const written =
           (hi & PM_FILE) === 0 && ((hi & PM_PRESENT) !== 0 ? (hi & PM_EXCLUSIVE) !== 0 : (hi & PM_SWAPPED) !== 0);
         if (!written) continue;
-        const p = done + i;
-        const last = out[out.length - 1];
-        if (last !== undefined && last.end === p) out[out.length - 1] = { start: last.start, end: p + 1 };
-        else out.push({ start: p, end: p + 1 });
+        appendRange(out, done + i, done + i + 1);
       }
       done += got;
     }
@@ -1136,6 +1114,18 @@ export function duplicateLimit(pages: number): number {
   return Math.max(256, Math.floor(pages / 64));
 }
 
+/** The runs on a layer, grouped by layer, in their order. */
+function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
+  const byLayer = new Map<Layer, Range[]>();
+  for (const r of runs) {
+    if (r.layer === null) continue;
+    const list = byLayer.get(r.layer);
+    if (list === undefined) byLayer.set(r.layer, [r]);
+    else list.push(r);
+  }
+  return byLayer;
+}
+
 /**
  * For each run, how many of its pages copying would duplicate: pages of a
  * layer that another run also uses, and anonymous pages (copying allocates
@@ -1160,7 +1150,6 @@ function sharedPages(runs: Runs): number[] {
   return out;
 }
 
-/** A descriptor to hold in reserve (-1 when none can be had). */
 /** The copying pipe, 1 MiB where the system allows; null when none can be had. */
 function openPipe(): { read: number; write: number; size: number } | null {
   try {
@@ -1170,6 +1159,7 @@ function openPipe(): { read: number; write: number; size: number } | null {
   }
 }
 
+/** A descriptor to hold in reserve (-1 when none can be had). */
 function openReserve(): number {
   try {
     return sys.open('/dev/null', sys.O_RDONLY | sys.O_CLOEXEC);

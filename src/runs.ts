@@ -86,17 +86,20 @@ export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
   return out;
 }
 
+/**
+ * Appends [start, end) to `out`, whose ranges end before `start` does or at it:
+ * joined with the last one when they touch or overlap, or lie closer than `gap` pages.
+ */
+export function appendRange(out: Range[], start: number, end: number, gap = 0): void {
+  const last = out[out.length - 1];
+  if (last !== undefined && start - last.end <= gap) out[out.length - 1] = { start: last.start, end: Math.max(last.end, end) };
+  else out.push({ start, end });
+}
+
 /** Sorted ranges with touching or overlapping ones joined, and those closer than `gap` pages too. */
 export function coalesce(ranges: readonly Range[], gap = 0): Range[] {
   const out: Range[] = [];
-  for (const r of ranges) {
-    const last = out[out.length - 1];
-    if (last !== undefined && r.start - last.end <= gap) {
-      out[out.length - 1] = { start: last.start, end: Math.max(last.end, r.end) };
-    } else {
-      out.push({ start: r.start, end: r.end });
-    }
-  }
+  for (const r of ranges) appendRange(out, r.start, r.end, gap);
   return out;
 }
 
@@ -222,11 +225,7 @@ export class RefCounts {
       for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
         const sp = this.spans[j]!;
         if (sp.count !== count) continue;
-        const start = Math.max(sp.start, r.start);
-        const end = Math.min(sp.end, r.end);
-        const last = out[out.length - 1];
-        if (last !== undefined && last.end === start) out[out.length - 1] = { start: last.start, end };
-        else out.push({ start, end });
+        appendRange(out, Math.max(sp.start, r.start), Math.min(sp.end, r.end));
       }
     }
     return out;
