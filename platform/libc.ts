@@ -221,19 +221,27 @@ export function madvise(addr: bigint, length: number, advice: number): void {
   retry('madvise', () => libc().madvise(addr, length, advice), () => `cannot advise on ${length} bytes`);
 }
 
-/** Writes `length` bytes from memory at `addr` to `fd` at `offset`, all of them. */
-export function pwriteAll(fd: number, addr: bigint, length: number, offset: number): void {
+/**
+ * Moves `length` bytes with `call(done, n)`, which moves up to `n` bytes from
+ * `done` on and returns how many (a short count is followed by another call).
+ * A call that moves nothing fails with `stalled`. `what` names the transfer in
+ * errors: "write 4096 bytes to a memory file".
+ */
+function transferAll(name: CallName, length: number, what: string, stalled: number, call: (done: number, n: number) => number): void {
   let done = 0;
   while (done < length) {
     const n = Math.min(length - done, MAX_IO);
-    const w = retry(
-      'pwrite',
-      () => libc().pwrite(fd, addr + BigInt(done), n, offset + done),
-      () => `cannot write ${length} bytes to a memory file`,
-    );
-    if (w === 0) fail('pwrite', 28 /* ENOSPC */, `wrote 0 of ${length} bytes to a memory file`);
+    const w = retry(name, () => call(done, n), () => `cannot ${what}`);
+    if (w === 0) fail(name, stalled, `${what}: stopped after ${done} bytes`);
     done += w;
   }
+}
+
+/** Writes `length` bytes from memory at `addr` to `fd` at `offset`, all of them. */
+export function pwriteAll(fd: number, addr: bigint, length: number, offset: number): void {
+  transferAll('pwrite', length, `write ${length} bytes to a memory file`, 28 /* ENOSPC */, (done, n) =>
+    libc().pwrite(fd, addr + BigInt(done), n, offset + done),
+  );
 }
 
 /**
@@ -244,18 +252,10 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
 export function copyFileRange(from: number, to: number, offset: number, length: number): void {
   const offIn = new BigInt64Array(1);
   const offOut = new BigInt64Array(1);
-  let done = 0;
-  while (done < length) {
+  transferAll('copy_file_range', length, `copy ${length} bytes between memory files`, 5 /* EIO */, (done, n) => {
     offIn[0] = offOut[0] = BigInt(offset + done);
-    const n = Math.min(length - done, MAX_IO);
-    const w = retry(
-      'copy_file_range',
-      () => Number(libc().copy_file_range(from, offIn, to, offOut, n, 0)),
-      () => `cannot copy ${length} bytes between memory files`,
-    );
-    if (w === 0) fail('copy_file_range', 5 /* EIO */, `copied 0 of ${length} bytes between memory files`);
-    done += w;
-  }
+    return Number(libc().copy_file_range(from, offIn, to, offOut, n, 0));
+  });
 }
 
 const O_NONBLOCK = 0x800;
@@ -287,17 +287,11 @@ export function vmsplice(fd: number, iov: BigUint64Array, count: number): number
 
 /** splice(2): moves `length` bytes from pipe `from` into file `to` at `offset`, all of them. */
 export function spliceAll(from: number, to: number, offset: number, length: number): void {
-  const off = new BigInt64Array([BigInt(offset)]);
-  let done = 0;
-  while (done < length) {
-    const n = retry(
-      'splice',
-      () => Number(libc().splice(from, null, to, off, length - done, SPLICE_F_NONBLOCK)),
-      () => `cannot write ${length} bytes to a memory file`,
-    );
-    if (n === 0) fail('splice', 5 /* EIO */, `wrote ${done} of ${length} bytes to a memory file`);
-    done += n;
-  }
+  const off = new BigInt64Array(1);
+  transferAll('splice', length, `write ${length} bytes to a memory file`, 5 /* EIO */, (done, n) => {
+    off[0] = BigInt(offset + done);
+    return Number(libc().splice(from, null, to, off, n, SPLICE_F_NONBLOCK));
+  });
 }
 
 /** Reads up to `length` bytes of `fd` at `offset` into `into`; returns the count. */
