@@ -683,11 +683,9 @@ function benchMachine(): void {
     sys.closeFd(fd);
   }
   extra.machine = costs;
-  machineCosts.push(...costs);
 }
 /** MADV_POPULATE_WRITE (Linux 5.14). */
 const MADV_POPULATE_WRITE = 23;
-const machineCosts: { what: string; micros: number }[] = [];
 
 // ---- output -------------------------------------------------------------------
 
@@ -734,7 +732,8 @@ function printTable(): void {
   console.log('restore loop: median (best) rate. first write to a page: memfork column = after a clone;');
   console.log('  the copy columns = first write to fresh memory / write to already touched memory.');
   console.log('fill: the copy column is new Uint8Array(n).fill(). memory per clone: this process (RssAnon + memfd pages).');
-  if (machineCosts.length > 0) {
+  const machineCosts = extra.machine as { what: string; micros: number }[] | undefined;
+  if (machineCosts !== undefined) {
     console.log();
     console.log('this machine, kernel operations (per page or per call):');
     const width = Math.max(...machineCosts.map((c) => c.what.length));
