@@ -137,7 +137,7 @@ const fileSkips = {};
 function parseCounts(name, output) {
   // Colours, where FORCE_COLOR or a terminal asked for them.
   const out = output.replace(/\x1b\[[0-9;]*m/g, '');
-  const counts = { passed: 0, failed: 0, skipped: 0, found: false };
+  const counts = { passed: 0, failed: 0, skipped: 0, found: false, endedEarly: false };
   const take = (re, key) => {
     const all = [...out.matchAll(re)];
     if (all.length > 0) {
@@ -170,6 +170,9 @@ function parseCounts(name, output) {
       counts.skipped = n(5) + n(6);
       counts.found = true;
     }
+    // Deno reports a file whose code ended the process as passed, with the
+    // tests after that point missing from its counts.
+    counts.endedEarly = /called `Deno\.exit\(\d*\)` from outside any test/.test(out);
   }
   return counts;
 }
@@ -307,6 +310,7 @@ async function main() {
       else if (res.signal) problem = `ended by ${res.signal}`;
       else if (res.code !== 0) problem = `exit code ${res.code}`;
       else if (!part.found) problem = 'no test summary found';
+      else if (part.endedEarly) problem = 'the process was ended before every test ran';
       if (problem !== undefined || part.failed > 0) {
         entry.ok = false;
         // A file that crashed or printed no summary counts as one failure.

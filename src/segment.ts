@@ -369,6 +369,11 @@ export class Segment implements Disposable {
 
   /** `close()`, for `using`. */
   [Symbol.dispose](): void {
+    // Checked first: called on anything else, `this.close()` would be that
+    // object's own close (Deno's global close() ends the process).
+    if (!(#core in this)) {
+      throw new TypeError(`Symbol.dispose called on ${describe(this)}: expected a Segment`);
+    }
     this.close();
   }
 

@@ -329,6 +329,22 @@ test('assigning to, redefining or deleting a segment’s public properties chang
   t.diagnostic(`${tried - before} calls tried`);
 });
 
+test('Symbol.dispose on anything but a segment throws TypeError and never calls that object’s close()', () => {
+  const dispose = Segment.prototype[Symbol.dispose] as (this: unknown) => void;
+  let called = 0;
+  const lookalike = { close: () => called++ };
+  const posing = Object.setPrototypeOf({ close: () => called++ }, Segment.prototype) as unknown;
+  // globalThis as well: Deno's global close() ends the process.
+  for (const x of [lookalike, posing, globalThis, undefined, null, 1]) {
+    assert.throws(() => dispose.call(x), TypeError);
+  }
+  assert.equal(called, 0, 'a close() of the wrong object was called');
+  const seg = Segment.create(page);
+  dispose.call(seg);
+  assert.equal(seg.closed, true);
+  dispose.call(seg); // twice is fine, like close()
+});
+
 type Transfer = (this: ArrayBuffer, length?: number) => ArrayBuffer;
 
 /**
