@@ -21,6 +21,7 @@ export const MAP_NORESERVE = 0x4000;
 export const MADV_DONTNEED = 4;
 export const MREMAP_MAYMOVE = 1;
 export const MREMAP_FIXED = 2;
+export const MREMAP_DONTUNMAP = 4;
 export const MFD_CLOEXEC = 0x1;
 export const MFD_ALLOW_SEALING = 0x2;
 export const MFD_NOEXEC_SEAL = 0x8;

@@ -35,6 +35,12 @@ export class Layer {
    * mapped by some segment only if its count is above zero.
    */
   readonly refs = new RefCounts();
+  /**
+   * Where the page tables of the segment this layer was made for were moved
+   * when it was first cloned (a MAP_SHARED mapping of the layer); unmapped
+   * with the layer. 0n: none.
+   */
+  window = 0n;
   constructor(fd: number, length: number) {
     this.fd = fd;
     this.length = length;
@@ -49,6 +55,19 @@ export class Layer {
 function chargeMapping(source: LinuxSegment): number {
   source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
   return source.debt;
+}
+
+/**
+ * Page-table spans (x86-64 and arm64 with 4 KiB pages): an entry of the page
+ * middle directory maps 2 MiB, one of the upper directory 1 GiB. A segment
+ * placed at a multiple of its span has its page tables moved by `mremap` one
+ * directory entry at a time, not page by page.
+ */
+const PMD_SPAN = 2 ** 21;
+const PUD_SPAN = 2 ** 30;
+
+function spanFor(length: number): number {
+  return length >= PUD_SPAN ? PUD_SPAN : length >= PMD_SPAN ? PMD_SPAN : 0;
 }
 
 /** How many of the newest layers a freeze looks at for free room. */
@@ -192,6 +211,12 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #adviseRanges: BigUint64Array | undefined;
   /** Mappings all live segments use: the sum of their run counts. */
   #mapCount = 0;
+  /** Layers holding a moved-aside mapping (Layer.window): one mapping each. */
+  #windows = 0;
+  /** Moved-aside mappings whose unmapping failed, retried with the next. */
+  readonly #strays: { addr: bigint; length: number }[] = [];
+  /** Whether mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+); cleared on the first refusal. */
+  #moveAsideWorks = true;
   /** The most mappings all segments together may use. */
   readonly mapBudget: number;
   /** Runs one segment may reach before it is compacted. */
@@ -223,9 +248,14 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const pages = length / this.pageSize;
     const layer = this.#newLayer(length);
     let addr: bigint;
+    // Placed at a multiple of its page-table span, so the first clone can
+    // move its page tables aside whole (#moveAside).
+    const at = this.#reserveAligned(length, spanFor(length), 0n);
     try {
-      addr = sys.mmap(null, length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_SHARED | sys.MAP_NORESERVE, layer.fd, 0);
+      const flags = sys.MAP_SHARED | sys.MAP_NORESERVE | (at === null ? 0 : sys.MAP_FIXED);
+      addr = sys.mmap(at, length, sys.PROT_READ | sys.PROT_WRITE, flags, layer.fd, 0);
     } catch (err) {
+      if (at !== null) this.#unreserve(at, length);
       this.#closeLayer(layer);
       throw err;
     }
@@ -398,11 +428,15 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   release(seg: LinuxSegment): void {
-    if (seg.released) return;
-    sys.munmap(seg.addr, seg.length);
-    seg.released = true;
-    this.#segments.delete(seg);
-    this.#setRuns(seg, []);
+    if (!seg.released) {
+      sys.munmap(seg.addr, seg.length);
+      seg.released = true;
+      this.#segments.delete(seg);
+      this.#setRuns(seg, []);
+    }
+    // A layer this closed may have left its moved-aside mapping behind:
+    // close() fails then, and calling it again tries once more.
+    if (this.#strays.length > 0) this.#unmapStrays();
   }
 
   address(seg: LinuxSegment): bigint {
@@ -438,7 +472,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     for (const layer of this.#layers) layerBytes += sys.allocatedBytes(layer.fd);
     let privateBytes = 0;
     for (const seg of this.#segments) privateBytes += this.stats(seg).privateBytes;
-    return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#mapCount };
+    return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#mapCount + this.#windows };
   }
 
   shutdown(): void {
@@ -551,7 +585,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * more memory than copying the segment at hand would take.
    */
   #ensureRoom(needed: number, pages: number): void {
-    if (this.#mapCount + needed <= this.mapBudget) return;
+    if (this.#mapCount + this.#windows + needed <= this.mapBudget) return;
     let allowance = Math.max(pages, duplicateLimit(pages));
     // First the cheap way: a few windows off the main layer; then flatten.
     for (const windows of [COMPACT_WINDOWS, 0]) {
@@ -560,11 +594,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         .sort((a, b) => b.runs.length - a.runs.length);
       for (const seg of bySize) {
         allowance -= this.#compact(seg, windows, allowance);
-        if (this.#mapCount + needed <= this.mapBudget) return;
+        if (this.#mapCount + this.#windows + needed <= this.mapBudget) return;
       }
     }
     throw new SegmentError(
-      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount} of ${this.mapBudget} mappings in use, ${needed} more needed; ` +
+      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount + this.#windows} of ${this.mapBudget} mappings in use, ${needed} more needed; ` +
         'compacting further would copy pages other segments share)',
       'ENOMEM',
       12,
@@ -595,6 +629,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const layer = seg.shared;
     if (layer === null) return;
     const data = this.zeroPage ? this.#dataRanges(layer.fd, seg.pages) : [{ start: 0, end: seg.pages }];
+    // Replacing a mapping tears down its page-table entries one by one (a
+    // quarter of a microsecond or more each: most of a first clone's cost).
+    // Moved aside first, they go with the layer instead.
+    this.#moveAside(seg, layer);
     // Safety: MAP_FIXED over the segment's own whole mapping; views alias the
     // same addresses and read the same bytes before and after.
     sys.mmap(seg.addr, seg.length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_FIXED | sys.MAP_NORESERVE, layer.fd, 0);
@@ -940,10 +978,101 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   #closeLayer(layer: Layer): void {
     if (layer.fd < 0) return;
+    if (layer.window !== 0n) this.#dropWindow(layer);
     // Mappings keep the file alive; the fd is only needed to map it again.
     sys.closeFd(layer.fd);
     layer.fd = -1;
     this.#layers.delete(layer);
+  }
+
+  /** Unmaps a layer's moved-aside mapping; one that will not go is retried with the next, and by release(). */
+  #dropWindow(layer: Layer): void {
+    this.#strays.push({ addr: layer.window, length: layer.length });
+    layer.window = 0n;
+    try {
+      this.#unmapStrays();
+    } catch {
+      // Kept for later.
+    }
+  }
+
+  /** Unmaps the moved-aside mappings left over; throws the last failure, after trying each. */
+  #unmapStrays(): void {
+    let failure: unknown;
+    for (let i = this.#strays.length - 1; i >= 0; i--) {
+      const { addr, length } = this.#strays[i]!;
+      try {
+        sys.munmap(addr, length);
+      } catch (err) {
+        failure = err;
+        continue;
+      }
+      this.#strays.splice(i, 1);
+      this.#windows--;
+    }
+    if (failure !== undefined) throw failure;
+  }
+
+  /**
+   * Moves the page tables of fresh `seg` to a new mapping of its `layer`
+   * (mremap with MREMAP_DONTUNMAP), leaving `seg` mapped, with no page-table
+   * entries, at its address. Aligned alike, whole directory entries move:
+   * tenths of a millisecond for 1 GiB instead of tearing down 262,144 entries
+   * (the layer's close does that later). Nothing changes when it fails.
+   */
+  #moveAside(seg: LinuxSegment, layer: Layer): void {
+    const span = spanFor(seg.length);
+    if (span === 0 || !this.#moveAsideWorks || layer.window !== 0n) return;
+    if (this.#mapCount + this.#windows + 2 > this.mapBudget) return;
+    const aside = this.#reserveAligned(seg.length, span, seg.addr % BigInt(span));
+    if (aside === null) return;
+    try {
+      sys.mremap(seg.addr, seg.length, seg.length, sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED | sys.MREMAP_DONTUNMAP, aside);
+    } catch (err) {
+      // Before Linux 5.13 only private anonymous mappings could be moved so.
+      if ((err as SegmentError).errno === sys.EINVAL) this.#moveAsideWorks = false;
+      this.#unreserve(aside, seg.length);
+      return;
+    }
+    layer.window = aside;
+    this.#windows++;
+  }
+
+  /**
+   * Reserves `length` bytes of address space (PROT_NONE, nothing committed)
+   * at an address `phase` past a multiple of `span`; null when `span` is 0 or
+   * it cannot be had, which only costs speed.
+   */
+  #reserveAligned(length: number, span: number, phase: bigint): bigint | null {
+    if (span === 0) return null;
+    let base: bigint;
+    try {
+      base = sys.mmap(null, length + span, sys.PROT_NONE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS | sys.MAP_NORESERVE, -1, 0);
+    } catch {
+      return null;
+    }
+    const big = BigInt(span);
+    const start = base + ((phase - (base % big) + big) % big);
+    try {
+      // Trim what lies before and after; a failure gives all of it back.
+      if (start > base) sys.munmap(base, Number(start - base));
+      const end = start + BigInt(length);
+      const tail = base + BigInt(length + span) - end;
+      if (tail > 0n) sys.munmap(end, Number(tail));
+    } catch {
+      this.#unreserve(base, length + span);
+      return null;
+    }
+    return start;
+  }
+
+  /** Unmaps memory memfork mapped for itself; a failure leaves it mapped, which only costs address space. */
+  #unreserve(addr: bigint, length: number): void {
+    try {
+      sys.munmap(addr, length);
+    } catch {
+      // Nothing else to do.
+    }
   }
 
   /** Adds `delta` to the reference counts of every layer run; frees what falls to zero. */

@@ -5,7 +5,7 @@ import * as assert from 'node:assert/strict';
 import { LinuxBackend } from '../platform/linux.ts';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
-import { linuxOnly, processMemory } from './helpers/proc.ts';
+import { layerMapsCount, linuxOnly, mapsLines, processMemory } from './helpers/proc.ts';
 
 const PAGE = 4096;
 const GiB = 2 ** 30;
@@ -164,6 +164,62 @@ describe('bounded run lists', { skip: linuxOnly }, () => {
       assert.ok(after.stats().mappings <= before + 2);
       assert.deepEqual(new Uint8Array(after.buffer), bytes);
       after.close();
+      seg.close();
+    });
+  });
+});
+
+describe('first clone of a large segment', { skip: linuxOnly }, () => {
+  it('moves the page tables of a fresh segment of 2 MiB or more aside: isolated copies, one more mapping while the layer lives, none after', () => {
+    withLinux({}, (b) => {
+      const size = 4 << 20;
+      const pages = size / PAGE;
+      const mappings = b.memory().mappings;
+      const layerMaps = layerMapsCount();
+      const seg = Segment.create(size);
+      assert.equal(seg.address % BigInt(2 << 20), 0n, 'placed at a multiple of 2 MiB, where page tables move whole');
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p += 3) bytes.fill(p & 0xff, p * PAGE, p * PAGE + 100);
+      const expected = bytes.slice();
+      const c = seg.clone();
+      // The moved-aside mapping: the segment's memory file, shared, its whole
+      // length, somewhere else.
+      const hex = (x: bigint): string => x.toString(16);
+      const aside = mapsLines().filter((l) => {
+        const [range, perms] = l.split(/\s+/);
+        const [start, end] = range!.split('-').map((x) => BigInt(`0x${x}`));
+        return l.includes('memfd:memfork') && perms === 'rw-s' && end! - start! === BigInt(size) && hex(start!) !== hex(seg.address);
+      });
+      assert.equal(aside.length, 1, `one moved-aside mapping: ${aside.join('; ')}`);
+      assert.equal(b.memory().mappings, mappings + seg.stats().mappings + c.stats().mappings + 1);
+      assert.deepEqual(new Uint8Array(c.buffer), expected, 'the clone reads what was cloned');
+      assert.deepEqual(bytes, expected, 'the source still reads the same');
+      bytes.fill(0xee, 5 * PAGE, 9 * PAGE);
+      new Uint8Array(c.buffer).fill(0xdd, 7 * PAGE, 20 * PAGE);
+      const want = expected.slice();
+      want.fill(0xee, 5 * PAGE, 9 * PAGE);
+      assert.deepEqual(bytes, want, 'the source sees its own writes only');
+      const wantClone = expected.slice();
+      wantClone.fill(0xdd, 7 * PAGE, 20 * PAGE);
+      assert.deepEqual(new Uint8Array(c.buffer), wantClone, 'the clone sees its own writes only');
+      const again = seg.clone();
+      assert.deepEqual(new Uint8Array(again.buffer), want, 'a later clone reads the source');
+      again.close();
+      c.close();
+      seg.close();
+      assert.equal(b.memory().mappings, mappings, 'no mapping left');
+      assert.equal(layerMapsCount(), layerMaps, 'no mapping of a memory file left');
+    });
+  });
+
+  it('places a segment of 1 GiB or more at a multiple of 1 GiB', () => {
+    withLinux({}, () => {
+      const seg = Segment.create(GiB + 5 * PAGE);
+      assert.equal(seg.address % BigInt(GiB), 0n);
+      new Uint8Array(seg.view(GiB, 5 * PAGE)).fill(4);
+      const c = seg.clone();
+      assert.deepEqual(new Uint8Array(c.view(GiB, 5 * PAGE)), new Uint8Array(5 * PAGE).fill(4));
+      c.close();
       seg.close();
     });
   });
