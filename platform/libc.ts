@@ -72,6 +72,7 @@ interface Bindings {
   pipe2: (fds: Int32Array, flags: number) => number;
   vmsplice: (fd: number, iov: BigUint64Array, n: number, flags: number) => number;
   splice: (fdIn: number, offIn: null, fdOut: number, offOut: BigInt64Array, n: number, flags: number) => number;
+  memcpy: (dest: bigint, src: bigint, n: number) => bigint;
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
 }
@@ -90,6 +91,7 @@ function libc(): Bindings {
     mremap: lib.func('void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...)'),
     madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
     pwrite: lib.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)'),
+    memcpy: lib.func('void *memcpy(void *dest, const void *src, size_t n)'),
     pread: lib.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)'),
     fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
@@ -118,7 +120,7 @@ export function loadLibc(): void {
 // ---- fault injection (tests only) ------------------------------------------
 
 /** Names of the calls a fault can be injected into. */
-export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit'>;
+export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit' | 'memcpy'>;
 
 interface Fault {
   countdown: number;
@@ -216,6 +218,14 @@ export function mremap(old: bigint, oldLength: number, newLength: number, flags:
 
 export function munmap(addr: bigint, length: number): void {
   retry('munmap', () => libc().munmap(addr, length), () => `cannot unmap ${length} bytes`);
+}
+
+/**
+ * Copies `length` bytes between two mapped ranges of this process. It cannot
+ * fail; the caller guarantees both ranges stay mapped, writable at `dest`.
+ */
+export function copyMemory(dest: bigint, src: bigint, length: number): void {
+  libc().memcpy(dest, src, length);
 }
 
 export function madvise(addr: bigint, length: number, advice: number): void {

@@ -702,7 +702,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
       const alone = layer.refs.rangesWithCount(ranges, 1);
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-      this.#writeFromMemory(layer.fd, seg.addr, alone);
+      if (layer.window !== 0n) this.#copyToWindow(layer, seg.addr, alone);
+      else this.#writeFromMemory(layer.fd, seg.addr, alone);
       owned.push(...alone);
     }
     if (owned.length === 0) return dirty;
@@ -712,6 +713,22 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, sys.MADV_DONTNEED);
     }
     return subtract(dirty, owned);
+  }
+
+  /**
+   * Writes the memory under `ranges` of pages from `base` into `layer`
+   * through its moved-aside mapping (see #moveAside): a memory copy, no system
+   * call, and the mapping already has page-table entries for every page the
+   * segment wrote before its first clone.
+   */
+  #copyToWindow(layer: Layer, base: bigint, ranges: readonly Range[]): void {
+    const page = this.pageSize;
+    for (const r of ranges) {
+      const off = BigInt(r.start * page);
+      // Safety: both ranges lie inside mappings of `layer.length` bytes that
+      // stay mapped for the call: the segment's own and the layer's window.
+      sys.copyMemory(layer.window + off, base + off, (r.end - r.start) * page);
+    }
   }
 
   /**

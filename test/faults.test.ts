@@ -153,6 +153,20 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'clone() after writes to pages no other segment maps, on a layer with page tables moved aside (copied through that mapping)',
+    setup: (page) => {
+      const n = (2 << 20) / page;
+      const a = Segment.create(n * page);
+      write(a, page, [0, 3, 9, n - 1], 1);
+      const c = a.clone();
+      a.clone().close();
+      write(a, page, [3, 4, 100, n - 1], 2);
+      c.close(); // the pages written are in a layer a alone maps now
+      write(a, page, [0, 5, 200], 3);
+      return { segs: [a], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
     name: 'clone() after writing many pages (copied through a pipe)',
     setup: (page) => {
       const a = Segment.create(160 * page);

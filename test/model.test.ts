@@ -41,8 +41,10 @@ function sizeArb(page: number): fc.Arbitrary<number> {
   return fc.oneof(
     { weight: 1, arbitrary: fc.constant(0) },
     { weight: 4, arbitrary: fc.constantFrom(page, 3 * page + 5, 8 * page, 16 * page - 1) },
-    // Large enough for writes to many pages (copied through a pipe, not pwrite).
-    { weight: 1, arbitrary: fc.constantFrom(200 * page, 300 * page + 7) },
+    // Large enough for writes to many pages (copied through a pipe, not pwrite),
+    // and 2 MiB and over: a first clone moves page tables aside, and pages are
+    // frozen in place through that mapping.
+    { weight: 1, arbitrary: fc.constantFrom(200 * page, 300 * page + 7, 2 ** 21, 2 ** 21 + 5 * page + 3) },
     {
       weight: 3,
       arbitrary: fc

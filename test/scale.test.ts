@@ -251,31 +251,34 @@ describe('freezing in place', { skip: linuxOnly }, () => {
     });
   });
 
-  it('pages a live segment still maps are never written in place: it keeps its bytes', () => {
-    withLinux({}, () => {
-      const pages = 32;
-      const a = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(a.buffer);
-      bytes.fill(1);
-      const old = a.clone(); // shares every page of the first layer
-      bytes.fill(2, 0, 10 * PAGE);
-      a.clone().close(); // pages 0–9 go to a new layer, used by a alone once this clone is gone
-      // 5–9: a's alone (written in place); 10–14: shared with `old` (a new layer).
-      bytes.fill(3, 5 * PAGE, 15 * PAGE);
-      const now = a.clone();
-      const want = new Uint8Array(pages * PAGE).fill(1);
-      want.fill(2, 0, 5 * PAGE);
-      want.fill(3, 5 * PAGE, 15 * PAGE);
-      assert.deepEqual(new Uint8Array(now.buffer), want);
-      assert.deepEqual(new Uint8Array(a.buffer), want);
-      assert.deepEqual(new Uint8Array(old.buffer), new Uint8Array(pages * PAGE).fill(1), 'the old snapshot is untouched');
-      // And back: `old` restored over `a`, `now` untouched by it.
-      a.restore(old);
-      assert.deepEqual(new Uint8Array(a.buffer), new Uint8Array(pages * PAGE).fill(1));
-      assert.deepEqual(new Uint8Array(now.buffer), want);
-      for (const s of [a, old, now]) s.close();
+  // 2 MiB: the first layer has the segment's page tables moved aside, and is
+  // written through that mapping where it is written in place.
+  for (const pages of [32, (2 << 20) / PAGE]) {
+    it(`pages a live segment still maps are never written in place: it keeps its bytes (${pages} pages)`, () => {
+      withLinux({}, () => {
+        const a = Segment.create(pages * PAGE);
+        const bytes = new Uint8Array(a.buffer);
+        bytes.fill(1);
+        const old = a.clone(); // shares every page of the first layer
+        bytes.fill(2, 0, 10 * PAGE);
+        a.clone().close(); // pages 0–9 go to a new layer, used by a alone once this clone is gone
+        // 5–9: a's alone (written in place); 10–14: shared with `old` (a new layer).
+        bytes.fill(3, 5 * PAGE, 15 * PAGE);
+        const now = a.clone();
+        const want = new Uint8Array(pages * PAGE).fill(1);
+        want.fill(2, 0, 5 * PAGE);
+        want.fill(3, 5 * PAGE, 15 * PAGE);
+        assert.deepEqual(new Uint8Array(now.buffer), want);
+        assert.deepEqual(new Uint8Array(a.buffer), want);
+        assert.deepEqual(new Uint8Array(old.buffer), new Uint8Array(pages * PAGE).fill(1), 'the old snapshot is untouched');
+        // And back: `old` restored over `a`, `now` untouched by it.
+        a.restore(old);
+        assert.deepEqual(new Uint8Array(a.buffer), new Uint8Array(pages * PAGE).fill(1));
+        assert.deepEqual(new Uint8Array(now.buffer), want);
+        for (const s of [a, old, now]) s.close();
+      });
     });
-  });
+  }
 });
 
 describe('restore fast path', { skip: linuxOnly }, () => {
