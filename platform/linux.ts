@@ -168,6 +168,11 @@ export interface LinuxOptions {
   fdBudget?: number;
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
+  /**
+   * Segments at least this long freeze pages in place through their layer's
+   * moved-aside mapping (default 1 GiB, see #copyToWindow; tests lower it).
+   */
+  windowCopyMin?: number;
 }
 
 /** Mappings left for the rest of the process (V8, libraries, other FFI code). */
@@ -213,6 +218,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #mapCount = 0;
   /** Layers holding a moved-aside mapping (Layer.window): one mapping each. */
   #windows = 0;
+  readonly #windowCopyMin: number;
   /** Moved-aside mappings whose unmapping failed, retried with the next. */
   readonly #strays: { addr: bigint; length: number }[] = [];
   /** Whether mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+); cleared on the first refusal. */
@@ -240,6 +246,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
+    this.#windowCopyMin = options.windowCopyMin ?? PUD_SPAN;
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -702,7 +709,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
       const alone = layer.refs.rangesWithCount(ranges, 1);
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-      if (layer.window !== 0n) this.#copyToWindow(layer, seg.addr, alone);
+      if (layer.window !== 0n && layer.length >= this.#windowCopyMin) this.#copyToWindow(layer, seg.addr, alone);
       else this.#writeFromMemory(layer.fd, seg.addr, alone);
       owned.push(...alone);
     }
@@ -719,7 +726,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * Writes the memory under `ranges` of pages from `base` into `layer`
    * through its moved-aside mapping (see #moveAside): a memory copy, no system
    * call, and the mapping already has page-table entries for every page the
-   * segment wrote before its first clone.
+   * segment wrote before its first clone. By default only for windows moved
+   * by whole upper-directory entries (1 GiB): entries moved one by one are new to a
+   * hypervisor that shadows page tables, and the first access to each traps
+   * (3 µs a page here, measured: splice is as fast, and faster for few pages).
    */
   #copyToWindow(layer: Layer, base: bigint, ranges: readonly Range[]): void {
     const page = this.pageSize;

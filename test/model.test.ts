@@ -21,7 +21,12 @@ const MAX_LIVE = 8;
 const cases: BackendCase[] = [
   ...backends,
   ...(linuxBackends.length > 0
-    ? [{ name: 'linux (tight budgets, restore in place)', make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true }) }]
+    ? [
+        {
+          name: 'linux (tight budgets, restore in place, freezing through moved-aside mappings)',
+          make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true, windowCopyMin: 0 }),
+        },
+      ]
     : []),
 ];
 const multiplier = Math.max(1, Number(process.env.MEMFORK_MODEL_RUNS ?? 1) || 1);

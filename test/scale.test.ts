@@ -226,36 +226,40 @@ describe('first clone of a large segment', { skip: linuxOnly }, () => {
 });
 
 describe('freezing in place', { skip: linuxOnly }, () => {
-  it('pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory', () => {
-    withLinux({}, (b) => {
-      const pages = 1024;
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      bytes.fill(1);
-      seg.clone().close();
-      const layers = b.layerCount();
-      const layerBytes = b.memory().layerBytes;
-      const random = rng(5);
-      for (let round = 0; round < 30; round++) {
-        // Snapshots taken and dropped, as a checkpoint that is written out and let go.
-        for (let k = 0; k < 50; k++) bytes[Math.floor(random() * pages) * PAGE + round] = round + 2;
-        const c = seg.clone();
-        assert.deepEqual(new Uint8Array(c.buffer), bytes, `round ${round}: the clone reads what was cloned`);
-        assert.equal(seg.stats().mappings, 1, `round ${round}: one run`);
-        assert.equal(seg.stats().privateBytes, 0, `round ${round}: no private copy left`);
-        c.close();
-      }
-      assert.equal(b.layerCount(), layers, 'no new layer');
-      assert.ok(b.memory().layerBytes <= layerBytes, `layers grew from ${layerBytes} to ${b.memory().layerBytes} bytes`);
-      seg.close();
+  // Copied through a pipe, and through the layer's moved-aside mapping (which
+  // by default only segments of 1 GiB and more use).
+  for (const windowCopyMin of [undefined, 0]) {
+    it(`pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory${windowCopyMin === 0 ? ' (through the moved-aside mapping)' : ''}`, () => {
+      withLinux({ windowCopyMin }, (b) => {
+        const pages = 1024;
+        const seg = Segment.create(pages * PAGE);
+        const bytes = new Uint8Array(seg.buffer);
+        bytes.fill(1);
+        seg.clone().close();
+        const layers = b.layerCount();
+        const layerBytes = b.memory().layerBytes;
+        const random = rng(5);
+        for (let round = 0; round < 30; round++) {
+          // Snapshots taken and dropped, as a checkpoint that is written out and let go.
+          for (let k = 0; k < 50; k++) bytes[Math.floor(random() * pages) * PAGE + round] = round + 2;
+          const c = seg.clone();
+          assert.deepEqual(new Uint8Array(c.buffer), bytes, `round ${round}: the clone reads what was cloned`);
+          assert.equal(seg.stats().mappings, 1, `round ${round}: one run`);
+          assert.equal(seg.stats().privateBytes, 0, `round ${round}: no private copy left`);
+          c.close();
+        }
+        assert.equal(b.layerCount(), layers, 'no new layer');
+        assert.ok(b.memory().layerBytes <= layerBytes, `layers grew from ${layerBytes} to ${b.memory().layerBytes} bytes`);
+        seg.close();
+      });
     });
-  });
+  }
 
-  // 2 MiB: the first layer has the segment's page tables moved aside, and is
-  // written through that mapping where it is written in place.
+  // 2 MiB: the first layer has the segment's page tables moved aside, and
+  // (windowCopyMin 0) is written through that mapping where written in place.
   for (const pages of [32, (2 << 20) / PAGE]) {
     it(`pages a live segment still maps are never written in place: it keeps its bytes (${pages} pages)`, () => {
-      withLinux({}, () => {
+      withLinux({ windowCopyMin: 0 }, () => {
         const a = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(a.buffer);
         bytes.fill(1);
