@@ -58,16 +58,21 @@ function chargeMapping(source: LinuxSegment): number {
 }
 
 /**
- * Page-table spans (x86-64 and arm64 with 4 KiB pages): an entry of the page
- * middle directory maps 2 MiB, one of the upper directory 1 GiB. A segment
- * placed at a multiple of its span has its page tables moved by `mremap` one
- * directory entry at a time, not page by page.
+ * Page-table spans: a page of page tables holds `pageSize / 8` entries, so an
+ * entry of the page middle directory maps pageSize² / 8 bytes (2 MiB with
+ * 4 KiB pages) and one of the upper directory pageSize³ / 64 (1 GiB). A
+ * segment placed at a multiple of its span has its page tables moved by
+ * `mremap` a directory entry at a time, not page by page.
  */
-const PMD_SPAN = 2 ** 21;
-const PUD_SPAN = 2 ** 30;
+function spans(pageSize: number): { pmd: number; pud: number } {
+  const pmd = (pageSize * pageSize) / 8;
+  return { pmd, pud: (pmd * pageSize) / 8 };
+}
 
-function spanFor(length: number): number {
-  return length >= PUD_SPAN ? PUD_SPAN : length >= PMD_SPAN ? PMD_SPAN : 0;
+/** The largest span not longer than `length`; 0 when even a middle-directory entry is. */
+function spanFor(length: number, pageSize: number): number {
+  const { pmd, pud } = spans(pageSize);
+  return length >= pud ? pud : length >= pmd ? pmd : 0;
 }
 
 /** How many of the newest layers a freeze looks at for free room. */
@@ -170,7 +175,8 @@ export interface LinuxOptions {
   restoreInPlace?: boolean;
   /**
    * Segments at least this long freeze pages in place through their layer's
-   * moved-aside mapping (default 1 GiB, see #copyToWindow; tests lower it).
+   * moved-aside mapping. Default: what one upper-directory entry maps (1 GiB
+   * with 4 KiB pages; see #copyToWindow). Tests lower it.
    */
   windowCopyMin?: number;
 }
@@ -246,7 +252,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
-    this.#windowCopyMin = options.windowCopyMin ?? PUD_SPAN;
+    this.#windowCopyMin = options.windowCopyMin ?? spans(this.pageSize).pud;
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -257,7 +263,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     let addr: bigint;
     // Placed at a multiple of its page-table span, so the first clone can
     // move its page tables aside whole (#moveAside).
-    const at = this.#reserveAligned(length, spanFor(length), 0n);
+    const at = this.#reserveAligned(length, spanFor(length, this.pageSize), 0n);
     try {
       const flags = sys.MAP_SHARED | sys.MAP_NORESERVE | (at === null ? 0 : sys.MAP_FIXED);
       addr = sys.mmap(at, length, sys.PROT_READ | sys.PROT_WRITE, flags, layer.fd, 0);
@@ -1048,7 +1054,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * (the layer's close does that later). Nothing changes when it fails.
    */
   #moveAside(seg: LinuxSegment, layer: Layer): void {
-    const span = spanFor(seg.length);
+    const span = spanFor(seg.length, this.pageSize);
     if (span === 0 || !this.#moveAsideWorks || layer.window !== 0n) return;
     if (this.#mapCount + this.#windows + 2 > this.mapBudget) return;
     const aside = this.#reserveAligned(seg.length, span, seg.addr % BigInt(span));
