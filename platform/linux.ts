@@ -41,6 +41,8 @@ export class Layer {
    * with the layer. 0n: none.
    */
   window = 0n;
+  /** Whether pages frozen in place are written through `window` (see #copyToWindow). */
+  windowCopies = false;
   constructor(fd: number, length: number) {
     this.fd = fd;
     this.length = length;
@@ -74,6 +76,13 @@ function spanFor(length: number, pageSize: number): number {
   const { pmd, pud } = spans(pageSize);
   return length >= pud ? pud : length >= pmd ? pmd : 0;
 }
+
+/**
+ * A move of page tables that took less than this many milliseconds per GiB
+ * (and at least 1 ms in all) moved them a page-table page at a time (see
+ * #copyToWindow); entry by entry takes 25 ms per GiB and more.
+ */
+const TABLE_MOVE_MS_PER_GIB = 5;
 
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
@@ -174,11 +183,12 @@ export interface LinuxOptions {
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
   /**
-   * Segments at least this long freeze pages in place through their layer's
-   * moved-aside mapping. Default: what one upper-directory entry maps (1 GiB
-   * with 4 KiB pages; see #copyToWindow). Tests lower it.
+   * Whether pages frozen in place are written through their layer's
+   * moved-aside mapping: true always (tests), false never. Default: where
+   * that mapping's page tables moved whole, which the move's time tells (see
+   * #copyToWindow).
    */
-  windowCopyMin?: number;
+  windowCopy?: boolean;
 }
 
 /** Mappings left for the rest of the process (V8, libraries, other FFI code). */
@@ -224,7 +234,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #mapCount = 0;
   /** Layers holding a moved-aside mapping (Layer.window): one mapping each. */
   #windows = 0;
-  readonly #windowCopyMin: number;
+  readonly #windowCopy: boolean | undefined;
   /** Moved-aside mappings whose unmapping failed, retried with the next. */
   readonly #strays: { addr: bigint; length: number }[] = [];
   /** Whether mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+); cleared on the first refusal. */
@@ -252,7 +262,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
-    this.#windowCopyMin = options.windowCopyMin ?? spans(this.pageSize).pud;
+    this.#windowCopy = options.windowCopy;
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -715,7 +725,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
       const alone = layer.refs.rangesWithCount(ranges, 1);
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-      if (layer.window !== 0n && layer.length >= this.#windowCopyMin) this.#copyToWindow(layer, seg.addr, alone);
+      if (layer.windowCopies) this.#copyToWindow(layer, seg.addr, alone);
       else this.#writeFromMemory(layer.fd, seg.addr, alone);
       owned.push(...alone);
     }
@@ -732,10 +742,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * Writes the memory under `ranges` of pages from `base` into `layer`
    * through its moved-aside mapping (see #moveAside): a memory copy, no system
    * call, and the mapping already has page-table entries for every page the
-   * segment wrote before its first clone. By default only for windows moved
-   * by whole upper-directory entries (1 GiB): entries moved one by one are new to a
-   * hypervisor that shadows page tables, and the first access to each traps
-   * (3 µs a page here, measured: splice is as fast, and faster for few pages).
+   * segment wrote before its first clone. By default only where the move was
+   * quick (TABLE_MOVE_MS_PER_GIB): page-table pages moved whole take a
+   * millisecond or two whatever the size, entries moved one by one 0.1–0.3 µs
+   * each (25 ms and more per GiB). Some kernels move entries one by one, and
+   * where a hypervisor shadows the page tables (as on the VM memfork is
+   * measured on), entries so moved are new to it: the first access to each
+   * page traps, 3–20 µs, and vmsplice + splice is faster (4 µs a page).
    */
   #copyToWindow(layer: Layer, base: bigint, ranges: readonly Range[]): void {
     const page = this.pageSize;
@@ -1059,6 +1072,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (this.#mapCount + this.#windows + 2 > this.mapBudget) return;
     const aside = this.#reserveAligned(seg.length, span, seg.addr % BigInt(span));
     if (aside === null) return;
+    const started = performance.now();
     try {
       sys.mremap(seg.addr, seg.length, seg.length, sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED | sys.MREMAP_DONTUNMAP, aside);
     } catch (err) {
@@ -1068,6 +1082,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       return;
     }
     layer.window = aside;
+    const took = performance.now() - started;
+    layer.windowCopies = this.#windowCopy ?? took < Math.max(1, (TABLE_MOVE_MS_PER_GIB * seg.length) / 2 ** 30);
     this.#windows++;
   }
 

@@ -569,8 +569,8 @@ const scanMethods: ScanMethod[] = ['pagemap-scan', 'pagemap-read', 'none'];
 
 for (const scan of scanMethods) {
   test(`every single libc failure during create, from, clone, restore and close is clean (scan: ${scan})`, { skip }, (t) => {
-    // windowCopyMin 0: the 2 MiB scenarios freeze through the moved-aside mapping.
-    const backend = new LinuxBackend({ scan, windowCopyMin: 0 });
+    // windowCopy: the 2 MiB scenarios freeze through the moved-aside mapping.
+    const backend = new LinuxBackend({ scan, windowCopy: true });
     if (backend.scanMethod !== scan) {
       t.skip(`${scan} is not available here (got ${backend.scanMethod})`);
       return;
@@ -595,7 +595,7 @@ test('every single libc failure is clean with tight budgets too (compaction, des
 });
 
 test('persistent libc failures (every call from the k-th on) are clean too', { skip }, (t) => {
-  const backend = new LinuxBackend({ scan: 'pagemap-scan', windowCopyMin: 0 });
+  const backend = new LinuxBackend({ scan: 'pagemap-scan', windowCopy: true });
   setBackend(backend);
   const out = newOutcome();
   runAll(backend, true, out);

@@ -24,7 +24,7 @@ const cases: BackendCase[] = [
     ? [
         {
           name: 'linux (tight budgets, restore in place, freezing through moved-aside mappings)',
-          make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true, windowCopyMin: 0 }),
+          make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true, windowCopy: true }),
         },
       ]
     : []),

@@ -226,11 +226,10 @@ describe('first clone of a large segment', { skip: linuxOnly }, () => {
 });
 
 describe('freezing in place', { skip: linuxOnly }, () => {
-  // Copied through a pipe, and through the layer's moved-aside mapping (which
-  // by default only segments of 1 GiB and more use).
-  for (const windowCopyMin of [undefined, 0]) {
-    it(`pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory${windowCopyMin === 0 ? ' (through the moved-aside mapping)' : ''}`, () => {
-      withLinux({ windowCopyMin }, (b) => {
+  // Copied through a pipe, and through the layer's moved-aside mapping.
+  for (const windowCopy of [false, true]) {
+    it(`pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory (${windowCopy ? 'through the moved-aside mapping' : 'through a pipe'})`, () => {
+      withLinux({ windowCopy }, (b) => {
         const pages = 1024;
         const seg = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(seg.buffer);
@@ -256,10 +255,10 @@ describe('freezing in place', { skip: linuxOnly }, () => {
   }
 
   // 2 MiB: the first layer has the segment's page tables moved aside, and
-  // (windowCopyMin 0) is written through that mapping where written in place.
+  // (windowCopy) is written through that mapping where written in place.
   for (const pages of [32, (2 << 20) / PAGE]) {
     it(`pages a live segment still maps are never written in place: it keeps its bytes (${pages} pages)`, () => {
-      withLinux({ windowCopyMin: 0 }, () => {
+      withLinux({ windowCopy: true }, () => {
         const a = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(a.buffer);
         bytes.fill(1);
