@@ -112,11 +112,11 @@ const scenarios: Scenario[] = [
     },
   },
   {
-    name: 'first clone() of a fresh segment of 2 MiB (its page tables moved aside)',
+    name: 'first clone() of a fresh segment of 4 MiB and 3 pages (its page tables moved aside in three pieces)',
     setup: (page) => {
-      const n = (2 << 20) / page;
+      const n = (4 << 20) / page + 3;
       const a = Segment.create(n * page);
-      write(a, page, [0, 3, n >> 1, n - 1], 1);
+      write(a, page, [0, 3, n >> 1, n - 2, n - 1], 1);
       return { segs: [a], op: () => a.clone(), result: (b) => b[0]! };
     },
   },
