@@ -1125,14 +1125,19 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     const big = BigInt(span);
     const start = base + ((phase - (base % big) + big) % big);
+    const end = base + BigInt(length + span);
+    // Trim what lies before and after; a failure gives back what is still
+    // ours (never the head once unmapped: another thread may map there).
     try {
-      // Trim what lies before and after; a failure gives all of it back.
       if (start > base) sys.munmap(base, Number(start - base));
-      const end = start + BigInt(length);
-      const tail = base + BigInt(length + span) - end;
-      if (tail > 0n) sys.munmap(end, Number(tail));
     } catch {
       this.#unreserve(base, length + span);
+      return null;
+    }
+    try {
+      if (end > start + BigInt(length)) sys.munmap(start + BigInt(length), Number(end - start) - length);
+    } catch {
+      this.#unreserve(start, Number(end - start));
       return null;
     }
     return start;

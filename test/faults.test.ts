@@ -100,6 +100,10 @@ const scenarios: Scenario[] = [
     setup: (page) => ({ segs: [], op: () => Segment.create(5 * page + 100), result: () => new Uint8Array(5 * page + 100) }),
   },
   {
+    name: 'create() of 4 MiB and 3 pages (placed at a multiple of 2 MiB)',
+    setup: (page) => ({ segs: [], op: () => Segment.create((4 << 20) + 3 * page), result: () => new Uint8Array((4 << 20) + 3 * page) }),
+  },
+  {
     name: 'from()',
     setup: (page) => ({ segs: [], op: () => Segment.from(pattern(3 * page + 5)), result: () => pattern(3 * page + 5) }),
   },
