@@ -2,6 +2,7 @@
 // segments beyond 4 GiB. Behaviour only: no test here measures time.
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { LinuxBackend } from '../platform/linux.ts';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
@@ -191,6 +192,12 @@ describe('first clone of a large segment', { skip: linuxOnly }, () => {
         return l.includes('memfd:memfork') && perms === 'rw-s' && end! - start! === BigInt(size) && hex(start!) !== hex(seg.address);
       });
       assert.equal(aside.length, 1, `one moved-aside mapping: ${aside.join('; ')}`);
+      // It holds the page-table entries of every page the segment touched
+      // (one in three here): they were moved, not torn down.
+      const smaps = readFileSync('/proc/self/smaps', 'utf8');
+      const entry = smaps.slice(smaps.indexOf(aside[0]!.split(' ')[0]!));
+      const rssKiB = Number(/^Rss:\s+(\d+) kB$/m.exec(entry)![1]);
+      assert.ok(rssKiB * 1024 >= Math.ceil(pages / 3) * PAGE, `the moved-aside mapping maps ${rssKiB} KiB`);
       assert.equal(b.memory().mappings, mappings + seg.stats().mappings + c.stats().mappings + 1);
       assert.deepEqual(new Uint8Array(c.buffer), expected, 'the clone reads what was cloned');
       assert.deepEqual(bytes, expected, 'the source still reads the same');
