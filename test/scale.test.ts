@@ -81,6 +81,29 @@ describe('mapping budget', { skip: linuxOnly }, () => {
     });
   });
 
+  it('a chain of kept snapshots, one page written at random per link, is flattened at its tip, not link by link', () => {
+    // Under a budget of B mappings, N segments that all differ by scattered
+    // pages need about N²·S/B bytes of copies; forcing old links flat one by
+    // one (the budget's last resort) costs about a segment per link.
+    withLinux({ mapBudget: 6000 }, (b) => {
+      const pages = 1024;
+      const random = rng(11);
+      const chain = [Segment.create(pages * PAGE)];
+      new Uint8Array(chain[0]!.buffer).fill(1);
+      let peakLayerBytes = 0;
+      for (let i = 0; i < 300; i++) {
+        const next = chain[chain.length - 1]!.clone();
+        new Uint8Array(next.buffer)[Math.floor(random() * pages) * PAGE] = (i % 250) + 2;
+        chain.push(next);
+        peakLayerBytes = Math.max(peakLayerBytes, b.memory().layerBytes);
+      }
+      const copies = chain.length * pages * PAGE;
+      assert.ok(peakLayerBytes < copies / 8, `layers held ${peakLayerBytes} bytes, copies would take ${copies}`);
+      assert.ok(b.memory().mappings <= b.mapBudget);
+      for (const s of chain) s.close();
+    });
+  });
+
   it('fails with ENOMEM, data intact, when compaction cannot make room', () => {
     withLinux({ mapBudget: 16 }, () => {
       const segs: Segment[] = [];
