@@ -434,7 +434,13 @@ function runAll(backend: LinuxBackend, sticky: boolean, out: Outcome, list = sce
     }
     for (const [name, n] of counts) {
       for (let k = 1; k <= n; k++) {
-        const problems = runWithFault(backend, scenario, name, k, sticky, out);
+        let problems = runWithFault(backend, scenario, name, k, sticky, out);
+        // A runtime may map memory of its own the first time a path runs (Bun
+        // maps a 64 KiB chunk that looks like an anonymous run). A leak of
+        // memfork's repeats: the same failure point, run again, leaks again.
+        if (problems.length > 0 && problems.every((p) => p.startsWith('leaks: mappings left behind'))) {
+          if (runWithFault(backend, scenario, name, k, sticky, newOutcome()).length === 0) problems = [];
+        }
         if (problems.length > 0) {
           out.broken.push(`${scenario.name}, ${name} call ${k}${sticky ? ' and after' : ''} failing: ${problems.join('; ')}`);
         }
