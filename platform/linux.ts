@@ -121,11 +121,11 @@ const JOIN_GAP = 4;
 const COMPACT_WINDOWS = 4;
 /**
  * A segment too scattered for windows is flattened once its mapping debt
- * reaches this fraction of a whole copy's cost (1/FLATTEN_EARLY): runs also
- * spend the shared mapping budget, and a flattened segment serves all its
- * later clones. 500-deep chain of 64 MiB, every link kept, one random page
- * written per link: at a whole copy's cost 3.9 GiB of layers (the budget
- * then forced 62 old links flat), at 1/4 0.67 GiB, at 1/8 0.72 GiB.
+ * reaches 1/FLATTEN_EARLY of a whole copy's cost, less as the mapping budget
+ * fills (#flattenPoint). 500-deep chain of 64 MiB, every link kept, one random
+ * page written per link: at a whole copy's cost 3.9 GiB of layers (the
+ * budget then forced 62 old links flat), at 1/4 0.67–1.04 GiB (the budget
+ * reached in one run of two), at 1/4 less as it fills 0.74 GiB, 24k mappings.
  */
 const FLATTEN_EARLY = 4;
 
@@ -543,15 +543,24 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       const plan = this.#plan(seg, COMPACT_WINDOWS, limit);
       if (plan !== undefined && seg.debt >= COPY_COST * pageCount(plan.windows)) {
         this.#compact(seg, COMPACT_WINDOWS, limit);
-      } else if (plan === undefined && seg.debt >= (COPY_COST * seg.pages) / FLATTEN_EARLY) {
+      } else if (plan === undefined && seg.debt >= this.#flattenPoint(seg)) {
         // Scattered so widely that a few windows would copy too much shared
-        // memory: flatten once the mapping work has cost a fraction of a
-        // whole copy. Its later clones inherit one run; in a chain of kept
-        // snapshots this keeps every link's runs, and so the mapping budget,
-        // in check, instead of the budget forcing old links flat one by one.
+        // memory: flatten once the mapping work has cost part of a copy.
         this.#compact(seg, 0, seg.pages);
       }
     }
+  }
+
+  /**
+   * The mapping debt at which `seg`, too scattered for windows, is flattened:
+   * a fraction of a whole copy's cost (FLATTEN_EARLY), smaller as all
+   * segments' mappings fill the budget. Runs spend that shared budget, and a
+   * flattened segment serves all its later clones, where the budget's last
+   * resort, flattening the most fragmented segments, serves only them.
+   */
+  #flattenPoint(seg: LinuxSegment): number {
+    const free = 1 - (this.#mapCount + this.#windows) / this.mapBudget;
+    return ((COPY_COST * seg.pages) / FLATTEN_EARLY) * Math.max(0.05, free);
   }
 
   /**
