@@ -41,8 +41,6 @@ export class Layer {
    * with the layer. 0n: none.
    */
   window = 0n;
-  /** Whether pages frozen in place are written through `window` (see #copyToWindow). */
-  windowCopies = false;
   constructor(fd: number, length: number) {
     this.fd = fd;
     this.length = length;
@@ -235,7 +233,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #mapCount = 0;
   /** Layers holding a moved-aside mapping (Layer.window): one mapping each. */
   #windows = 0;
-  readonly #windowCopy: boolean | undefined;
+  /** Whether pages frozen in place in a layer with a window are written through it (see #copyToWindow). */
+  readonly #windowCopy: boolean;
   /** Moved-aside mappings whose unmapping failed, retried with the next. */
   readonly #strays: { addr: bigint; length: number }[] = [];
   /** Whether mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+); cleared on the first refusal. */
@@ -263,7 +262,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
-    this.#windowCopy = options.windowCopy;
+    this.#windowCopy = options.windowCopy ?? true;
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -744,7 +743,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
       const alone = layer.refs.rangesWithCount(ranges, 1);
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-      if (layer.windowCopies) this.#copyToWindow(layer, seg.addr, alone);
+      if (layer.window !== 0n && this.#windowCopy) this.#copyToWindow(layer, seg.addr, alone);
       else this.#writeFromMemory(layer.fd, seg.addr, alone);
       owned.push(...alone);
     }
@@ -1109,7 +1108,6 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       return;
     }
     layer.window = aside;
-    layer.windowCopies = this.#windowCopy ?? true;
     this.#windows++;
   }
 
