@@ -74,7 +74,8 @@ export function isMapped(addr: bigint): boolean {
   return false;
 }
 
-function kbField(text: string, field: string): number {
+/** A `Name:   N kB` field of a /proc file's text, in bytes. */
+export function kbField(text: string, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
   if (m === null) throw new Error(`no ${field} field`);
   return Number(m[1]) * 1024;
