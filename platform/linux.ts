@@ -180,6 +180,12 @@ export interface LinuxOptions {
    * before memfork compacts to free some. Default: half the descriptor limit.
    */
   fdBudget?: number;
+  /**
+   * Whether to treat anonymous memory as reading the shared zero page, so a
+   * first clone maps large never-written holes anonymously (default: detected;
+   * tests force it to cover that path on kernels without a zero page).
+   */
+  zeroPage?: boolean;
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
   /**
@@ -254,7 +260,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.scanMethod = this.#chooseScan(options.scan);
       // Safety: the probe page is mapped above and unmapped only below.
       void new Uint8Array(sys.view(probe, 1))[0];
-      this.zeroPage = this.#isZeroPage(probe);
+      this.zeroPage = options.zeroPage ?? this.#isZeroPage(probe);
     } finally {
       sys.munmap(probe, this.pageSize);
     }
@@ -433,7 +439,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // Mapping the source's runs takes one call per run. If one fails midway,
     // the target must be put back, so its written pages go into a layer first
     // (with a single run the first call replaces everything or nothing).
-    if (target.shared === null && source.runs.length > 1) this.#freeze(target);
+    if (target.shared === null && source.runs.length > 1) {
+      const dirty = coalesce(this.scanWritten(target), JOIN_GAP);
+      this.#ensureRoom(2 * dirty.length, target.pages);
+      this.#freeze(target, dirty);
+    }
     this.#ensureRoom(source.runs.length - target.runs.length, target.pages);
     const old = target.runs;
     const oldShared = target.shared;
@@ -531,10 +541,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // A segment made private just now has written nothing since.
     const fresh = seg.shared !== null;
     this.#makePrivate(seg);
-    const dirty = fresh ? [] : this.#freezeInPlace(seg, this.scanWritten(seg));
+    const dirty = fresh ? [] : coalesce(this.#freezeInPlace(seg, this.scanWritten(seg)), JOIN_GAP);
     // Freezing adds up to two mappings per written run.
     this.#ensureRoom(2 * dirty.length, seg.pages);
-    this.#freeze(seg, coalesce(dirty, JOIN_GAP));
+    this.#freeze(seg, dirty);
     if (seg.runs.length > this.maxRuns) {
       this.#compact(seg, this.maxRuns >> 2, Infinity);
     } else if (seg.runs.length > 2 * COMPACT_WINDOWS + 1) {
@@ -679,11 +689,19 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     sys.mmap(seg.addr, seg.length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_FIXED | sys.MAP_NORESERVE, layer.fd, 0);
     seg.shared = null;
     // Never-written ranges become anonymous memory, which reads as the zero
-    // page without allocating (reading a memfd hole allocates a page). If a
-    // mapping fails, that range simply stays on the layer: same contents.
-    const holes = subtract([{ start: 0, end: seg.pages }], data);
+    // page without allocating (reading a memfd hole allocates a page). Each
+    // costs up to two mappings, in this segment and every clone that inherits
+    // its run list, so only the largest few are worth it, and only within the
+    // budget; the rest stay on the layer (same contents: reading them
+    // allocates, the documented cost). If a mapping fails, that range simply
+    // stays on the layer too.
+    const holes = worthwhileHoles(subtract([{ start: 0, end: seg.pages }], data));
+    // A hole adds two mappings here and two in the clone being made: take at
+    // most an eighth of the free budget, so the clone never forces a compaction.
+    const most = Math.floor((this.mapBudget - this.#mapCount - this.#windows) / 8);
     const done: Range[] = [];
     for (const h of holes) {
+      if (done.length >= most) break;
       try {
         this.#mapRange(seg.addr, h, null);
       } catch {
@@ -691,7 +709,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       }
       done.push(h);
     }
-    if (done.length > 0) this.#replace(seg, done, null);
+    if (done.length > 0) this.#replace(seg, done.sort((a, b) => a.start - b.start), null);
   }
 
   /**
@@ -745,7 +763,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
       if (layer.window !== 0n && this.#windowCopy) this.#copyToWindow(layer, seg.addr, alone);
       else this.#writeFromMemory(layer.fd, seg.addr, alone);
-      owned.push(...alone);
+      for (const r of alone) owned.push(r);
     }
     if (owned.length === 0) return dirty;
     owned.sort((a, b) => a.start - b.start);
@@ -1343,6 +1361,21 @@ export class LinuxBackend implements Backend<LinuxSegment> {
  */
 export function duplicateLimit(pages: number): number {
   return Math.max(256, Math.floor(pages / 64));
+}
+
+/** Fewest pages a never-written hole must span to be mapped anonymously at a first clone (2 MiB of 4 KiB pages). */
+export const HOLE_MIN_PAGES = 512;
+/** Most holes a first clone maps anonymously: each costs up to two mappings in every clone that inherits them. */
+export const MAX_HOLES = 32;
+
+/**
+ * The holes of a first clone worth an anonymous mapping: at least
+ * HOLE_MIN_PAGES long, the MAX_HOLES largest, largest first.
+ */
+export function worthwhileHoles(holes: readonly Range[]): Range[] {
+  const big = holes.filter((h) => h.end - h.start >= HOLE_MIN_PAGES);
+  big.sort((a, b) => b.end - b.start - (a.end - a.start) || a.start - b.start);
+  return big.slice(0, MAX_HOLES);
 }
 
 /** The runs on a layer, grouped by layer, in their order. */
