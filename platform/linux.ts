@@ -36,6 +36,13 @@ export class Layer {
    */
   readonly refs = new RefCounts();
   /**
+   * The same counts for mapped segments only. Invariant: a page is mapped
+   * private by some segment only if its count here is above zero; where it
+   * is 1 and `refs` is above 1, the other users are run lists only, so the
+   * page may be rewritten once they are pointed elsewhere (#evict).
+   */
+  readonly mapped = new RefCounts();
+  /**
    * Where the page tables of the segment this layer was made for were moved
    * when it was first cloned (a MAP_SHARED mapping of the layer); unmapped
    * with the layer. 0n: none.
@@ -84,6 +91,13 @@ type Runs = readonly Run<Layer | null>[];
 export interface LinuxSegment {
   /** Start of the mapping; fixed for the segment's life. */
   readonly addr: bigint;
+  /**
+   * Whether `runs` are mapped at `addr`. A clone is a run list only (data,
+   * and one PROT_NONE reservation of its address range) until its memory is
+   * first asked for (`view`): a snapshot kept to be restored from, or never
+   * looked at, costs one mapping however fragmented its run list.
+   */
+  mapped: boolean;
   /** Mapped bytes; always a multiple of the page size. */
   readonly length: number;
   readonly pages: number;
@@ -288,7 +302,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#closeLayer(layer);
       throw err;
     }
-    const seg: LinuxSegment = { addr, length, pages, shared: layer, runs: [], debt: 0, scanned: 0, released: false };
+    const seg: LinuxSegment = { addr, length, pages, mapped: true, shared: layer, runs: [], debt: 0, scanned: 0, released: false };
     this.#setRuns(seg, [{ start: 0, end: pages, layer }]);
     this.#segments.add(seg);
     return seg;
@@ -296,25 +310,114 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   clone(source: LinuxSegment): LinuxSegment {
     this.#prepare(source);
-    this.#ensureRoom(source.runs.length, source.pages);
-    const addr = this.#mapRuns(null, source.runs, source.length);
+    // The clone shares the source's run list and is mapped only when its
+    // memory is first asked for (#materialize): a snapshot kept only to be
+    // restored from, or never looked at, costs no mapping.
+    this.#ensureRoom(1, 0);
+    const addr = this.#reserve(null, source.length);
     const seg: LinuxSegment = {
       addr,
+      mapped: false,
       length: source.length,
       pages: source.pages,
       shared: null,
       runs: [],
-      debt: chargeMapping(source),
+      debt: source.debt,
       scanned: 0,
       released: false,
     };
+    this.#mapCount++;
     this.#setRuns(seg, source.runs);
     this.#segments.add(seg);
     return seg;
   }
 
+  /**
+   * Maps an unmapped segment's run list over its reservation. Compacts it
+   * first when its runs alone would not fit the mapping budget (one run
+   * always fits: it replaces the reservation). Nothing changes on failure.
+   */
+  #materialize(seg: LinuxSegment): void {
+    if (seg.mapped) return;
+    const extra = seg.runs.length - 1;
+    if (seg.runs.length > this.maxRuns || this.#mapCount + this.#windows + extra > this.mapBudget) {
+      this.#compactUnmapped(seg);
+    }
+    this.#ensureRoom(seg.runs.length - 1, seg.pages);
+    let touched = false;
+    try {
+      // Safety: MAP_FIXED over the segment's own reservation, which no view aliases yet.
+      this.#mapRuns(seg.addr, seg.runs, seg.length, () => (touched = true));
+    } catch (err) {
+      if (touched) this.#reserve(seg.addr, seg.length);
+      throw err;
+    }
+    seg.mapped = true;
+    this.#mapCount += seg.runs.length - 1;
+    for (const [layer, ranges] of rangesByLayer(seg.runs)) layer.mapped.addAll(ranges, 1);
+    seg.debt = chargeMapping(seg);
+  }
+
+  /** Maps PROT_NONE reserved address space at `addr` (MAP_FIXED), or anywhere when `addr` is null. */
+  #reserve(addr: bigint | null, length: number): bigint {
+    const flags = sys.MAP_PRIVATE | sys.MAP_ANONYMOUS | sys.MAP_NORESERVE | (addr === null ? 0 : sys.MAP_FIXED);
+    return sys.mmap(addr, length, sys.PROT_NONE, flags, -1, 0);
+  }
+
+  /**
+   * Rewrites an unmapped segment into one new layer, file to file: its layer
+   * runs copied with copy_file_range(2), its anonymous runs left as holes
+   * (both read as zero). Where the kernel will not copy between memory
+   * files, it is flattened through a temporary mapping instead.
+   */
+  #compactUnmapped(seg: LinuxSegment): void {
+    if (seg.runs.length <= 1) return;
+    const layer = this.#newLayer(seg.length);
+    try {
+      if (this.#fileCopy) {
+        try {
+          this.#copyRunsFileToFile(seg.runs, layer);
+        } catch (err) {
+          if (!NO_FILE_COPY.has(errnoOf(err))) throw err;
+          this.#fileCopy = false;
+        }
+      }
+      if (!this.#fileCopy) {
+        // Through memory: the run list mapped for the copy, then unmapped.
+        const scratch = this.#mapRuns(null, seg.runs, seg.length);
+        try {
+          const data = seg.runs.filter((r) => r.layer !== null);
+          this.#writeFromMemory(layer.fd, scratch, data);
+        } finally {
+          this.#unreserve(scratch, seg.length);
+        }
+      }
+    } catch (err) {
+      this.#closeLayer(layer);
+      throw err;
+    }
+    this.#setRuns(seg, [{ start: 0, end: seg.pages, layer }]);
+    seg.debt = 0;
+  }
+
+  /** Copies the data (not the holes) of each layer run of `runs` into `layer` at the same offsets. */
+  #copyRunsFileToFile(runs: Runs, layer: Layer): void {
+    for (const r of runs) {
+      if (r.layer === null) continue;
+      for (const d of this.#dataRanges(r.layer.fd, r.start, r.end)) {
+        sys.copyFileRange(r.layer.fd, layer.fd, d.start * this.pageSize, (d.end - d.start) * this.pageSize);
+      }
+    }
+  }
+
   restore(target: LinuxSegment, source: LinuxSegment): void {
     this.#prepare(source);
+    if (!target.mapped) {
+      // Not mapped: the run list is the whole state.
+      this.#setRuns(target, source.runs);
+      target.debt = source.debt;
+      return;
+    }
     if (target.shared === null && target.runs === source.runs) {
       // Same run list: target differs from source only in the pages it wrote
       // since. Dropping them reverts each to its layer's contents.
@@ -465,6 +568,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       sys.munmap(seg.addr, seg.length);
       seg.released = true;
       this.#segments.delete(seg);
+      if (!seg.mapped) this.#mapCount--;
       this.#setRuns(seg, []);
     }
     // A layer this closed may have left its moved-aside mapping behind:
@@ -477,6 +581,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   view(seg: LinuxSegment, offset: number, length: number): ArrayBuffer {
+    this.#materialize(seg);
     // Safety: the range lies inside the segment's mapping, which stays at this
     // address until release(); src/segment.ts detaches every view before that.
     return sys.view(seg.addr + BigInt(offset), length);
@@ -486,7 +591,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (seg.shared !== null) {
       return { privateBytes: Math.min(sys.allocatedBytes(seg.shared.fd), seg.length), sharedBytes: 0, mappings: 1 };
     }
-    const dirty = this.scanWritten(seg);
+    const dirty = seg.mapped ? this.scanWritten(seg) : [];
     let priv = pageCount(dirty);
     let shared = 0;
     for (const r of seg.runs) {
@@ -497,7 +602,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         shared += clean.end - clean.start - alone;
       }
     }
-    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.runs.length };
+    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.mapped ? seg.runs.length : 1 };
   }
 
   memory(): BackendMemory {
@@ -538,6 +643,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * written pages in a layer, and no more runs than `maxRuns`.
    */
   #prepare(seg: LinuxSegment): void {
+    // An unmapped segment has written nothing, and its runs cost no mapping.
+    if (!seg.mapped) return;
     // A segment made private just now has written nothing since.
     const fresh = seg.shared !== null;
     this.#makePrivate(seg);
@@ -641,7 +748,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // First the cheap way: a few windows off the main layer; then flatten.
     for (const windows of [COMPACT_WINDOWS, 0]) {
       const bySize = [...this.#segments]
-        .filter((s) => s.runs.length > 2 * windows + 1)
+        .filter((s) => s.mapped && s.runs.length > 2 * windows + 1)
         .sort((a, b) => b.runs.length - a.runs.length);
       for (const seg of bySize) {
         allowance -= this.#compact(seg, windows, allowance);
@@ -666,6 +773,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #compact(seg: LinuxSegment, windows: number, limit = duplicateLimit(seg.pages)): number {
     const plan = this.#plan(seg, windows, limit);
     if (plan === undefined) return 0;
+    if (!seg.mapped) {
+      this.#compactUnmapped(seg);
+      return plan.duplicated;
+    }
     this.#freeze(seg, plan.windows, this.scanWritten(seg));
     seg.debt = 0;
     return plan.duplicated;
@@ -679,7 +790,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #makePrivate(seg: LinuxSegment): void {
     const layer = seg.shared;
     if (layer === null) return;
-    const data = this.zeroPage ? this.#dataRanges(layer.fd, seg.pages) : [{ start: 0, end: seg.pages }];
+    const data = this.zeroPage ? this.#dataRanges(layer.fd, 0, seg.pages) : [{ start: 0, end: seg.pages }];
     // Replacing a mapping tears down its page-table entries one by one (a
     // quarter of a microsecond or more each: most of a first clone's cost).
     // Moved aside first, they go with the layer instead.
@@ -759,7 +870,16 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (dirty.length === 0) return dirty;
     const owned: Range[] = [];
     for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
-      const alone = layer.refs.rangesWithCount(ranges, 1);
+      let alone = layer.refs.rangesWithCount(ranges, 1);
+      // Pages other segments use but only `seg` maps: their contents move to
+      // a history layer, with those segments' run lists, and then they are
+      // `seg`'s alone. The segment keeps its one mapping however scattered
+      // its writes; the old contents are copied once, as fork() would.
+      const shared = subtract(ranges, alone);
+      const unmappedSharers = shared.length === 0 ? [] : layer.mapped.rangesWithCount(shared, 1);
+      if (unmappedSharers.length > 0 && this.#evict(seg, layer, unmappedSharers)) {
+        alone = coalesce([...alone, ...unmappedSharers].sort((a, b) => a.start - b.start));
+      }
       // Safety: only `seg` maps these layer pages, and it holds private copies of them.
       if (layer.window !== 0n && this.#windowCopy) this.#copyToWindow(layer, seg.addr, alone);
       else this.#writeFromMemory(layer.fd, seg.addr, alone);
@@ -772,6 +892,45 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * this.pageSize), (r.end - r.start) * this.pageSize, sys.MADV_DONTNEED);
     }
     return subtract(dirty, owned);
+  }
+
+  /**
+   * Copies `layer`'s pages under `ranges` into a history layer, file to
+   * file, and points every segment other than `seg` that uses them there.
+   * Only for pages no segment but `seg` maps: the others are run lists, so
+   * re-pointing them is bookkeeping. Afterwards only `seg` uses the pages.
+   * Returns false, changing nothing, where the kernel will not copy between
+   * memory files; a failure also changes nothing.
+   */
+  #evict(seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
+    if (!this.#fileCopy) return false;
+    const reused = this.#reusableLayer(layer.length, ranges);
+    const history = reused ?? this.#newLayer(layer.length);
+    try {
+      for (const r of ranges) {
+        sys.copyFileRange(layer.fd, history.fd, r.start * this.pageSize, (r.end - r.start) * this.pageSize);
+      }
+    } catch (err) {
+      if (reused === undefined) this.#closeLayer(history);
+      else for (const r of ranges) this.#punch(history, r);
+      if (!NO_FILE_COPY.has(errnoOf(err))) throw err;
+      this.#fileCopy = false;
+      return false;
+    }
+    // Segments sharing one run list get one new run list.
+    const moved = new Map<Runs, Runs>();
+    for (const other of this.#segments) {
+      if (other === seg || other.released) continue;
+      let runs = moved.get(other.runs);
+      if (runs === undefined) {
+        const onLayer = select(other.runs, ranges).filter((r) => r.layer === layer);
+        runs = onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history);
+        moved.set(other.runs, runs);
+      }
+      if (runs !== other.runs) this.#setRuns(other, runs);
+    }
+    if (history.refs.empty) this.#closeLayer(history);
+    return true;
   }
 
   /**
@@ -919,10 +1078,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   /** Gives `seg` a new run list, keeping reference counts and the mapping count. */
   #setRuns(seg: LinuxSegment, runs: Runs): void {
     const old = seg.runs;
-    this.#ref(runs, 1);
+    const mapped = seg.mapped;
+    this.#ref(runs, 1, mapped);
     seg.runs = runs;
-    this.#mapCount += runs.length - old.length;
-    this.#ref(old, -1);
+    if (mapped) this.#mapCount += runs.length - old.length;
+    this.#ref(old, -1, mapped);
   }
 
   /**
@@ -1196,8 +1356,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   /** Adds `delta` to the reference counts of every layer run; frees what falls to zero. */
-  #ref(runs: Runs, delta: number): void {
+  #ref(runs: Runs, delta: number, mapped: boolean): void {
     for (const [layer, ranges] of rangesByLayer(runs)) {
+      if (mapped) layer.mapped.addAll(ranges, delta);
       const freed = layer.refs.addAll(ranges, delta);
       if (layer.refs.empty) {
         this.#closeLayer(layer);
@@ -1217,17 +1378,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
   }
 
-  /** Page ranges of `fd` that hold data (SEEK_DATA / SEEK_HOLE). */
-  #dataRanges(fd: number, pages: number): Range[] {
+  /** Page ranges of `fd` within [from, to) pages that hold data (SEEK_DATA / SEEK_HOLE). */
+  #dataRanges(fd: number, from: number, to: number): Range[] {
     const out: Range[] = [];
-    const end = pages * this.pageSize;
-    let off = 0;
+    const end = to * this.pageSize;
+    let off = from * this.pageSize;
     while (off < end) {
       const data = sys.seek(fd, off, sys.SEEK_DATA);
       if (data < 0 || data >= end) break;
       let hole = sys.seek(fd, data, sys.SEEK_HOLE);
       if (hole < 0 || hole > end) hole = end;
-      out.push({ start: Math.floor(data / this.pageSize), end: Math.ceil(hole / this.pageSize) });
+      out.push({ start: Math.floor(data / this.pageSize), end: Math.min(to, Math.ceil(hole / this.pageSize)) });
       off = hole;
     }
     return coalesce(out);
@@ -1376,6 +1537,11 @@ export function worthwhileHoles(holes: readonly Range[]): Range[] {
   const big = holes.filter((h) => h.end - h.start >= HOLE_MIN_PAGES);
   big.sort((a, b) => b.end - b.start - (a.end - a.start) || a.start - b.start);
   return big.slice(0, MAX_HOLES);
+}
+
+/** The errno of a failure, 0 when it has none. */
+function errnoOf(err: unknown): number {
+  return err instanceof SegmentError ? (err.errno ?? 0) : 0;
 }
 
 /** The runs on a layer, grouped by layer, in their order. */

@@ -93,7 +93,7 @@ async function child(): Promise<void> {
       const s = Segment.create(16 * page);
       pattern(s, 1);
       addr = s.address;
-      s.clone(); // a clone dropped as well
+      void s.clone().buffer; // a clone dropped as well, mapped by asking for its memory
       layerMapsAlive = proc.layerMapsCount();
     })();
     const tries = await until(() => live() === base);

@@ -98,7 +98,10 @@ test('near vm.max_map_count, clone() and restore() of a segment with thousands o
   const out = runFixture('limits-maps.ts', []);
   t.diagnostic(JSON.stringify(out));
   assert.ok((out.runs as number) > 1000, 'the segment has thousands of runs');
-  assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() at the mapping limit');
+  // Cloning and then reading the clone at the limit: a clean ENOMEM, or (when
+  // compaction found room) the clone's bytes right.
+  if (out.cloneError !== null) assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() at the mapping limit');
+  else assert.equal(out.cloneHolds, true, 'the clone made at the limit reads what it was cloned from');
   const restores = [
     ...(out.restores as { error: ErrorInfo | null; intact: boolean }[]),
     { error: out.restoreError as ErrorInfo | null, intact: out.freshAfterRestore as boolean },

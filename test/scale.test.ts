@@ -118,7 +118,15 @@ describe('mapping budget', { skip: linuxOnly }, () => {
           const c = origin.clone();
           new Uint8Array(c.buffer)[3 * PAGE] = i + 2;
           segs.push(c);
-          segs.push(c.clone());
+          // A clone is mapped when its memory is first asked for: ask now.
+          const d = c.clone();
+          try {
+            void d.buffer;
+          } catch (err) {
+            d.close();
+            throw err;
+          }
+          segs.push(d);
         }
       } catch (err) {
         error = err;

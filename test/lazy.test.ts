@@ -1,0 +1,135 @@
+// Clones are mapped only when their memory is first asked for (Linux): a
+// snapshot kept to be restored from, or never looked at, is a run list only
+// and costs no kernel mapping.
+import { describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { Segment, memoryStats } from '../src/index.ts';
+import { LinuxBackend } from '../platform/linux.ts';
+import { useBackend } from './backends.ts';
+
+const linuxOnly = process.platform !== 'linux' && 'Linux only';
+
+/** Runs `fn` with a Linux backend made with `options`, then a default one again. */
+function withLinux(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => void): void {
+  const b = new LinuxBackend(options);
+  useBackend(b);
+  try {
+    fn(b);
+  } finally {
+    useBackend(new LinuxBackend());
+  }
+}
+
+/** Writes `value` into byte 0 of every `stride`-th page from `first`. */
+function writePages(seg: Segment, first: number, stride: number, value: number): void {
+  const bytes = new Uint8Array(seg.buffer);
+  const page = 4096;
+  for (let p = first; p * page < bytes.length; p += stride) bytes[p * page] = value;
+}
+
+describe('clones mapped on first use', { skip: linuxOnly }, () => {
+  it('a clone uses one mapping (its reserved address range) until buffer or view() is read, and then reads its contents', () => {
+    withLinux({}, (b) => {
+      for (const ask of ['buffer', 'view'] as const) {
+        const seg = Segment.create(64 * 4096);
+        writePages(seg, 0, 3, 7);
+        const clone = seg.clone();
+        const before = b.memory().mappings;
+        assert.equal(clone.stats().mappings, 1);
+        writePages(seg, 0, 3, 8);
+        const again = seg.clone();
+        // The second clone's reservation; the origin froze its writes in place.
+        assert.equal(b.memory().mappings, before + 1, 'cloning added more than a reservation');
+        assert.equal(seg.stats().mappings, 1);
+        const address = clone.address;
+        assert.equal(clone.stats().mappings, 1, 'reading the address mapped the clone');
+        if (ask === 'buffer') void clone.buffer;
+        else if (ask === 'view') void clone.view(4096, 4096);
+        // The clone's pages are now mapped (the reservation replaced), at the same address.
+        assert.equal(b.memory().mappings, before + clone.stats().mappings);
+        const bytes = new Uint8Array(clone.buffer);
+        assert.equal(clone.address, address);
+        for (let p = 0; p < 64; p++) assert.equal(bytes[p * 4096], p % 3 === 0 ? 7 : 0);
+        assert.equal(new Uint8Array(again.buffer)[0], 8);
+        clone.close();
+        again.close();
+        seg.close();
+      }
+    });
+  });
+
+  it('restores from and into snapshots never mapped, and clones them', () => {
+    withLinux({}, () => {
+      const seg = Segment.create(32 * 4096);
+      writePages(seg, 0, 2, 1);
+      const first = seg.clone();
+      writePages(seg, 1, 2, 2);
+      const second = seg.clone();
+      const third = second.clone(); // a clone of a clone never mapped
+      second.restore(first); // into a snapshot never mapped
+      seg.restore(second); // from one
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < 32; p++) assert.equal(bytes[p * 4096], p % 2 === 0 ? 1 : 0);
+      const t = new Uint8Array(third.buffer);
+      for (let p = 0; p < 32; p++) assert.equal(t[p * 4096], p % 2 === 0 ? 1 : 2);
+      const stats = first.stats();
+      assert.equal(stats.mappings, 1);
+      assert.equal(stats.privateBytes + stats.sharedBytes, 32 * 4096);
+      for (const s of [first, second, third, seg]) s.close();
+    });
+  });
+
+  it('keeps many snapshots of scattered writes within a small mapping budget, and maps each correctly when read', () => {
+    const budget = 64;
+    withLinux({ mapBudget: budget }, (b) => {
+      const pages = 256;
+      const seg = Segment.create(pages * 4096);
+      const kept: { snap: Segment; round: number }[] = [];
+      for (let round = 1; round <= 40; round++) {
+        // Every 8th page, shifted each round: scattered runs in every snapshot.
+        writePages(seg, round % 8, 8, round);
+        kept.push({ snap: seg.clone(), round });
+        assert.ok(b.memory().mappings <= budget, `${b.memory().mappings} mappings over ${budget}`);
+      }
+      // Page p was last written in the latest round r <= R with r % 8 === p % 8.
+      const expected = (p: number, upTo: number): number => {
+        for (let r = upTo; r >= 1; r--) if (r % 8 === p % 8) return r;
+        return 0;
+      };
+      for (const { snap, round } of kept) {
+        const bytes = new Uint8Array(snap.buffer);
+        for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], expected(p, round), `round ${round}, page ${p}`);
+        assert.ok(b.memory().mappings <= budget, `${b.memory().mappings} mappings over ${budget}`);
+      }
+      for (const { snap } of kept) snap.close();
+      seg.close();
+      assert.equal(b.layerCount(), 0);
+    });
+  });
+
+  it('frees descriptors from snapshots never mapped by rewriting them file to file', () => {
+    withLinux({ fdBudget: 6 }, (b) => {
+      const pages = 64;
+      const seg = Segment.create(pages * 4096);
+      const kept: Segment[] = [];
+      for (let round = 1; round <= 12; round++) {
+        writePages(seg, round % 4, 4, round);
+        kept.push(seg.clone());
+      }
+      assert.ok(b.layerCount() <= 8, `${b.layerCount()} layers open`);
+      kept.forEach((snap, i) => {
+        const round = i + 1;
+        const bytes = new Uint8Array(snap.buffer);
+        for (let p = 0; p < pages; p++) {
+          let want = 0;
+          for (let r = round; r >= 1; r--) if (r % 4 === p % 4) { want = r; break; }
+          assert.equal(bytes[p * 4096], want, `round ${round}, page ${p}`);
+        }
+      });
+      for (const s of kept) s.close();
+      seg.close();
+      assert.equal(memoryStats().segments >= 0, true);
+      assert.equal(b.layerCount(), 0);
+    });
+  });
+});
