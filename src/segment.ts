@@ -3,7 +3,7 @@
 // backend only maps, clones, restores and unmaps.
 import type { Backend } from './backend.ts';
 import { closedError } from './errors.ts';
-import { detach, guardTransfers } from './runtime.ts';
+import { detach, guardMessages, guardTransfers } from './runtime.ts';
 import { roundUp } from './pages.ts';
 
 /** Figures about one segment, from {@link Segment.stats}. */
@@ -66,13 +66,25 @@ if (typeof events.addEventListener === 'function') {
     unloading = true;
   });
 }
+/** Buffers of ours that `ArrayBuffer.prototype.transfer` moved, to a buffer tracked in their place. */
+const followed = new WeakSet<ArrayBuffer>();
 // A buffer moved out of one of ours aliases the same memory: track it too.
 guardTransfers((from, to) => {
   const core = owners.get(from);
   if (core === undefined || to.byteLength === 0) return;
+  followed.add(from);
   owners.set(to, core);
   core.views.add(new WeakRef(to));
 });
+// No buffer of ours may be moved to another owner (Deno would let it go).
+guardMessages((value) => typeof value === 'object' && value !== null && owners.has(value as ArrayBuffer));
+
+/**
+ * Segments whose memory a buffer moved beyond memfork's reach still aliases:
+ * never released, so that buffer can never reach unmapped memory.
+ */
+const kept: Held[] = [];
+let warnedKept = false;
 
 const finalizer = new FinalizationRegistry<Held>((held) => {
   live--;
@@ -356,13 +368,23 @@ export class Segment implements Disposable {
     }
     this.#core = undefined;
     this.#pending = core;
+    // A tracked buffer that is already detached was moved by someone else: by
+    // a transfer memfork followed (the new buffer is tracked too), or by a
+    // path it could not guard, to a buffer nothing can detach.
+    let escaped = false;
     for (const ref of core.views) {
       const ab = ref.deref();
-      if (ab !== undefined) detach(ab);
+      if (ab === undefined) continue;
+      if (ab.byteLength === 0 && !followed.has(ab)) escaped = true;
+      else detach(ab);
     }
     core.views.clear();
     core.buffer = undefined;
     if (core.handle === undefined) return;
+    if (escaped) {
+      this.#keep(core);
+      return;
+    }
     core.releasePending = true;
     this.#retryRelease();
   }
@@ -378,6 +400,21 @@ export class Segment implements Disposable {
   }
 
   #pending: Core | undefined;
+
+  /** Closes without releasing: a buffer moved out of reach still aliases the memory. */
+  #keep(core: Core): void {
+    finalizer.unregister(core);
+    live--;
+    this.#pending = undefined;
+    kept.push({ backend: this.#backend, handle: core.handle });
+    if (warnedKept) return;
+    warnedKept = true;
+    console.warn(
+      'memfork: an ArrayBuffer of a closed segment had been moved out of it by a transfer memfork could not refuse ' +
+        '(a structuredClone, postMessage or ArrayBuffer.prototype.transfer taken before memfork loaded); ' +
+        'the segment\'s memory stays mapped so that buffer never reads freed memory',
+    );
+  }
 
   #retryRelease(): void {
     const core = this.#pending;
