@@ -96,6 +96,8 @@ const finalizer = new FinalizationRegistry<Held>((held) => {
   }
 });
 const constructing = Symbol('memfork.construct');
+/** `new Segment(…)`, for the class's own static methods and clone(); set by its static block. */
+let make: (backend: Backend, byteLength: number, handle: unknown) => Segment;
 
 /** Installs the backend every new segment uses (done once at load time). */
 export function setBackend(backend: Backend): void {
@@ -151,8 +153,8 @@ export class Segment implements Disposable {
   #core: Core | undefined;
   readonly #backend: Backend;
 
-  /** @internal Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
-  constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
+  /** Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
+  private constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
     if (token !== constructing) throw new TypeError('Illegal constructor: use Segment.create() or Segment.from()');
     this.#byteLength = byteLength;
     this.#backend = backend;
@@ -183,7 +185,7 @@ export class Segment implements Disposable {
     const length = checkLength(byteLength, 'byteLength');
     const backend = currentBackend();
     const handle = length === 0 ? undefined : backend.create(roundUp(length, backend.pageSize));
-    return new Segment(constructing, backend, length, handle);
+    return make(backend, length, handle);
   }
 
   /**
@@ -197,7 +199,7 @@ export class Segment implements Disposable {
    * const seg = Segment.from(new TextEncoder().encode('hello'));
    * ```
    */
-  static from(source: ArrayBuffer | ArrayBufferView): Segment {
+  static from(source: ArrayBuffer | SharedArrayBuffer | ArrayBufferView): Segment {
     let bytes: Uint8Array;
     if (ArrayBuffer.isView(source)) {
       bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
@@ -206,7 +208,9 @@ export class Segment implements Disposable {
     } else {
       throw new TypeError(`Invalid source: expected an ArrayBuffer or ArrayBufferView, got ${describe(source)}`);
     }
-    const seg = Segment.create(bytes.byteLength);
+    const length = bytes.byteLength;
+    const backend = currentBackend();
+    const seg = make(backend, length, length === 0 ? undefined : backend.create(roundUp(length, backend.pageSize)));
     if (bytes.byteLength <= seg.#backend.maxViewLength) {
       new Uint8Array(seg.buffer).set(bytes);
       return seg;
@@ -309,7 +313,7 @@ export class Segment implements Disposable {
   clone(): Segment {
     const core = this.#open('clone segment');
     const handle = core.handle === undefined ? undefined : this.#backend.clone(core.handle);
-    return new Segment(constructing, this.#backend, this.#byteLength, handle);
+    return make(this.#backend, this.#byteLength, handle);
   }
 
   /**
@@ -329,7 +333,7 @@ export class Segment implements Disposable {
    */
   restore(source: Segment): void {
     const core = this.#open('restore segment');
-    if (!(source instanceof Segment)) {
+    if (typeof source !== 'object' || source === null || !(#core in source)) {
       throw new TypeError(`Invalid source: expected a Segment, got ${describe(source)}`);
     }
     const from = source.#core;
@@ -449,6 +453,26 @@ export class Segment implements Disposable {
       core.swept = core.views.size;
     }
     return ab;
+  }
+
+  // How `util.inspect`, `console.log` and Deno's inspector show a segment:
+  // `Segment { byteLength: 4096, closed: false, backend: 'linux', address: 0x…n }`,
+  // or `Segment <closed> { byteLength: 4096, backend: 'linux' }`. Symbol-keyed
+  // methods of the prototype, so the public type stays as API.md has it.
+  static {
+    // The class body never names the class: a bundler then has no reason to
+    // rename it (esbuild would call it `_Segment` in stack traces).
+    make = (backend, byteLength, handle) => new this(constructing, backend, byteLength, handle);
+    function inspect(this: unknown): string {
+      if (typeof this !== 'object' || this === null || !(#core in this)) return Object.prototype.toString.call(this);
+      const seg = this as Segment;
+      const name = seg.#backend.name;
+      if (seg.closed) return `Segment <closed> { byteLength: ${seg.#byteLength}, backend: '${name}' }`;
+      return `Segment { byteLength: ${seg.#byteLength}, closed: false, backend: '${name}', address: 0x${seg.address.toString(16)}n }`;
+    }
+    for (const key of [Symbol.for('nodejs.util.inspect.custom'), Symbol.for('Deno.customInspect')]) {
+      Object.defineProperty(this.prototype, key, { value: inspect, writable: true, configurable: true });
+    }
   }
 
   #forget(ab: ArrayBuffer): void {
