@@ -3,10 +3,15 @@ import { defineConfig } from 'tsup';
 export default defineConfig({
   entry: { index: 'src/index.ts' },
   format: ['esm', 'cjs'],
-  dts: true,
+  // Declarations without what is marked @internal (the backend interface, the
+  // constructor's parameters).
+  dts: { compilerOptions: { stripInternal: true } },
   clean: true,
   sourcemap: true,
   target: 'es2022',
   platform: 'node',
   external: ['koffi'],
+  // esbuild renames a class that refers to itself (`_Segment`); keep the
+  // names users see in util.inspect and stack traces.
+  keepNames: true,
 });

@@ -2,6 +2,7 @@
 // and how to detach an ArrayBuffer that aliases memory about to be unmapped.
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
+import * as threads from 'node:worker_threads';
 
 /** `'node'`, `'bun'` or `'deno'`. */
 export const runtimeName: 'node' | 'bun' | 'deno' =
@@ -57,6 +58,90 @@ export function guardTransfers(adopt: (from: ArrayBuffer, to: ArrayBuffer) => vo
         },
       }[name],
     });
+  }
+}
+
+/** The error every guarded entry point throws for a segment's buffer in a transfer list. */
+function refusal(): Error {
+  const message =
+    'Cannot transfer an ArrayBuffer of a memfork segment: its memory belongs to the segment; copy it (omit it from the transfer list) instead';
+  return typeof DOMException === 'function' ? new DOMException(message, 'DataCloneError') : new TypeError(message);
+}
+
+/**
+ * The transfer list a call received as `arg` (an array, an iterable, or an
+ * options object with `transfer`), checked against `owned`, and the argument
+ * to pass on: an iterable is read once here, so the call gets an array.
+ */
+function checkedTransfers(arg: unknown, owned: (value: unknown) => boolean): unknown {
+  if (arg === null || typeof arg !== 'object') return arg;
+  const check = (list: unknown): unknown[] | undefined => {
+    if (list === null || typeof list !== 'object') return undefined;
+    const items = Array.isArray(list)
+      ? list
+      : typeof (list as Iterable<unknown>)[Symbol.iterator] === 'function'
+        ? Array.from(list as Iterable<unknown>)
+        : undefined;
+    if (items !== undefined) for (const item of items) if (owned(item)) throw refusal();
+    return items;
+  };
+  if (Array.isArray(arg) || typeof (arg as Iterable<unknown>)[Symbol.iterator] === 'function') return check(arg);
+  const options = arg as { transfer?: unknown };
+  const transfer = options.transfer;
+  const items = check(transfer);
+  return items === undefined || items === transfer ? arg : { ...options, transfer: items };
+}
+
+type Method = (this: unknown, ...args: unknown[]) => unknown;
+
+/** The methods already guarded, so that one reached twice is wrapped once. */
+const guardedMethods = new WeakSet<Method>();
+
+/** Replaces `target[key]` (a method taking its transfer list at `index`) by one that checks the list first. */
+function guardMethod(target: object | null | undefined, key: string, index: number, owned: (value: unknown) => boolean): void {
+  if (target === null || target === undefined) return;
+  const descriptor = Object.getOwnPropertyDescriptor(target, key);
+  const original = descriptor?.value as Method | undefined;
+  if (typeof original !== 'function' || guardedMethods.has(original)) return;
+  if (!descriptor!.writable && !descriptor!.configurable) return;
+  const guarded = {
+    [key](this: unknown, ...args: unknown[]): unknown {
+      if (args.length > index) args[index] = checkedTransfers(args[index], owned);
+      return original.apply(this, args);
+    },
+  }[key];
+  Object.defineProperty(guarded, 'length', { value: original.length });
+  guardedMethods.add(guarded);
+  Object.defineProperty(target, key, { ...descriptor, value: guarded });
+}
+
+/**
+ * Makes `structuredClone` and every `postMessage` of this runtime refuse, with
+ * a `DataCloneError`, a transfer list that holds a buffer `owned` recognises.
+ *
+ * Only Deno needs it. Node.js 22+ and Bun refuse to transfer an ArrayBuffer
+ * over outside memory by themselves, and Node.js 20 copies it. Deno moves the
+ * memory to a new ArrayBuffer that nothing can detach, and the one mark it
+ * honours per buffer (a V8 detach key, set by `markAsUntransferable`) also
+ * stops `close()` from detaching the buffer. So the entry points are guarded
+ * instead: `structuredClone`, `postMessage` of `MessagePort`, `Worker`, a
+ * worker's global scope, and `node:worker_threads` (`Worker`, `parentPort`).
+ * A function captured before memfork loaded is out of reach; `close()` then
+ * keeps the memory (see `Segment#close`).
+ */
+export function guardMessages(owned: (value: unknown) => boolean): void {
+  if (runtimeName !== 'deno') return;
+  const g = globalThis as unknown as Record<string, { prototype?: object } | undefined>;
+  guardMethod(globalThis, 'structuredClone', 1, owned);
+  guardMethod(g.MessagePort?.prototype, 'postMessage', 1, owned);
+  guardMethod(g.Worker?.prototype, 'postMessage', 1, owned);
+  // A worker's own postMessage (the global scope's, or its prototype's).
+  guardMethod(globalThis, 'postMessage', 1, owned);
+  guardMethod(Object.getPrototypeOf(globalThis) as object, 'postMessage', 1, owned);
+  guardMethod(threads.Worker?.prototype, 'postMessage', 1, owned);
+  if (threads.parentPort !== null) {
+    guardMethod(threads.parentPort, 'postMessage', 1, owned);
+    guardMethod(Object.getPrototypeOf(threads.parentPort) as object, 'postMessage', 1, owned);
   }
 }
 

@@ -3,7 +3,7 @@
 // backend only maps, clones, restores and unmaps.
 import type { Backend } from './backend.ts';
 import { closedError } from './errors.ts';
-import { detach, guardTransfers } from './runtime.ts';
+import { detach, guardMessages, guardTransfers } from './runtime.ts';
 import { roundUp } from './pages.ts';
 
 /** Figures about one segment, from {@link Segment.stats}. */
@@ -66,13 +66,25 @@ if (typeof events.addEventListener === 'function') {
     unloading = true;
   });
 }
+/** Buffers of ours that `ArrayBuffer.prototype.transfer` moved, to a buffer tracked in their place. */
+const followed = new WeakSet<ArrayBuffer>();
 // A buffer moved out of one of ours aliases the same memory: track it too.
 guardTransfers((from, to) => {
   const core = owners.get(from);
   if (core === undefined || to.byteLength === 0) return;
+  followed.add(from);
   owners.set(to, core);
   core.views.add(new WeakRef(to));
 });
+// No buffer of ours may be moved to another owner (Deno would let it go).
+guardMessages((value) => typeof value === 'object' && value !== null && owners.has(value as ArrayBuffer));
+
+/**
+ * Segments whose memory a buffer moved beyond memfork's reach still aliases:
+ * never released, so that buffer can never reach unmapped memory.
+ */
+const kept: Held[] = [];
+let warnedKept = false;
 
 const finalizer = new FinalizationRegistry<Held>((held) => {
   live--;
@@ -84,6 +96,8 @@ const finalizer = new FinalizationRegistry<Held>((held) => {
   }
 });
 const constructing = Symbol('memfork.construct');
+/** `new Segment(…)`, for the class's own static methods and clone(); set by its static block. */
+let make: (backend: Backend, byteLength: number, handle: unknown) => Segment;
 
 /** Installs the backend every new segment uses (done once at load time). */
 export function setBackend(backend: Backend): void {
@@ -139,8 +153,8 @@ export class Segment implements Disposable {
   #core: Core | undefined;
   readonly #backend: Backend;
 
-  /** @internal Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
-  constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
+  /** Use {@link Segment.create}, {@link Segment.from} or {@link Segment.clone}. */
+  private constructor(token: symbol, backend: Backend, byteLength: number, handle: unknown) {
     if (token !== constructing) throw new TypeError('Illegal constructor: use Segment.create() or Segment.from()');
     this.#byteLength = byteLength;
     this.#backend = backend;
@@ -171,7 +185,7 @@ export class Segment implements Disposable {
     const length = checkLength(byteLength, 'byteLength');
     const backend = currentBackend();
     const handle = length === 0 ? undefined : backend.create(roundUp(length, backend.pageSize));
-    return new Segment(constructing, backend, length, handle);
+    return make(backend, length, handle);
   }
 
   /**
@@ -185,7 +199,7 @@ export class Segment implements Disposable {
    * const seg = Segment.from(new TextEncoder().encode('hello'));
    * ```
    */
-  static from(source: ArrayBuffer | ArrayBufferView): Segment {
+  static from(source: ArrayBuffer | SharedArrayBuffer | ArrayBufferView): Segment {
     let bytes: Uint8Array;
     if (ArrayBuffer.isView(source)) {
       bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
@@ -194,7 +208,9 @@ export class Segment implements Disposable {
     } else {
       throw new TypeError(`Invalid source: expected an ArrayBuffer or ArrayBufferView, got ${describe(source)}`);
     }
-    const seg = Segment.create(bytes.byteLength);
+    const length = bytes.byteLength;
+    const backend = currentBackend();
+    const seg = make(backend, length, length === 0 ? undefined : backend.create(roundUp(length, backend.pageSize)));
     if (bytes.byteLength <= seg.#backend.maxViewLength) {
       new Uint8Array(seg.buffer).set(bytes);
       return seg;
@@ -297,7 +313,7 @@ export class Segment implements Disposable {
   clone(): Segment {
     const core = this.#open('clone segment');
     const handle = core.handle === undefined ? undefined : this.#backend.clone(core.handle);
-    return new Segment(constructing, this.#backend, this.#byteLength, handle);
+    return make(this.#backend, this.#byteLength, handle);
   }
 
   /**
@@ -317,7 +333,7 @@ export class Segment implements Disposable {
    */
   restore(source: Segment): void {
     const core = this.#open('restore segment');
-    if (!(source instanceof Segment)) {
+    if (typeof source !== 'object' || source === null || !(#core in source)) {
       throw new TypeError(`Invalid source: expected a Segment, got ${describe(source)}`);
     }
     const from = source.#core;
@@ -356,13 +372,23 @@ export class Segment implements Disposable {
     }
     this.#core = undefined;
     this.#pending = core;
+    // A tracked buffer that is already detached was moved by someone else: by
+    // a transfer memfork followed (the new buffer is tracked too), or by a
+    // path it could not guard, to a buffer nothing can detach.
+    let escaped = false;
     for (const ref of core.views) {
       const ab = ref.deref();
-      if (ab !== undefined) detach(ab);
+      if (ab === undefined) continue;
+      if (ab.byteLength === 0 && !followed.has(ab)) escaped = true;
+      else detach(ab);
     }
     core.views.clear();
     core.buffer = undefined;
     if (core.handle === undefined) return;
+    if (escaped) {
+      this.#keep(core);
+      return;
+    }
     core.releasePending = true;
     this.#retryRelease();
   }
@@ -378,6 +404,21 @@ export class Segment implements Disposable {
   }
 
   #pending: Core | undefined;
+
+  /** Closes without releasing: a buffer moved out of reach still aliases the memory. */
+  #keep(core: Core): void {
+    finalizer.unregister(core);
+    live--;
+    this.#pending = undefined;
+    kept.push({ backend: this.#backend, handle: core.handle });
+    if (warnedKept) return;
+    warnedKept = true;
+    console.warn(
+      'memfork: an ArrayBuffer of a closed segment had been moved out of it by a transfer memfork could not refuse ' +
+        '(a structuredClone, postMessage or ArrayBuffer.prototype.transfer taken before memfork loaded); ' +
+        'the segment\'s memory stays mapped so that buffer never reads freed memory',
+    );
+  }
 
   #retryRelease(): void {
     const core = this.#pending;
@@ -412,6 +453,26 @@ export class Segment implements Disposable {
       core.swept = core.views.size;
     }
     return ab;
+  }
+
+  // How `util.inspect`, `console.log` and Deno's inspector show a segment:
+  // `Segment { byteLength: 4096, closed: false, backend: 'linux', address: 0x…n }`,
+  // or `Segment <closed> { byteLength: 4096, backend: 'linux' }`. Symbol-keyed
+  // methods of the prototype, so the public type stays as API.md has it.
+  static {
+    // The class body never names the class: a bundler then has no reason to
+    // rename it (esbuild would call it `_Segment` in stack traces).
+    make = (backend, byteLength, handle) => new this(constructing, backend, byteLength, handle);
+    function inspect(this: unknown): string {
+      if (typeof this !== 'object' || this === null || !(#core in this)) return Object.prototype.toString.call(this);
+      const seg = this as Segment;
+      const name = seg.#backend.name;
+      if (seg.closed) return `Segment <closed> { byteLength: ${seg.#byteLength}, backend: '${name}' }`;
+      return `Segment { byteLength: ${seg.#byteLength}, closed: false, backend: '${name}', address: 0x${seg.address.toString(16)}n }`;
+    }
+    for (const key of [Symbol.for('nodejs.util.inspect.custom'), Symbol.for('Deno.customInspect')]) {
+      Object.defineProperty(this.prototype, key, { value: inspect, writable: true, configurable: true });
+    }
   }
 
   #forget(ab: ArrayBuffer): void {

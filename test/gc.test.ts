@@ -59,7 +59,7 @@ async function child(): Promise<void> {
     return -1;
   }
 
-  function pattern(seg: InstanceType<typeof Segment>, seed: number): void {
+  function pattern(seg: import('../src/index.ts').Segment, seed: number): void {
     const u = new Uint8Array(seg.buffer);
     for (let i = 0; i < u.length; i += 509) u[i] = (i + seed) & 0xff;
   }
@@ -157,7 +157,7 @@ async function child(): Promise<void> {
   // 5. A clone outlives its dropped origin.
   {
     const base = live();
-    let clone: InstanceType<typeof Segment> | undefined;
+    let clone: import('../src/index.ts').Segment | undefined;
     (() => {
       const s = Segment.create(8 * page);
       pattern(s, 5);
@@ -186,7 +186,7 @@ async function child(): Promise<void> {
     let layerBytes = 0;
     let sys1 = 0;
     (() => {
-      const keep: InstanceType<typeof Segment>[] = [];
+      const keep: import('../src/index.ts').Segment[] = [];
       for (let i = 0; i < COUNT; i++) {
         const s = Segment.create(SIZE);
         new Uint8Array(s.buffer).fill(i + 1);

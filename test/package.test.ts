@@ -106,11 +106,19 @@ export function demo(): number {
   const s: SegmentStats = a.stats();
   const m: MemoryStats = memoryStats();
   const name: BackendName = backend.name;
+  const shared = Segment.from(new SharedArrayBuffer(8));
+  const fromView = Segment.from(new Uint16Array(new SharedArrayBuffer(8)));
+  shared.close();
+  fromView.close();
+  // @ts-expect-error a segment is made by create(), from() or clone(), never by new
+  new Segment();
   const err: unknown = new Error();
   const code = err instanceof SegmentError ? err.code : undefined;
   void code;
   // @ts-expect-error byteLength is read-only
   a.byteLength = 2;
+  // @ts-expect-error from() takes bytes, not a number
+  Segment.from(3);
   return s.privateBytes + m.mappings + name.length + Number(a.address);
 }
 `;
@@ -134,4 +142,39 @@ export function demo(): number {
     }),
   );
   await run(node, [tsc, '-p', 'tsconfig.json'], consumer);
+});
+
+test('the installed declarations hold the public API only, nothing marked @internal', { skip }, () => {
+  for (const file of ['index.d.ts', 'index.d.mts']) {
+    const dts = fs.readFileSync(path.join(consumer, 'node_modules', 'memfork', 'dist', file), 'utf8');
+    assert.doesNotMatch(dts, /interface Backend\b|\bBackend</, `${file} declares the internal Backend interface`);
+    assert.doesNotMatch(dts, /token|constructor\(token/, `${file} shows the constructor's token`);
+    assert.match(dts, /static from\(source: ArrayBuffer \| SharedArrayBuffer \| ArrayBufferView\): Segment;/);
+    assert.match(dts, /declare class Segment implements Disposable/);
+  }
+});
+
+test('the built package shows a segment as Segment { … } and names Segment in stack traces', { skip }, async () => {
+  const program = `
+import { inspect } from 'node:util';
+import { Segment, backend } from 'memfork';
+const seg = Segment.create(10);
+const open = inspect(seg);
+seg.close();
+let stack = '';
+try { seg.clone(); } catch (err) { stack = err.stack; }
+console.log(JSON.stringify({ name: Segment.name, open, closed: inspect(seg), backend: backend.name, stack }));
+`;
+  for (const file of ['inspect.mjs', 'inspect.cjs']) {
+    fs.writeFileSync(
+      path.join(consumer, file),
+      file.endsWith('.cjs') ? program.replace(/^import \{ (.*) \} from '(.*)';$/gm, "const { $1 } = require('$2');") : program,
+    );
+    const out = JSON.parse(await run(node, [file], consumer)) as { name: string; open: string; closed: string; backend: string; stack: string };
+    assert.equal(out.name, 'Segment', file);
+    assert.match(out.open, new RegExp(`^Segment \\{ byteLength: 10, closed: false, backend: '${out.backend}', address: 0x[0-9a-f]+n \\}$`), file);
+    assert.equal(out.closed, `Segment <closed> { byteLength: 10, backend: '${out.backend}' }`, file);
+    assert.match(out.stack, /at Segment\.clone /, `${file}: ${out.stack}`);
+    assert.doesNotMatch(out.stack, /_Segment/, `${file}: ${out.stack}`);
+  }
 });
