@@ -594,13 +594,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const dirty = seg.mapped ? this.scanWritten(seg) : [];
     let priv = pageCount(dirty);
     let shared = 0;
-    for (const r of seg.runs) {
-      if (r.layer === null) continue;
-      for (const clean of subtract([r], dirty)) {
-        const alone = r.layer.refs.countEqual(clean.start, clean.end, 1);
-        priv += alone;
-        shared += clean.end - clean.start - alone;
-      }
+    // The pages not written since, by layer: one sweep of each layer's counts.
+    for (const [layer, ranges] of rangesByLayer(select(seg.runs, subtract([{ start: 0, end: seg.pages }], dirty)))) {
+      const alone = layer.refs.countEqualEach(ranges, 1);
+      ranges.forEach((r, i) => {
+        priv += alone[i]!;
+        shared += r.end - r.start - alone[i]!;
+      });
     }
     return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.mapped ? seg.runs.length : 1 };
   }
@@ -917,17 +917,27 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#fileCopy = false;
       return false;
     }
-    // Segments sharing one run list get one new run list.
-    const moved = new Map<Runs, Runs>();
+    // Segments sharing one run list get one new run list. Only references
+    // move, from `layer` to `history` over the same pages, so the counts are
+    // changed by that difference alone (the segments are not mapped: no
+    // mapping counts change).
+    const moved = new Map<Runs, { runs: Runs; onLayer: Range[]; users: number }>();
     for (const other of this.#segments) {
       if (other === seg || other.released) continue;
-      let runs = moved.get(other.runs);
-      if (runs === undefined) {
-        const onLayer = select(other.runs, ranges).filter((r) => r.layer === layer);
-        runs = onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history);
-        moved.set(other.runs, runs);
+      let entry = moved.get(other.runs);
+      if (entry === undefined) {
+        const onLayer: Range[] = select(other.runs, ranges).filter((r) => r.layer === layer);
+        entry = { runs: onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history), onLayer, users: 0 };
+        moved.set(other.runs, entry);
       }
-      if (runs !== other.runs) this.#setRuns(other, runs);
+      if (entry.onLayer.length === 0) continue;
+      entry.users++;
+      other.runs = entry.runs;
+    }
+    for (const { onLayer, users } of moved.values()) {
+      if (users === 0) continue;
+      history.refs.addAll(onLayer, users);
+      layer.refs.addAll(onLayer, -users);
     }
     if (history.refs.empty) this.#closeLayer(history);
     return true;

@@ -155,14 +155,26 @@ export class RefCounts {
    */
   addAll(ranges: readonly Range[], delta: number): Range[] {
     // Events: position, change of the old count, change of the new count.
-    const events: [number, number, number][] = [];
+    // The spans' events come sorted; the ranges' are sorted only when the
+    // ranges are not (sorted, disjoint ranges are the usual case), then merged.
+    const spanEvents: [number, number, number][] = [];
     for (const sp of this.spans) {
-      events.push([sp.start, sp.count, sp.count], [sp.end, -sp.count, -sp.count]);
+      spanEvents.push([sp.start, sp.count, sp.count], [sp.end, -sp.count, -sp.count]);
     }
+    const rangeEvents: [number, number, number][] = [];
+    let sorted = true;
     for (const r of ranges) {
-      if (r.start < r.end) events.push([r.start, 0, delta], [r.end, 0, -delta]);
+      if (r.start >= r.end) continue;
+      const last = rangeEvents[rangeEvents.length - 1];
+      if (last !== undefined && last[0] > r.start) sorted = false;
+      rangeEvents.push([r.start, 0, delta], [r.end, 0, -delta]);
     }
-    events.sort((a, b) => a[0] - b[0]);
+    if (!sorted) rangeEvents.sort((a, b) => a[0] - b[0]);
+    const events: [number, number, number][] = [];
+    for (let i = 0, j = 0; i < spanEvents.length || j < rangeEvents.length; ) {
+      if (j >= rangeEvents.length || (i < spanEvents.length && spanEvents[i]![0] <= rangeEvents[j]![0])) events.push(spanEvents[i++]!);
+      else events.push(rangeEvents[j++]!);
+    }
     const next: { start: number; end: number; count: number }[] = [];
     const freed: Range[] = [];
     let oldCount = 0;
@@ -229,15 +241,5 @@ export class RefCounts {
       }
     }
     return out;
-  }
-
-  /** Pages in [start, end) whose count is exactly `count`. */
-  countEqual(start: number, end: number, count: number): number {
-    let n = 0;
-    for (const sp of this.spans) {
-      if (sp.count !== count || sp.end <= start || sp.start >= end) continue;
-      n += Math.min(sp.end, end) - Math.max(sp.start, start);
-    }
-    return n;
   }
 }

@@ -357,7 +357,7 @@ describe('RefCounts', () => {
           for (const [a, b, c] of probes) {
             const s = Math.min(a, b);
             const e = Math.max(a, b);
-            assert.equal(rc.countEqual(s, e, c), model.slice(s, e).filter((x) => x === c).length, `countEqual(${s}, ${e}, ${c})`);
+            assert.deepEqual(rc.countEqualEach([{ start: s, end: e }], c), [model.slice(s, e).filter((x) => x === c).length], `countEqualEach(${s}, ${e}, ${c})`);
           }
         }
       }),
