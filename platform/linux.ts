@@ -23,6 +23,7 @@ import { maxViewLength } from '../src/runtime.ts';
 import { appendRange, coalesce, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
 import { SegmentError } from '../src/errors.ts';
 import * as sys from './libc.ts';
+import { ProcessMapBudget } from './map-budget.ts';
 
 /** A memfd holding pages of one or more segments. */
 export class Layer {
@@ -182,9 +183,10 @@ export interface LinuxOptions {
   /** Force a way of finding written pages (tests use it to cover both). */
   scan?: ScanMethod;
   /**
-   * Mappings all segments together may use. Default: half of
-   * `vm.max_map_count`, less what the process used when the backend loaded
-   * and a reserve for V8 and everything else.
+   * Mappings all segments of this backend may use, fixed (tests). Default:
+   * the process's budget, shared with every thread: half of
+   * `vm.max_map_count`, less a reserve, less what the rest of the process
+   * maps (see map-budget.ts).
    */
   mapBudget?: number;
   /** Runs one segment may reach before it is compacted whatever the cost (default 32768; the mapping budget usually acts first). */
@@ -209,9 +211,6 @@ export interface LinuxOptions {
    */
   windowCopy?: boolean;
 }
-
-/** Mappings left for the rest of the process (V8, libraries, other FFI code). */
-const RESERVE = 4096;
 
 export class LinuxBackend implements Backend<LinuxSegment> {
   readonly name = 'linux' as const;
@@ -259,8 +258,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly #strays: { addr: bigint; length: number }[] = [];
   /** Whether mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+); cleared on the first refusal. */
   #moveAsideWorks = true;
-  /** The most mappings all segments together may use. */
-  readonly mapBudget: number;
+  /** The budget fixed by the `mapBudget` option, or undefined: the process's (see map-budget.ts). */
+  readonly #fixedBudget: number | undefined;
+  readonly #processBudget: ProcessMapBudget | undefined;
   /** Runs one segment may reach before it is compacted. */
   readonly maxRuns: number;
   /** Layers all segments may hold open before memfork compacts to close some. */
@@ -279,10 +279,27 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       sys.munmap(probe, this.pageSize);
     }
     this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
-    this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
+    this.#fixedBudget = options.mapBudget === undefined ? undefined : Math.max(16, options.mapBudget);
+    this.#processBudget = options.mapBudget === undefined ? new ProcessMapBudget() : undefined;
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#multiMove = options.restoreInPlace !== true;
     this.#windowCopy = options.windowCopy ?? true;
+  }
+
+  /** The most mappings all segments of this backend may use now. */
+  get mapBudget(): number {
+    return this.#budget(0);
+  }
+
+  /** The mapping budget, as it stands for a decision that needs `needed` more mappings. */
+  #budget(needed: number): number {
+    if (this.#fixedBudget !== undefined) return this.#fixedBudget;
+    return Math.max(16, this.#processBudget!.limit(this.#mapCount + this.#windows, needed));
+  }
+
+  /** Whether `needed` more mappings fit the budget. */
+  #fits(needed: number): boolean {
+    return this.#mapCount + this.#windows + needed <= this.#budget(needed);
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -340,7 +357,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #materialize(seg: LinuxSegment): void {
     if (seg.mapped) return;
     const extra = seg.runs.length - 1;
-    if (seg.runs.length > this.maxRuns || this.#mapCount + this.#windows + extra > this.mapBudget) {
+    if (seg.runs.length > this.maxRuns || !this.#fits(extra)) {
       this.#compactUnmapped(seg);
     }
     this.#ensureRoom(seg.runs.length - 1, seg.pages);
@@ -675,7 +692,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * resort, flattening the most fragmented segments, serves only them.
    */
   #flattenPoint(seg: LinuxSegment): number {
-    const free = 1 - (this.#mapCount + this.#windows) / this.mapBudget;
+    const free = 1 - (this.#mapCount + this.#windows) / this.#budget(0);
     return ((COPY_COST * seg.pages) / FLATTEN_EARLY) * Math.max(0.05, free);
   }
 
@@ -743,7 +760,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * more memory than copying the segment at hand would take.
    */
   #ensureRoom(needed: number, pages: number): void {
-    if (this.#mapCount + this.#windows + needed <= this.mapBudget) return;
+    if (this.#fits(needed)) return;
     let allowance = Math.max(pages, duplicateLimit(pages));
     // First the cheap way: a few windows off the main layer; then flatten.
     for (const windows of [COMPACT_WINDOWS, 0]) {
@@ -752,11 +769,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         .sort((a, b) => b.runs.length - a.runs.length);
       for (const seg of bySize) {
         allowance -= this.#compact(seg, windows, allowance);
-        if (this.#mapCount + this.#windows + needed <= this.mapBudget) return;
+        if (this.#fits(needed)) return;
       }
     }
     throw new SegmentError(
-      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount + this.#windows} of ${this.mapBudget} mappings in use, ${needed} more needed; ` +
+      `mmap ENOMEM: mapping budget exhausted (${this.#mapCount + this.#windows} of ${this.#budget(needed)} mappings in use, ${needed} more needed; ` +
         'compacting further would copy pages other segments share)',
       'ENOMEM',
       12,
@@ -809,7 +826,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const holes = worthwhileHoles(subtract([{ start: 0, end: seg.pages }], data));
     // A hole adds two mappings here and two in the clone being made: take at
     // most an eighth of the free budget, so the clone never forces a compaction.
-    const most = Math.floor((this.mapBudget - this.#mapCount - this.#windows) / 8);
+    const most = Math.floor((this.#budget(0) - this.#mapCount - this.#windows) / 8);
     const done: Range[] = [];
     for (const h of holes) {
       if (done.length >= most) break;
@@ -1279,7 +1296,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (span === 0 || !this.#moveAsideWorks || layer.window !== 0n) return;
     const pieces = this.#spanPieces(seg.addr, seg.length);
     // Each call splits the mapping it leaves behind until the remap below.
-    if (this.#mapCount + this.#windows + pieces.length + 2 > this.mapBudget) return;
+    if (!this.#fits(pieces.length + 2)) return;
     const aside = this.#reserveAligned(seg.length, span, seg.addr % BigInt(span));
     if (aside === null) return;
     const flags = sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED | sys.MREMAP_DONTUNMAP;
@@ -1606,14 +1623,6 @@ function openReserve(): number {
   } catch {
     return -1;
   }
-}
-
-/** Half of vm.max_map_count, less what the process maps now and a reserve. */
-function defaultBudget(): number {
-  const max = Number.parseInt(sys.readSmallFile('/proc/sys/vm/max_map_count') ?? '65530', 10) || 65530;
-  const maps = sys.readSmallFile('/proc/self/maps');
-  const used = maps === undefined ? 1024 : maps.split('\n').length;
-  return Math.floor(max / 2) - used - RESERVE;
 }
 
 /** The layer (or anonymous memory) holding the most pages in `runs`. */
