@@ -161,8 +161,17 @@ function describe(err: unknown, round: number, phase: string): Failure {
   };
 }
 
-/** The copy floor measured here, in JS: round 1's runs copied with TypedArray#set, drops through madvise. */
-function jsFloor(w: Windows, spec: CaseSpec, pages: number): { copyMs: number; pages: number; runs: number; dropMicrosPerPage: number } {
+/**
+ * The copy floor measured here, in JS: round 1's runs copied with
+ * TypedArray#set; what dropping a written page costs, through madvise() a
+ * page and through process_madvise() 1,024 pages a call (where the kernel
+ * takes it for the calling process).
+ */
+function jsFloor(
+  w: Windows,
+  spec: CaseSpec,
+  pages: number,
+): { copyMs: number; pages: number; runs: number; dropMicrosPerPage: number; batchedDropMicrosPerPage: number } {
   const list = new Uint32Array(pagesPerRound(spec.pattern, pages));
   const n = pickPages(spec.pattern, pages, new XorShift32(spec.seed), list, new Uint8Array(pages));
   const runs = runsOf(list, n);
@@ -189,6 +198,7 @@ function jsFloor(w: Windows, spec: CaseSpec, pages: number): { copyMs: number; p
     copyMs = Math.min(copyMs, now() - t);
   }
   let dropMicrosPerPage = NaN;
+  let batchedDropMicrosPerPage = NaN;
   if (spec.measureDrop && process.platform === 'linux' && backend.name === 'linux') {
     const k = 2048;
     const rw = sys.PROT_READ | sys.PROT_WRITE;
@@ -201,9 +211,28 @@ function jsFloor(w: Windows, spec: CaseSpec, pages: number): { copyMs: number; p
       const us = ((now() - t) * 1000) / (k / 2);
       dropMicrosPerPage = Number.isNaN(dropMicrosPerPage) ? us : Math.min(dropMicrosPerPage, us);
     }
+    const iov = new BigUint64Array(2 * 1024);
+    try {
+      for (let rep = 0; rep < 3; rep++) {
+        a.fill(2);
+        const t = now();
+        for (let i = 0; i < k; ) {
+          let c = 0;
+          for (; i < k && c < 1024; i += 2, c++) {
+            iov[2 * c] = addr + BigInt(i * PAGE);
+            iov[2 * c + 1] = BigInt(PAGE);
+          }
+          if (sys.processMadvise(iov, c, sys.MADV_DONTNEED) !== c * PAGE) throw new Error('process_madvise stopped early');
+        }
+        const us = ((now() - t) * 1000) / (k / 2);
+        batchedDropMicrosPerPage = Number.isNaN(batchedDropMicrosPerPage) ? us : Math.min(batchedDropMicrosPerPage, us);
+      }
+    } catch {
+      // not on this kernel: madvise() a page is the figure
+    }
     sys.munmap(addr, k * PAGE);
   }
-  return { copyMs, pages: n, runs: runs.length, dropMicrosPerPage };
+  return { copyMs, pages: n, runs: runs.length, dropMicrosPerPage, batchedDropMicrosPerPage };
 }
 
 export function runCase(spec: CaseSpec) {

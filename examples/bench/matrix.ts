@@ -356,6 +356,7 @@ interface Drops {
   c: number;
   cBatched: number;
   js: number;
+  jsBatched: number;
 }
 
 function summarize(m: CaseResult | undefined, f: PeerResult | undefined, mode: ModeId, drops: Drops): Summary {
@@ -374,8 +375,10 @@ function summarize(m: CaseResult | undefined, f: PeerResult | undefined, mode: M
     floorMs = f.floor.copyMs + (f.floor.pages * (Number.isFinite(drop) ? drop : 0)) / 1000;
     floorSource = `C memcpy${Number.isFinite(drop) ? ` + ${batched ? 'process_madvise (1,024 pages a call)' : 'madvise (a call a page)'} drop` : ''}`;
   } else if (m?.floor !== undefined) {
-    floorMs = m.floor.copyMs + (m.floor.pages * (Number.isFinite(drops.js) ? drops.js : 0)) / 1000;
-    floorSource = `JS TypedArray#set${Number.isFinite(drops.js) ? ' + madvise (a call a page) drop' : ''}`;
+    const batched = Number.isFinite(drops.jsBatched);
+    const drop = batched ? drops.jsBatched : drops.js;
+    floorMs = m.floor.copyMs + (m.floor.pages * (Number.isFinite(drop) ? drop : 0)) / 1000;
+    floorSource = `JS TypedArray#set${Number.isFinite(drop) ? ` + ${batched ? 'process_madvise (1,024 pages a call)' : 'madvise (a call a page)'} drop through koffi` : ''}`;
   }
   const kept = mode !== 'letgo';
   const mDone = m?.roundsDone ?? 0;
@@ -426,7 +429,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
     }
     o.log(`\n  ${fmtBytes(size)}`);
     const child = new CaseChild(o.shared, o.caseTimeoutMs);
-    const drops: Drops = { c: NaN, cBatched: NaN, js: NaN };
+    const drops: Drops = { c: NaN, cBatched: NaN, js: NaN, jsBatched: NaN };
     try {
       for (const p of list) {
         for (const m of modeList) {
@@ -447,6 +450,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
             drops.c = known(f?.dropMicrosPerPage ?? -1);
             drops.cBatched = known(f?.batchedDropMicrosPerPage ?? -1);
             drops.js = mf.result?.floor?.dropMicrosPerPage ?? NaN;
+            drops.jsBatched = mf.result?.floor?.batchedDropMicrosPerPage ?? NaN;
           }
           const c: MatrixCase = {
             size,
@@ -463,7 +467,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
           const s = c.summary;
           o.log(
             `    ${c.name}: memfork ${c.memforkOutcome === 'ok' ? `clone ${fmtMs(s.cloneMs.median)}` : c.memforkOutcome.slice(0, 120)}; ` +
-              `fork ${c.forkOutcome === 'ok' ? fmtMs(s.forkMs.median) : c.forkOutcome.slice(0, 80)}; floor ${fmtMs(s.floorMs)}` +
+              `fork ${c.forkOutcome === 'ok' ? fmtMs(s.forkMs.median) : c.forkOutcome.slice(0, 200)}; floor ${fmtMs(s.floorMs)}` +
               (s.patternsMatch === false ? '; PAGES DIFFER between memfork and the fork peer' : ''),
           );
         }
@@ -472,7 +476,10 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
       await child.stop();
     }
     result.drops.push({ size, ...drops });
-    o.log(`    drop a page: madvise ${fmtUs(drops.c)}, process_madvise batched ${fmtUs(drops.cBatched)}, madvise through koffi ${fmtUs(drops.js)}`);
+    o.log(
+      `    drop a page: C: ${fmtUs(drops.cBatched)} batched, ${fmtUs(drops.c)} a call; ` +
+        `through koffi: ${fmtUs(drops.jsBatched)} batched, ${fmtUs(drops.js)} a call`,
+    );
   }
   result.geomean = geomeans(result.cases, o.sizes);
   return result;
@@ -546,7 +553,7 @@ export function printMatrix(r: MatrixResult): void {
         return [
           c.name,
           c.memfork !== undefined && c.memfork.roundsDone > 0 ? `${fmtMs(s.cloneMs.median)} (${fmtMs(s.cloneMs.min)})` : '—',
-          c.fork !== undefined && c.fork.roundsDone > 0 ? `${fmtMs(s.forkMs.median)} (${fmtMs(s.forkMs.min)})` : c.fork === undefined ? 'not run' : '—',
+          c.fork !== undefined && c.fork.roundsDone > 0 ? `${fmtMs(s.forkMs.median)} (${fmtMs(s.forkMs.min)})` : c.fork !== undefined ? '—' : r.peer.path !== undefined ? 'failed' : 'not run',
           Number.isFinite(s.ratio) ? `${s.ratio >= 10 ? s.ratio.toFixed(0) : s.ratio.toFixed(2)}` : '—',
           fmtMs(s.floorMs),
           `${fmtMs(s.writeMs)} / ${fmtMs(s.forkWriteMs)}`,
@@ -575,7 +582,9 @@ export function printMatrix(r: MatrixResult): void {
   for (const g of r.geomean) {
     console.log(
       `${g.size === 'all' ? 'all sizes' : fmtBytes(g.size)}: ${g.failed} of ${g.of} cases failed (error, crash, timeout or wrong bytes); ` +
-        `over the ${g.cases} that ran on both sides, geometric mean of fork/memfork: clone ${g.clone.toFixed(2)}, round (writes + clone) ${g.round.toFixed(2)}`,
+        (g.cases > 0
+          ? `over the ${g.cases} that ran on both sides, geometric mean of fork/memfork: clone ${g.clone.toFixed(2)}, round (writes + clone) ${g.round.toFixed(2)}`
+          : 'no case ran on both sides'),
     );
   }
   const floorSources = [...new Set(r.cases.map((c) => c.summary.floorSource).filter((s) => s !== ''))];
@@ -583,7 +592,10 @@ export function printMatrix(r: MatrixResult): void {
   console.log('memfork clone, fork(): median (minimum) over the rounds; fork/memfork: ratio of the medians (above 1: memfork faster).');
   console.log(`floor: round 1's pages copied once into touched memory, plus one drop per page (${floorSources.join('; ') || 'not measured'}).`);
   for (const d of r.drops) {
-    console.log(`  ${fmtBytes(d.size)}: drop a page ${fmtUs(d.cBatched)} batched, ${fmtUs(d.c)} a call (C), ${fmtUs(d.js)} a call through koffi`);
+    console.log(
+      `  ${fmtBytes(d.size)}: drop a page: C: ${fmtUs(d.cBatched)} batched, ${fmtUs(d.c)} a call; ` +
+        `through koffi: ${fmtUs(d.jsBatched)} batched, ${fmtUs(d.js)} a call`,
+    );
   }
   console.log('writes: median time of a round\'s writes from round 2 on (fork pays its copies there, memfork its faults).');
   console.log('MiB/snapshot: memory added over the case / snapshots kept ("total": snapshots let go, the whole growth). memfork: the');
