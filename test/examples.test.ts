@@ -45,34 +45,41 @@ function assertSucceeded(r: Result): void {
   assert.doesNotMatch(r.stdout, /✘/, 'no check failed');
 }
 
-/** Parses "+4.0 KiB" / "-1.2 MiB" / "+0 B" into bytes. */
-function parseDelta(text: string): number {
-  const m = /([+-])(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)/.exec(text);
-  assert.ok(m !== null, `a change in bytes in: ${text}`);
-  const scale = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30 }[m[3] as 'B' | 'KiB' | 'MiB' | 'GiB'];
-  return (m[1] === '-' ? -1 : 1) * Number(m[2]) * scale;
-}
-
-test('the copy-on-write demo shows the clone reading b and the origin still reading a', async () => {
-  const r = await runExample('cow-demo.ts', ['--size', '16M', '--rounds', '3']);
+test('the copy-on-write demo writes one page with a, clones it, writes b into the clone, and shows each side\'s address and byte', async () => {
+  const r = await runExample('cow-demo.ts');
   assertSucceeded(r);
+  assert.match(r.stdout, /one page, as in Mach's vm_remap example/);
+  assert.match(r.stdout, /^1\. origin = Segment\.create\(\d+\); its page written 'a'$/m);
+  assert.match(r.stdout, /^2\. clone = origin\.clone\(\)$/m);
+  assert.match(r.stdout, /^3\. clone's first byte written 'b'$/m);
+  const origins = [...r.stdout.matchAll(/^\s+origin\s+(0x[0-9a-f]+)\s+reads ('.')$/gm)].map((m) => [m[1], m[2]]);
+  const clones = [...r.stdout.matchAll(/^\s+clone\s+(0x[0-9a-f]+)\s+reads ('.')$/gm)].map((m) => [m[1], m[2]]);
+  assert.deepEqual(
+    origins.map((o) => o[1]),
+    ["'a'", "'a'", "'a'"],
+    'the origin reads a after every step',
+  );
+  assert.deepEqual(
+    clones.map((c) => c[1]),
+    ["'a'", "'b'"],
+    'the clone reads a, then b',
+  );
+  assert.equal(new Set(origins.map((o) => o[0])).size, 1, 'the origin keeps its address');
+  assert.notEqual(clones[0]![0], origins[0]![0], 'the clone has an address of its own');
   assert.match(r.stdout, /clone reads 'b', origin still reads 'a'/);
-  assert.match(r.stdout, /^\s+origin\s+0x[0-9a-f]+\s+'a'/m);
-  assert.match(r.stdout, /^\s+clone\s+0x[0-9a-f]+\s+'b'/m);
-  for (const label of ["after write 'a'", 'after clone', "after write 'b'"]) assert.match(r.stdout, new RegExp(label));
 });
 
-test('the copy-on-write demo shows a clone costing far less memory than the segment', linuxOnly, async () => {
-  const r = await runExample('cow-demo.ts', ['--size', '32M', '--rounds', '3']);
-  assertSucceeded(r);
-  const row = (label: string) => r.stdout.split('\n').find((l) => l.includes(label)) ?? '';
-  // Columns: VmSize, VmRSS, memory held; each "<value> <change>". The last change is memory held.
-  const changes = (line: string) => [...line.matchAll(/[+-]\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)/g)].map((m) => parseDelta(m[0]));
-  const fill = changes(row("after write 'a'"));
-  const clone = changes(row('after clone'));
-  assert.ok(fill[2] >= 30 * 2 ** 20, `writing 'a' holds the segment's memory: ${row("after write 'a'")}`);
-  assert.ok(clone[0] >= 30 * 2 ** 20, `the clone adds its address range to VmSize: ${row('after clone')}`);
-  assert.ok(clone[2] < 8 * 2 ** 20, `the clone holds (almost) no new memory: ${row('after clone')}`);
+test('the copy-on-write demo shows memory growing by the page written, not at all for the clone, and by one page for the write into it', linuxOnly, async () => {
+  const one = await runExample('cow-demo.ts');
+  assertSucceeded(one);
+  const lines = (out: string) => [...out.matchAll(/^\s+memory: (.*)$/gm)].map((m) => m[1]!.replace(/:.*$/, ''));
+  assert.deepEqual(lines(one.stdout), ['1 page (+1)', '1 page (+0)', '2 pages (+1)'], one.stdout);
+  assert.match(one.stdout, /memory per step \(pages\): 1, 1, 2$/m);
+  const big = await runExample('cow-demo.ts', ['--size', '32M']);
+  assertSucceeded(big);
+  const pages = (32 * 2 ** 20) / backend.pageSize;
+  assert.deepEqual(lines(big.stdout), [`${pages} pages (+${pages})`, `${pages} pages (+0)`, `${pages + 1} pages (+1)`], big.stdout);
+  assert.match(big.stdout, /the clone cost 0 pages, the write 1 page/);
 });
 
 test('the checkpoint simulation rolls back exactly', async () => {
