@@ -37,6 +37,7 @@ export const O_RDONLY = 0;
 export const O_CLOEXEC = 0x80000;
 export const EPERM = 1;
 export const EINTR = 4;
+export const EIO = 5;
 export const EBADF = 9;
 export const EXDEV = 18;
 export const ENOSYS = 38;

@@ -20,7 +20,7 @@
 // Limits: each run costs a kernel mapping (VMA) and each layer an fd.
 import type { Backend, BackendMemory, BackendStats } from '../src/backend.ts';
 import { maxViewLength } from '../src/runtime.ts';
-import { appendRange, coalesce, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
+import { appendRange, coalesce, differing, overlay, pageCount, select, subtract, type Range, type Run, RefCounts } from '../src/runs.ts';
 import { SegmentError } from '../src/errors.ts';
 import * as sys from './libc.ts';
 import { ProcessMapBudget } from './map-budget.ts';
@@ -132,6 +132,13 @@ const COPY_COST = 1.5;
 const JOIN_GAP = 4;
 /** Windows a cost-driven compaction leaves. */
 const COMPACT_WINDOWS = 4;
+/**
+ * A restore copies the pages where the source's run list differs from the
+ * target's, rather than map the source's runs, while they are at most
+ * 1/RESTORE_COPY_SHARE of the segment (or always, where the runs would not
+ * fit the mapping budget).
+ */
+const RESTORE_COPY_SHARE = 4;
 /**
  * A segment too scattered for windows is flattened once its mapping debt
  * reaches 1/FLATTEN_EARLY of a whole copy's cost, less as the mapping budget
@@ -441,6 +448,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#dropWritten(target);
       return;
     }
+    if (this.#restoreByCopy(target, source)) return;
     if (this.#multiMove) {
       // The source's runs are mapped at a scratch address first, then moved
       // over the target in one mremap: any failure leaves the target as it
@@ -481,6 +489,54 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#restoreInPlace(target, source);
     }
     target.debt = chargeMapping(source);
+  }
+
+  /**
+   * restore() by copying, where mapping the source's runs would cost more
+   * than it saves: a source fragmented into many runs (an old snapshot whose
+   * pages were moved to history layers, say) that differs from the target's
+   * own run list in few pages, or one whose runs would not fit the mapping
+   * budget. The target is frozen first, so its run list is its contents; the
+   * pages where the source's run list differs are then read into the
+   * target's memory (pread(2) from the source's layers, zeros for anonymous
+   * runs): private pages, "written since", on the target's one mapping, and
+   * no mapping is added. A failure drops them again: the target reads as
+   * before. Returns false where mapping is the better way.
+   */
+  #restoreByCopy(target: LinuxSegment, source: LinuxSegment): boolean {
+    const fragmented = source.runs.length > 2 * COMPACT_WINDOWS + 1;
+    if (!fragmented) return false;
+    const fits = this.#fits(source.runs.length);
+    if (fits && pageCount(differing(target.runs, source.runs)) > target.pages / RESTORE_COPY_SHARE) return false;
+    this.#prepare(target);
+    const diff = differing(target.runs, source.runs);
+    if (fits && pageCount(diff) > target.pages / RESTORE_COPY_SHARE) return false;
+    const page = this.pageSize;
+    try {
+      for (const r of select(source.runs, diff)) {
+        const offset = r.start * page;
+        const length = (r.end - r.start) * page;
+        const at = target.addr + BigInt(offset);
+        // Safety: the range lies inside the target's own mapping.
+        if (r.layer === null) new Uint8Array(sys.view(at, length)).fill(0);
+        else this.#readInto(r.layer.fd, at, length, offset);
+      }
+    } catch (err) {
+      // Only the target's private copies of `diff` changed: dropping them
+      // reverts those pages to its run list, which is what it read before.
+      for (const r of diff) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+      throw err;
+    }
+    return true;
+  }
+
+  /** Reads `length` bytes of file `fd` at `offset` into memory at `at`, through short reads. */
+  #readInto(fd: number, at: bigint, length: number, offset: number): void {
+    for (let done = 0; done < length; ) {
+      const n = sys.pread(fd, at + BigInt(done), length - done, offset + done);
+      if (n <= 0) throw new SegmentError(`pread EIO: short read of a memory file`, 'EIO', sys.EIO, 'pread');
+      done += n;
+    }
   }
 
   /**
