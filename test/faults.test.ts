@@ -661,12 +661,35 @@ test('a kernel that refuses process_madvise on itself gets one madvise per fast 
   snap.close();
 });
 
+/**
+ * Whether this kernel takes process_madvise(PIDFD_SELF, MADV_DONTNEED) on
+ * the calling process (Linux 6.15 for PIDFD_SELF, 6.13 for MADV_DONTNEED
+ * there): tried on a page of its own.
+ */
+function vectorAdviseWorks(): boolean {
+  if (process.platform !== 'linux') return false;
+  sys.loadLibc();
+  const page = sys.getpagesize();
+  const addr = sys.mmap(null, page, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+  try {
+    new Uint8Array(sys.view(addr, 1))[0] = 1;
+    const iov = new BigUint64Array([addr, BigInt(page)]);
+    return sys.processMadvise(iov, 1, sys.MADV_DONTNEED) === page && new Uint8Array(sys.view(addr, 1))[0] === 0;
+  } catch {
+    return false;
+  } finally {
+    sys.munmap(addr, page);
+  }
+}
+
 test('fast restores drop only written pages, and every page once their scans have walked 64 times the pages in memory', { skip }, (t) => {
   const backend = new LinuxBackend({ scan: 'pagemap-scan' });
   if (backend.scanMethod !== 'pagemap-scan') {
-    t.skip('PAGEMAP_SCAN is not available here');
+    t.skip('PAGEMAP_SCAN is not available here (Linux 6.7+)');
     return;
   }
+  const vectored = vectorAdviseWorks();
+  if (!vectored) t.diagnostic('process_madvise(PIDFD_SELF, MADV_DONTNEED) is refused here (Linux 6.15+): written pages are dropped by one madvise each restore');
   setBackend(backend);
   const page = backend.pageSize;
   const pages = 256;
@@ -689,9 +712,17 @@ test('fast restores drop only written pages, and every page once their scans hav
     assert.deepEqual(read(a), want, `restore ${restores}`);
   }
   const counts = sys.callCounts(true);
-  assert.equal(full, 1, 'one madvise over the whole segment');
-  assert.equal(restores, 64, 'after 64 scans of 256 pages in memory');
-  assert.equal(counts.get('process_madvise'), 63, 'the written page alone before');
+  if (vectored) {
+    assert.equal(full, 1, 'one madvise over the whole segment');
+    assert.equal(restores, 64, 'after 64 scans of 256 pages in memory');
+    assert.equal(counts.get('process_madvise'), 63, 'the written page alone before');
+  } else {
+    // Without it, every restore drops with one madvise over the segment,
+    // after one refused process_madvise.
+    assert.equal(full, 1, 'one madvise over the whole segment');
+    assert.equal(restores, 1, 'from the first restore on');
+    assert.ok((counts.get('process_madvise') ?? 0) <= 1, 'process_madvise is tried once at most');
+  }
   a.close();
   snap.close();
 });
