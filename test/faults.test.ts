@@ -386,7 +386,7 @@ function exercise(seg: Segment, page: number): void {
   }
 }
 
-function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number, where = ''): void {
+function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number, where = '', oneReservation = false): void {
   const now = snapshot();
   assert.equal(backend.layerCount(), layers, `${where}layers left behind`);
   assert.equal(now.fds, base.fds, `${where}descriptors left open`);
@@ -394,7 +394,8 @@ function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number,
   // V8 and malloc map and unmap their own memory at any time: look only at
   // new mappings that look like segments.
   const added = newSegmentLikeMaps(base);
-  assert.deepEqual(added, [], `${where}mappings left behind: ${added.join('; ')}`);
+  const left = oneReservation && added.length === 1 && / ---p /.test(added[0]!) ? [] : added;
+  assert.deepEqual(left, [], `${where}mappings left behind: ${added.join('; ')}`);
 }
 
 /** Runs a scenario once without faults and returns how many times the op calls each function. */
@@ -571,7 +572,10 @@ function runWithFault(
       check('closing', () => s.close());
     }
   }
-  check('leaks', () => assertNoLeak(backend, base, layers));
+  // Every munmap failing from the k-th on (no kernel does: unmapping a whole
+  // mapping never splits one) leaves the address-space reservation that the
+  // failed trim tried to give back: the one mapping no call can remove.
+  check('leaks', () => assertNoLeak(backend, base, layers, '', sticky && name === 'munmap'));
   return problems;
 }
 
