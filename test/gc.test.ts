@@ -8,8 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { backend } from '../src/index.ts';
-import { runtimeName } from '../src/runtime.ts';
 import { linuxOnly } from './helpers/proc.ts';
+import { projectRoot, tsCommand } from './helpers/runtime.ts';
 
 const CHILD = process.env.MEMFORK_GC_CHILD === '1';
 const MiB = 1 << 20;
@@ -47,8 +47,8 @@ interface Findings {
 async function child(): Promise<void> {
   const { Segment, backend, memoryStats } = await import('../src/index.ts');
   const proc = await import('./helpers/proc.ts');
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc === undefined) throw new Error('run with --expose-gc');
+  // globalThis.gc with --expose-gc (Node.js, Deno's --v8-flags), Bun.gc(true) on Bun.
+  const gc = proc.fullGc;
   const page = backend.pageSize;
   const macrotask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -228,7 +228,10 @@ let cached: Findings | undefined;
 function findings(): Findings {
   if (cached !== undefined) return cached;
   // Tests run from the project root (this file may be an ES module: no __filename).
-  const r = spawnSync(process.execPath, ['--expose-gc', '-r', 'ts-node/register', path.join('test', 'gc.test.ts')], {
+  // The child runs on this runtime, loading TypeScript the way this process does.
+  const { command, args } = tsCommand(path.join(projectRoot, 'test', 'gc.test.ts'), [], { exposeGc: true });
+  const r = spawnSync(command, args, {
+    cwd: projectRoot,
     env: { ...process.env, MEMFORK_GC_CHILD: '1' },
     encoding: 'utf8',
     timeout: 120_000,
@@ -247,8 +250,7 @@ if (CHILD) {
 } else {
   const skip =
     linuxOnly ||
-    (backend.name !== 'linux' && `the ${backend.name} backend is loaded, not linux`) ||
-    (runtimeName !== 'node' && 'runs its checks in a Node.js child started with --expose-gc');
+    (backend.name !== 'linux' && `the ${backend.name} backend is loaded, not linux`);
 
   test('a segment dropped without close() is released and unmapped after garbage collection', { skip }, (t) => {
     const f = findings();
