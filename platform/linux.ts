@@ -134,9 +134,10 @@ const JOIN_GAP = 4;
 const COMPACT_WINDOWS = 4;
 /**
  * A restore copies the pages where the source's run list differs from the
- * target's, rather than map the source's runs, while they are at most
- * 1/RESTORE_COPY_SHARE of the segment (or always, where the runs would not
- * fit the mapping budget).
+ * target's, rather than map the source's runs, where those runs would take
+ * more than 1/RESTORE_COPY_SHARE of the free mapping budget and the pages
+ * are at most that share of the segment (or always, where the runs would
+ * not fit the budget).
  */
 const RESTORE_COPY_SHARE = 4;
 /**
@@ -492,11 +493,14 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   /**
-   * restore() by copying, where mapping the source's runs would cost more
-   * than it saves: a source fragmented into many runs (an old snapshot whose
-   * pages were moved to history layers, say) that differs from the target's
-   * own run list in few pages, or one whose runs would not fit the mapping
-   * budget. The target is frozen first, so its run list is its contents; the
+   * restore() by copying, where mapping the source's runs would take too much
+   * of the mapping budget: a source fragmented into many runs (an old
+   * snapshot whose pages were moved to history layers, say) whose runs would
+   * take more than 1/RESTORE_COPY_SHARE of the budget still free, and that
+   * differs from the target's own run list in at most that share of the
+   * segment's pages (or whose runs would not fit at all). Elsewhere restore
+   * shares the source's pages, as the contract asks; here it copies the pages
+   * it must, rather than fail. The target is frozen first, so its run list is its contents; the
    * pages where the source's run list differs are then read into the
    * target's memory (pread(2) from the source's layers, zeros for anonymous
    * runs): private pages, "written since", on the target's one mapping, and
@@ -504,9 +508,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * before. Returns false where mapping is the better way.
    */
   #restoreByCopy(target: LinuxSegment, source: LinuxSegment): boolean {
-    const fragmented = source.runs.length > 2 * COMPACT_WINDOWS + 1;
-    if (!fragmented) return false;
-    const fits = this.#fits(source.runs.length);
+    const free = this.#budget(source.runs.length) - this.#mapCount - this.#windows;
+    if (source.runs.length <= Math.max(2 * COMPACT_WINDOWS + 1, free / RESTORE_COPY_SHARE)) return false;
+    const fits = source.runs.length <= free;
     if (fits && pageCount(differing(target.runs, source.runs)) > target.pages / RESTORE_COPY_SHARE) return false;
     this.#prepare(target);
     const diff = differing(target.runs, source.runs);
