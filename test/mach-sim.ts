@@ -641,43 +641,39 @@ export class MachSim implements MachCalls {
     return undefined;
   }
 
-  /** Kernel page indices of the object that entry `e` maps, with the part of each inside the entry. */
-  *#kernelPages(e: Entry): Generator<{ k: number; addr: bigint; from: number; to: number }> {
-    const kp = this.kernelPageSize;
-    const len = Number(e.end - e.start);
-    for (let k = Math.floor(e.offset / kp); k * kp < e.offset + len; k++) {
-      const from = Math.max(k * kp, e.offset) - k * kp;
-      const to = Math.min((k + 1) * kp, e.offset + len) - k * kp;
-      yield { k, addr: e.start + BigInt(k * kp + from - e.offset), from, to };
-    }
-  }
-
-  /** Learns what the program did to the real memory since the last call: faults, as vm_fault would have taken them. */
+  /**
+   * Learns what the program did to the real memory since the last call:
+   * faults, as vm_fault would have taken them. Only kernel pages with a page
+   * the real memory holds resident (mincore) can have changed: the others read
+   * as zeros, and the model holds no non-zero page there.
+   */
   #sync(): void {
     const { mincore } = linuxCalls();
     const kp = this.kernelPageSize;
     for (const e of this.#entries) {
       if ((e.prot & VM_PROT_READ) === 0) continue;
       const len = Number(e.end - e.start);
-      const real = new Uint8Array(sys.view(e.start, len));
       const vec = new Uint8Array(Math.ceil(len / 4096));
       if (mincore(e.start, len, vec) !== 0) throw new Error('MachSim: mincore failed');
-      for (const { k, addr, from, to } of this.#kernelPages(e)) {
-        const off = Number(addr - e.start);
-        const now = real.subarray(off, off + (to - from));
+      let lastK = -1;
+      for (let i = vec.indexOf(1); i !== -1; i = vec.indexOf(1, i + 1)) {
+        const k = Math.floor((e.offset + i * 4096) / kp);
+        if (k === lastK) continue;
+        lastK = k;
+        // The part of kernel page k inside the entry.
+        const from = Math.max(k * kp, e.offset) - k * kp;
+        const to = Math.min((k + 1) * kp, e.offset + len) - k * kp;
+        const addr = e.start + BigInt(k * kp + from - e.offset);
+        const now = new Uint8Array(sys.view(addr, to - from));
         const seen = this.#lookup(e.object, k);
         if (seen !== undefined) {
           if (Buffer.compare(now, seen.subarray(from, to)) === 0) continue;
           const page = seen.slice();
           page.set(now, from);
           this.#writeFault(e, k, page);
-          continue;
-        }
-        let touched = false;
-        for (let i = Math.floor(off / 4096); i * 4096 < off + (to - from); i++) if (vec[i]! & 1) touched = true;
-        if (!touched) continue;
-        if (isZero(now)) this.#readFault(e, k);
-        else {
+        } else if (isZero(now)) {
+          this.#readFault(e, k);
+        } else {
           const page = new Uint8Array(kp);
           page.set(now, from);
           this.#writeFault(e, k, page);
@@ -784,12 +780,17 @@ export class MachSim implements MachCalls {
 
   /** Writes the pages the new entry sees (resident somewhere in its chain) into its fresh real memory. */
   #realFill(e: Entry): void {
-    if (e.object === null) return;
-    const real = new Uint8Array(sys.view(e.start, Number(e.end - e.start)));
-    for (const { k, addr, from, to } of this.#kernelPages(e)) {
-      const p = this.#lookup(e.object, k);
-      if (p === undefined || isZero(p)) continue;
-      real.set(p.subarray(from, to), Number(addr - e.start));
+    const kp = this.kernelPageSize;
+    const len = Number(e.end - e.start);
+    const keys = new Set<number>();
+    for (let o = e.object; o !== null; o = o.shadow) for (const k of o.pages.keys()) keys.add(k);
+    for (const k of keys) {
+      const from = Math.max(k * kp, e.offset) - k * kp;
+      const to = Math.min((k + 1) * kp, e.offset + len) - k * kp;
+      if (to <= from) continue; // outside the entry
+      const p = this.#lookup(e.object, k)!;
+      if (isZero(p)) continue;
+      new Uint8Array(sys.view(e.start + BigInt(k * kp + from - e.offset), to - from)).set(p.subarray(from, to));
     }
   }
 
