@@ -115,6 +115,36 @@ describe('Mach constants and types, checked against the xnu headers', () => {
     assert.equal(mach.TASK_VM_INFO, 22);
   });
 
+  it('builds the user flag masks of vm_statistics.h from its flag values, the remap mask without the tag bits', () => {
+    // osfmk/mach/vm_statistics.h at xnu-11417.101.15.
+    const flags: [string, number][] = [
+      ['VM_FLAGS_PURGABLE', 0x2], ['VM_FLAGS_4GB_CHUNK', 0x4], ['VM_FLAGS_RANDOM_ADDR', 0x8], ['VM_FLAGS_NO_CACHE', 0x10],
+      ['VM_FLAGS_RESILIENT_CODESIGN', 0x20], ['VM_FLAGS_RESILIENT_MEDIA', 0x40], ['VM_FLAGS_PERMANENT', 0x80],
+      ['VM_FLAGS_TPRO', 0x1000], ['VM_FLAGS_SUPERPAGE_MASK', 0x70000], ['VM_FLAGS_RETURN_DATA_ADDR', 0x100000],
+      ['VM_FLAGS_RETURN_4K_DATA_ADDR', 0x800000],
+    ];
+    for (const [name, value] of flags) assert.equal((mach as unknown as Record<string, number>)[name], value, name);
+    assert.equal(mach.VM_FLAGS_ALIAS_MASK >>> 0, 0xff000000);
+    assert.equal(mach.VM_FLAGS_USER_REMAP, 0x104069);
+    assert.equal(mach.VM_FLAGS_USER_ALLOCATE >>> 0, 0xff07509f);
+    assert.equal(mach.VM_FLAGS_USER_REMAP & mach.VM_FLAGS_ALIAS_MASK, 0);
+    assert.equal(mach.VM_MAKE_TAG(240) & ~mach.VM_FLAGS_USER_ALLOCATE, 0);
+    // osfmk/vm/vm_map.c, XNU_TARGET_OS_OSX.
+    assert.equal(mach.NO_COALESCE_LIMIT, 128 * 1024 - 1);
+    assert.equal(mach.SM_TRUESHARED, 5);
+  });
+
+  it('lays out vm_region_extended_info as osfmk/mach/vm_region.h does', () => {
+    // protection, user_tag, pages_resident, pages_shared_now_private, pages_swapped_out,
+    // pages_dirtied, ref_count (4 bytes each), shadow_depth (2), external_pager, share_mode (1 each), pages_reusable (4).
+    const X = mach.EXTENDED_INFO;
+    assert.deepEqual(
+      [X.protection, X.user_tag, X.pages_resident, X.pages_shared_now_private, X.pages_swapped_out, X.pages_dirtied, X.ref_count, X.shadow_depth, X.pages_reusable],
+      [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    assert.equal(X.count, (7 * 4 + 2 + 1 + 1 + 4) / 4);
+  });
+
   it('lays out vm_region_top_info and task_vm_info as the headers do under #pragma pack(4)', () => {
     // Field sizes in header order; offsets follow from pack(4) (no member aligned past 4).
     const layout = (fields: [string, number][]) => {
@@ -208,6 +238,7 @@ describe('Mach constants and types, checked against the xnu headers', () => {
 
   it('writes prototypes koffi can parse, one per Mach call the backend makes', () => {
     mach.declareMachTypes();
+    assert.match(mach.MACH_PROTOTYPES.mach_vm_protect, /boolean_t set_maximum, vm_prot_t new_protection\)$/);
     for (const [name, proto] of Object.entries(mach.MACH_PROTOTYPES)) {
       assert.match(proto, new RegExp(`^\\w+ \\*?${name}\\(`), name);
       // Parsed under another name: a prototype registers its name as a type.
