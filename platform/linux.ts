@@ -130,6 +130,8 @@ const MAP_COST = 6;
 const COPY_COST = 1.5;
 /** Written runs closer than this many pages are frozen as one, copying the clean pages between. */
 const JOIN_GAP = 4;
+/** Fewest pages of a run for which a file-to-file copy looks for holes to skip (SEEK_DATA / SEEK_HOLE). */
+const DATA_SCAN_MIN = 256;
 /** Windows a cost-driven compaction leaves. */
 const COMPACT_WINDOWS = 4;
 /**
@@ -425,11 +427,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     seg.debt = 0;
   }
 
-  /** Copies the data (not the holes) of each layer run of `runs` into `layer` at the same offsets. */
+  /**
+   * Copies each layer run of `runs` into `layer` at the same offsets; of runs
+   * of DATA_SCAN_MIN pages or more, only the data, not the holes. (Looking
+   * for a hole walks the file from there to the next hole, however far past
+   * the run that is: per short run, that walk would cost more than the copy.)
+   */
   #copyRunsFileToFile(runs: Runs, layer: Layer): void {
     for (const r of runs) {
       if (r.layer === null) continue;
-      for (const d of this.#dataRanges(r.layer.fd, r.start, r.end)) {
+      const data = r.end - r.start < DATA_SCAN_MIN ? [r] : this.#dataRanges(r.layer.fd, r.start, r.end);
+      for (const d of data) {
         sys.copyFileRange(r.layer.fd, layer.fd, d.start * this.pageSize, (d.end - d.start) * this.pageSize);
       }
     }
