@@ -2,7 +2,7 @@
 // so Linux never loads libSystem and macOS never loads libc.so.6.
 import type { Backend, BackendName } from './backend.ts';
 import { canDetach } from './runtime.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { CopyBackend } from '../platform/copy.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 

@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Segment, memoryStats } from '../src/index.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { useBackend } from './backends.ts';
 
 const linuxOnly = process.platform !== 'linux' && 'Linux only';

@@ -9,7 +9,7 @@ import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Segment } from '../src/index.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { backends, linuxBackends, useBackend, assertBytes, type BackendCase } from './backends.ts';
 
 const MAX_LIVE = 8;
