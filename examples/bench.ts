@@ -2,11 +2,18 @@
 //
 //   npm run bench                         # 256 MiB, 1 GiB and 4 GiB
 //   npm run bench -- --sizes 256M,1G      # chosen sizes (or MEMFORK_BENCH_SIZES)
-//   npm run bench -- --quick              # a few seconds, small sizes (the smoke test)
+//   npm run bench -- --quick              # about a minute, small sizes (the smoke test)
+//   npm run bench -- --matrix-only --rounds 100   # only the pattern matrix, 100 rounds a case
 //
 // Options: --sizes LIST, --chain DEPTH (500), --chain-size SIZE (64M),
 // --restore-size SIZE (256M), --seconds S (restore loop, 2),
 // --out DIR (bench-results), --quick.
+// The pattern matrix (examples/bench/matrix.ts): --no-matrix, --matrix-only,
+// --matrix-sizes LIST (default: --sizes), --rounds N (6), --patterns LIST and
+// --modes LIST (ids from examples/bench/pattern.ts), --case-timeout SECONDS,
+// --reserve SIZE (MemAvailable a case leaves free), --case-child each|shared
+// (one process per memfork case, or one per size restarted after a crash;
+// default each, shared with --quick).
 //
 // What a user does without memfork is copy: `Uint8Array.prototype.slice()`
 // into fresh memory, or `set()` into a buffer that is already touched (the
@@ -16,9 +23,14 @@
 // the table to stdout, raw figures to bench-results/bench.json and a chart to
 // bench-results/bench.svg.
 //
-// fork() is not in the table: child_process.fork() starts a whole new Node.js
-// process (not comparable), and calling fork(2) itself from a multi-threaded
-// Node.js process is unsafe.
+// fork() is not in the first table: child_process.fork() starts a whole new
+// Node.js process (not comparable), and calling fork(2) itself from a
+// multi-threaded Node.js process is unsafe. The pattern matrix compares with
+// fork() through a small C program (examples/bench/fork-peer.c), built at bench
+// time when a C compiler exists: every write pattern × snapshots let go, kept,
+// or kept and read, memfork's clone() against fork() doing the same writes,
+// and the copy floor of those writes. Each memfork case runs in a child
+// process, so a case that crashes is a row of the table, not the end of the bench.
 //
 // Memory: a 4 GiB size needs about 12 GiB free at its peak (the segment, a
 // copy, and the layer a 100%-written clone makes). Sizes that do not fit in
@@ -28,6 +40,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Segment, backend, memoryStats } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
+import { defaultReserve, matrixSvg, printMatrix, runMatrix } from './bench/matrix.ts';
+import type { MatrixResult } from './bench/matrix.ts';
+import { modes, patterns } from './bench/pattern.ts';
+import type { ModeId, PatternId } from './bench/pattern.ts';
 
 // ---- options --------------------------------------------------------------------
 
@@ -61,6 +77,31 @@ const outDir = arg('out') ?? 'bench-results';
 const budgetMs = quick ? 300 : 4000;
 const maxReps = quick ? 3 : 15;
 const hasGc = typeof globalThis.gc === 'function';
+const matrixOnly = argv.includes('--matrix-only');
+const withMatrix = !argv.includes('--no-matrix');
+const matrixSizes = (arg('matrix-sizes') ?? sizes.map(String).join(','))
+  .split(',')
+  .filter((t) => t.trim() !== '')
+  .map(parseSize)
+  .map((s) => Math.ceil(s / PAGE) * PAGE);
+const rounds = Number(arg('rounds') ?? 6);
+if (!Number.isInteger(rounds) || rounds < 1) throw new RangeError(`Invalid --rounds: ${arg('rounds')} (a positive integer)`);
+function listArg<T extends string>(name: string, all: readonly { id: T }[]): T[] {
+  const text = arg(name);
+  if (text === undefined) return all.map((x) => x.id);
+  const ids = text.split(',').map((t) => t.trim()) as T[];
+  for (const id of ids) {
+    if (!all.some((x) => x.id === id)) throw new RangeError(`Invalid --${name}: ${id} (one of ${all.map((x) => x.id).join(', ')})`);
+  }
+  return ids;
+}
+const matrixPatterns = listArg<PatternId>('patterns', patterns);
+const matrixModes = listArg<ModeId>('modes', modes);
+const caseTimeoutMs = Number(arg('case-timeout') ?? (quick ? 120 : 1800)) * 1000;
+const reserve = arg('reserve') !== undefined ? parseSize(arg('reserve')!) : defaultReserve();
+const caseChild = arg('case-child') ?? (quick ? 'shared' : 'each');
+if (caseChild !== 'each' && caseChild !== 'shared') throw new RangeError(`Invalid --case-child: ${caseChild} (each or shared)`);
+let matrix: MatrixResult | undefined;
 
 // ---- small helpers --------------------------------------------------------------
 
@@ -757,6 +798,29 @@ function tick(ms: number): string {
   return `${+(ms * 1000).toPrecision(3)} µs`;
 }
 
+/** The chart of the cases above, then the pattern matrix's, one above the other. */
+function fullSvg(): string {
+  const parts: { svg: string; width: number; height: number }[] = [];
+  if (rows.some((r) => r.unit === 'ms' && shortName[r.case] !== undefined) || matrix === undefined) {
+    const first = svg();
+    const m = /width="(\d+(?:\.\d+)?)" height="(\d+(?:\.\d+)?)"/.exec(first)!;
+    parts.push({ svg: first, width: Number(m[1]), height: Number(m[2]) });
+  }
+  if (matrix !== undefined && matrix.cases.length > 0) parts.push(matrixSvg(matrix, 0));
+  if (parts.length === 1 && matrix === undefined) return parts[0].svg;
+  const width = Math.max(...parts.map((p) => p.width));
+  const height = parts.reduce((a, p) => a + p.height, 0);
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`];
+  out.push(`<rect width="100%" height="100%" fill="white"/>`);
+  let y = 0;
+  for (const p of parts) {
+    out.push(`<svg y="${y}" width="${p.width}" height="${p.height}">`, p.svg, '</svg>');
+    y += p.height;
+  }
+  out.push('</svg>');
+  return out.join('\n');
+}
+
 /** A grouped bar chart, log scale: memfork vs the two copies for each timed case, one block per size. */
 function svg(): string {
   const timed = rows.filter((r) => r.unit === 'ms' && shortName[r.case] !== undefined);
@@ -832,13 +896,15 @@ function svg(): string {
 
 // ---- main -----------------------------------------------------------------------
 
-function main(): void {
+async function main(): Promise<void> {
   const from = arg('chart-from');
   if (from !== undefined) {
     // Redraw the chart from an earlier run's JSON, without measuring.
-    rows.push(...(JSON.parse(fs.readFileSync(from, 'utf8')) as { rows: Row[] }).rows);
+    const saved = JSON.parse(fs.readFileSync(from, 'utf8')) as { rows: Row[]; matrix?: MatrixResult };
+    rows.push(...saved.rows);
+    matrix = saved.matrix;
     fs.mkdirSync(outDir, { recursive: true });
-    fs.writeFileSync(path.join(outDir, 'bench.svg'), `${svg()}\n`);
+    fs.writeFileSync(path.join(outDir, 'bench.svg'), `${fullSvg()}\n`);
     log(`wrote ${path.join(outDir, 'bench.svg')}`);
     return;
   }
@@ -857,7 +923,7 @@ function main(): void {
     }
     w.close();
   }
-  for (const size of sizes) {
+  for (const size of matrixOnly ? [] : sizes) {
     const available = meminfo('MemAvailable');
     const needed = 3 * size + 2 ** 30;
     if (Number.isFinite(available) && available < needed) {
@@ -870,12 +936,29 @@ function main(): void {
     }
     benchSize(size);
   }
-  if (chainDepth > 0) benchChain(chainSize, chainDepth);
-  if (restoreSeconds > 0) benchRestore(restoreSize, restoreSeconds);
-  benchMachine();
+  if (!matrixOnly) {
+    if (chainDepth > 0) benchChain(chainSize, chainDepth);
+    if (restoreSeconds > 0) benchRestore(restoreSize, restoreSeconds);
+    benchMachine();
+  }
+  if (withMatrix || matrixOnly) {
+    matrix = await runMatrix({
+      sizes: matrixSizes,
+      rounds,
+      seed: 0x2545f491,
+      reserve,
+      caseTimeoutMs,
+      shared: caseChild === 'shared',
+      patterns: matrixPatterns,
+      modes: matrixModes,
+      outDir,
+      log,
+    });
+  }
 
   const seconds = (now() - began) / 1000;
-  printTable();
+  if (rows.length > 0) printTable();
+  if (matrix !== undefined) printMatrix(matrix);
   console.log(`total ${seconds.toFixed(0)} s; load average at the end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 
   fs.mkdirSync(outDir, { recursive: true });
@@ -892,9 +975,12 @@ function main(): void {
     quick,
     seconds,
   };
-  fs.writeFileSync(path.join(outDir, 'bench.json'), `${JSON.stringify({ meta, rows, extra }, null, 2)}\n`);
-  fs.writeFileSync(path.join(outDir, 'bench.svg'), `${svg()}\n`);
+  fs.writeFileSync(path.join(outDir, 'bench.json'), `${JSON.stringify({ meta, rows, extra, matrix }, null, 2)}\n`);
+  fs.writeFileSync(path.join(outDir, 'bench.svg'), `${fullSvg()}\n`);
   log(`\nwrote ${path.join(outDir, 'bench.json')} and ${path.join(outDir, 'bench.svg')}`);
 }
 
-main();
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // Runs the test suites (test/*.test.ts) on every other JavaScript runtime
 // memfork supports: Node.js 22, the newest Node.js, Bun and Deno. The
-// runtimes are npm packages (scripts/runtimes/package.json, a devDependency
-// of the project), so `npm ci` brings them; only this platform's binaries
-// install. No install script is needed: the binaries are found here.
+// runtimes are npm packages, pinned in scripts/runtimes/package-lock.json.
+// They are not dependencies of the project (`npm install` stays small): the
+// first run that needs them installs them into scripts/runtimes/node_modules
+// with `npm ci --prefix scripts/runtimes`, and later runs find them there
+// until the lockfile changes. Only this platform's binaries install.
 //
 //   node scripts/test-runtimes.mjs                  every runtime, every suite
 //   node scripts/test-runtimes.mjs bun deno         some runtimes
@@ -11,14 +13,16 @@
 //   node scripts/test-runtimes.mjs --verbose        stream each runtime's output (one file at a time)
 //   node scripts/test-runtimes.mjs --times          show each file's counts and time
 //   node scripts/test-runtimes.mjs --jobs=1         one file at a time (default: 2 on 2+ cores)
-//   node scripts/test-runtimes.mjs --list           show the runtimes found
+//   node scripts/test-runtimes.mjs --list           show the runtimes found (installs nothing)
+//   node scripts/test-runtimes.mjs --install        install the runtimes if needed, run nothing
 //
 // Each file runs in a process of its own; its output is shown when it fails
 // (always with --verbose). The last line is the total over all runtimes:
 // `runtimes: N passed, N failed, N skipped`. The exit code is 1 when a file
-// failed or a runtime could not run it.
-import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+// failed, a runtime could not run it, or the runtimes could not be installed.
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,13 +32,56 @@ const runtimesDir = join(root, 'scripts', 'runtimes');
 const platform = process.platform;
 const arch = process.arch;
 
-/** Where npm puts a package of the runtimes package (nested, or hoisted to the root). */
-function packageDir(name) {
-  for (const base of [join(runtimesDir, 'node_modules'), join(root, 'node_modules')]) {
-    const dir = join(base, name);
-    if (existsSync(join(dir, 'package.json'))) return dir;
+/** Where the runtimes install: `npm ci --prefix scripts/runtimes`. */
+const runtimesModules = join(runtimesDir, 'node_modules');
+/** Written after a successful install: the hash of the lockfile it installed. */
+const stampFile = join(runtimesModules, '.memfork-runtimes-lock');
+
+function lockHash() {
+  return createHash('sha256').update(readFileSync(join(runtimesDir, 'package-lock.json'))).digest('hex');
+}
+
+/**
+ * Installs the locked runtimes unless the installed set is already the one
+ * scripts/runtimes/package-lock.json pins. `npm ci` downloads each package
+ * once into npm's cache; a later install (after a lockfile change, or in a
+ * fresh clone on the same machine) takes them from there. Returns false when
+ * npm failed.
+ */
+function ensureRuntimes() {
+  const want = lockHash();
+  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === want) return true;
+  console.log('Installing the test runtimes (Node.js 22 and 26, Bun, Deno) into scripts/runtimes/node_modules: npm ci --prefix scripts/runtimes');
+  const started = Date.now();
+  // The npm running `npm test` when there is one, else the one on PATH.
+  const npmCli = process.env.npm_execpath;
+  const [cmd, pre] =
+    npmCli !== undefined && /npm-cli\.c?js$/.test(npmCli) ? [process.execPath, [npmCli]] : [platform === 'win32' ? 'npm.cmd' : 'npm', []];
+  // npm hands its own prefix to the scripts it runs; this install has its own.
+  const env = { ...process.env };
+  for (const key of Object.keys(env)) {
+    if (/^npm_config_(local_)?prefix$/i.test(key)) delete env[key];
   }
-  return undefined;
+  const res = spawnSync(cmd, [...pre, 'ci', '--prefix', runtimesDir, '--no-audit', '--no-fund'], {
+    cwd: runtimesDir,
+    env,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    shell: platform === 'win32',
+  });
+  if (res.status !== 0) {
+    const why = res.error ? res.error.message : res.signal ? `ended by ${res.signal}` : `exit code ${res.status}`;
+    console.error(`Could not install the test runtimes (${why}); run \`npm ci --prefix scripts/runtimes\` to see why.`);
+    return false;
+  }
+  writeFileSync(stampFile, `${want}\n`);
+  console.log(`Installed the test runtimes in ${((Date.now() - started) / 1000).toFixed(1)} s.`);
+  return true;
+}
+
+/** Where npm put a package of the runtimes package, if it is installed. */
+function packageDir(name) {
+  const dir = join(runtimesModules, name);
+  return existsSync(join(dir, 'package.json')) ? dir : undefined;
 }
 
 function versionOf(dir) {
@@ -235,18 +282,27 @@ async function main() {
   const list = argv.includes('--list');
   const times = argv.includes('--times');
   const positional = argv.filter((a) => !a.startsWith('--'));
-  const all = [...nodeRuntimes(), bunRuntime(), denoRuntime()];
+  const known = () => [...nodeRuntimes(), bunRuntime(), denoRuntime()];
+  let all = known();
   const wanted = positional.filter((a) => !a.endsWith('.ts'));
   const unknown = wanted.filter((w) => !all.some((r) => r.name === w));
   if (unknown.length > 0) {
     console.error(`Unknown runtime: ${unknown.join(', ')} (known: ${all.map((r) => r.name).join(', ')})`);
     process.exit(2);
   }
+  if (!list) {
+    if (!ensureRuntimes()) {
+      process.exitCode = 1;
+      return;
+    }
+    if (argv.includes('--install')) return;
+    all = known();
+  }
   const runtimes = wanted.length > 0 ? all.filter((r) => wanted.includes(r.name)) : all;
 
   if (list) {
     for (const r of all) {
-      console.log(`${r.name.padEnd(7)} ${r.bin ? `${r.version}: ${relative(root, r.bin)} (TypeScript: ${r.loader})` : `not installed for ${platform}-${arch}`}`);
+      console.log(`${r.name.padEnd(7)} ${r.bin ? `${r.version}: ${relative(root, r.bin)} (TypeScript: ${r.loader})` : `not installed for ${platform}-${arch}${existsSync(stampFile) ? '' : ' (the runtimes are installed by the first run)'}`}`);
     }
     return;
   }

@@ -25,13 +25,13 @@ interface Result {
 }
 
 /** Runs `examples/<file>` on this runtime in a child process. */
-function runExample(file: string, args: string[] = [], options: { exposeGc?: boolean } = {}): Promise<Result> {
+function runExample(file: string, args: string[] = [], options: { exposeGc?: boolean; env?: Record<string, string> } = {}): Promise<Result> {
   const { command, args: argv } = tsCommand(path.join(projectRoot, 'examples', file), args, options);
   return new Promise((resolve) => {
     execFile(
       command,
       argv,
-      { cwd: projectRoot, env: { ...process.env, NO_COLOR: '1' }, timeout: 120_000, maxBuffer: 16 << 20 },
+      { cwd: projectRoot, env: { ...process.env, NO_COLOR: '1', ...options.env }, timeout: 120_000, maxBuffer: 16 << 20 },
       (err, stdout, stderr) => {
         const code = err === null ? 0 : typeof err.code === 'number' ? err.code : null;
         resolve({ code, stdout, stderr });
@@ -45,34 +45,41 @@ function assertSucceeded(r: Result): void {
   assert.doesNotMatch(r.stdout, /✘/, 'no check failed');
 }
 
-/** Parses "+4.0 KiB" / "-1.2 MiB" / "+0 B" into bytes. */
-function parseDelta(text: string): number {
-  const m = /([+-])(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)/.exec(text);
-  assert.ok(m !== null, `a change in bytes in: ${text}`);
-  const scale = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30 }[m[3] as 'B' | 'KiB' | 'MiB' | 'GiB'];
-  return (m[1] === '-' ? -1 : 1) * Number(m[2]) * scale;
-}
-
-test('the copy-on-write demo shows the clone reading b and the origin still reading a', async () => {
-  const r = await runExample('cow-demo.ts', ['--size', '16M', '--rounds', '3']);
+test('the copy-on-write demo writes one page with a, clones it, writes b into the clone, and shows each side\'s address and byte', async () => {
+  const r = await runExample('cow-demo.ts');
   assertSucceeded(r);
+  assert.match(r.stdout, /one page, as in Mach's vm_remap example/);
+  assert.match(r.stdout, /^1\. origin = Segment\.create\(\d+\); its page written 'a'$/m);
+  assert.match(r.stdout, /^2\. clone = origin\.clone\(\)$/m);
+  assert.match(r.stdout, /^3\. clone's first byte written 'b'$/m);
+  const origins = [...r.stdout.matchAll(/^\s+origin\s+(0x[0-9a-f]+)\s+reads ('.')$/gm)].map((m) => [m[1], m[2]]);
+  const clones = [...r.stdout.matchAll(/^\s+clone\s+(0x[0-9a-f]+)\s+reads ('.')$/gm)].map((m) => [m[1], m[2]]);
+  assert.deepEqual(
+    origins.map((o) => o[1]),
+    ["'a'", "'a'", "'a'"],
+    'the origin reads a after every step',
+  );
+  assert.deepEqual(
+    clones.map((c) => c[1]),
+    ["'a'", "'b'"],
+    'the clone reads a, then b',
+  );
+  assert.equal(new Set(origins.map((o) => o[0])).size, 1, 'the origin keeps its address');
+  assert.notEqual(clones[0]![0], origins[0]![0], 'the clone has an address of its own');
   assert.match(r.stdout, /clone reads 'b', origin still reads 'a'/);
-  assert.match(r.stdout, /^\s+origin\s+0x[0-9a-f]+\s+'a'/m);
-  assert.match(r.stdout, /^\s+clone\s+0x[0-9a-f]+\s+'b'/m);
-  for (const label of ["after write 'a'", 'after clone', "after write 'b'"]) assert.match(r.stdout, new RegExp(label));
 });
 
-test('the copy-on-write demo shows a clone costing far less memory than the segment', linuxOnly, async () => {
-  const r = await runExample('cow-demo.ts', ['--size', '32M', '--rounds', '3']);
-  assertSucceeded(r);
-  const row = (label: string) => r.stdout.split('\n').find((l) => l.includes(label)) ?? '';
-  // Columns: VmSize, VmRSS, memory held; each "<value> <change>". The last change is memory held.
-  const changes = (line: string) => [...line.matchAll(/[+-]\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)/g)].map((m) => parseDelta(m[0]));
-  const fill = changes(row("after write 'a'"));
-  const clone = changes(row('after clone'));
-  assert.ok(fill[2] >= 30 * 2 ** 20, `writing 'a' holds the segment's memory: ${row("after write 'a'")}`);
-  assert.ok(clone[0] >= 30 * 2 ** 20, `the clone adds its address range to VmSize: ${row('after clone')}`);
-  assert.ok(clone[2] < 8 * 2 ** 20, `the clone holds (almost) no new memory: ${row('after clone')}`);
+test('the copy-on-write demo shows memory growing by the page written, not at all for the clone, and by one page for the write into it', linuxOnly, async () => {
+  const one = await runExample('cow-demo.ts');
+  assertSucceeded(one);
+  const lines = (out: string) => [...out.matchAll(/^\s+memory: (.*)$/gm)].map((m) => m[1]!.replace(/:.*$/, ''));
+  assert.deepEqual(lines(one.stdout), ['1 page (+1)', '1 page (+0)', '2 pages (+1)'], one.stdout);
+  assert.match(one.stdout, /memory per step \(pages\): 1, 1, 2$/m);
+  const big = await runExample('cow-demo.ts', ['--size', '32M']);
+  assertSucceeded(big);
+  const pages = (32 * 2 ** 20) / backend.pageSize;
+  assert.deepEqual(lines(big.stdout), [`${pages} pages (+${pages})`, `${pages} pages (+0)`, `${pages + 1} pages (+1)`], big.stdout);
+  assert.match(big.stdout, /the clone cost 0 pages, the write 1 page/);
 });
 
 test('the checkpoint simulation rolls back exactly', async () => {
@@ -116,7 +123,7 @@ test('the large segment example works past 4 GiB through view() windows', linuxO
 test('the bench in quick mode prints its table and writes JSON and SVG', async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'memfork-bench-'));
   try {
-    const r = await runExample('bench.ts', ['--quick', '--sizes', '8M', '--chain', '20', '--out', out], { exposeGc: true });
+    const r = await runExample('bench.ts', ['--quick', '--sizes', '8M', '--chain', '20', '--no-matrix', '--out', out], { exposeGc: true });
     assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^case\s+size\s+memfork\s+copy: slice\(\)/m);
     for (const row of ['fill', 'first clone', 'clone, nothing written', 'clone after 1% written, random', 'clone after 100% written', 'restore loop']) {
@@ -128,6 +135,69 @@ test('the bench in quick mode prints its table and writes JSON and SVG', async (
     const svg = fs.readFileSync(path.join(out, 'bench.svg'), 'utf8');
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
     assert.match(svg, /<rect [^>]*fill="#2b8a3e"/);
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
+interface MatrixJson {
+  matrix: {
+    peer: { path?: string; missing?: string };
+    cases: {
+      name: string;
+      pattern: string;
+      mode: string;
+      memforkOutcome: string;
+      memfork?: { roundsDone: number; cloneMs: number[]; verify?: { wrongBytes: number; checkedBytes: number; segments: number } };
+      fork?: { roundsDone: number; forkMs: number[] };
+      forkOutcome: string;
+      summary: { patternsMatch?: boolean; floorMs: number };
+    }[];
+    geomean: { size: number | 'all'; cases: number; of: number }[];
+  };
+}
+
+test('the bench matrix records a crashed case and goes on, checks every kept snapshot, and runs the fork peer on the same pages', linuxOnly, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'memfork-bench-'));
+  const crashed = 'stride3-kept-8388608';
+  try {
+    const r = await runExample('bench.ts', ['--quick', '--matrix-only', '--sizes', '8M', '--rounds', '3', '--reserve', '0', '--out', out], {
+      exposeGc: true,
+      env: { MEMFORK_BENCH_CRASH_CASE: crashed },
+    });
+    assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^8 MiB:$/m);
+    assert.match(r.stdout, /^case\s+memfork clone\s+fork\(\)\s+fork\/memfork\s+floor/m);
+    assert.match(r.stdout, /^all sizes: \d+ of 21 cases failed/m);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8')) as MatrixJson;
+    const cases = json.matrix.cases;
+    assert.equal(cases.length, 21, 'seven patterns, three modes');
+    for (const c of cases) assert.match(r.stdout, new RegExp(`^${c.name.replace(/[()%]/g, '\\$&')}\\s`, 'm'), `a row for ${c.name}`);
+    const crash = cases.find((c) => c.pattern === 'stride3' && c.mode === 'kept')!;
+    assert.match(crash.memforkOutcome, /^crashed \(SIGKILL\)/);
+    assert.equal(crash.memfork, undefined);
+    for (const c of cases.filter((x) => x !== crash)) {
+      assert.ok(c.memfork !== undefined, `${c.name}: ${c.memforkOutcome}`);
+      assert.equal(c.memfork.roundsDone, 3, `${c.name}: ${c.memforkOutcome}`);
+      assert.equal(c.memfork.cloneMs.length, 3);
+      assert.equal(c.memfork.verify?.wrongBytes, 0, `${c.name}: every byte as cloned`);
+      assert.equal(c.memfork.verify?.segments, c.mode === 'letgo' ? 1 : 4, `${c.name}: the segment and each kept snapshot checked`);
+      assert.equal(c.memfork.verify?.checkedBytes, c.memfork.verify?.segments * 8 * 2 ** 20);
+    }
+    if (json.matrix.peer.path !== undefined) {
+      for (const c of cases) {
+        assert.equal(c.fork?.roundsDone, 3, `${c.name}: fork peer ${c.forkOutcome}`);
+        assert.equal(c.fork?.forkMs.length, 3);
+        assert.ok(c.summary.floorMs > 0, `${c.name}: a floor`);
+        if (c !== crash) assert.equal(c.summary.patternsMatch, true, `${c.name}: memfork and the fork peer wrote the same pages`);
+      }
+    } else {
+      assert.match(r.stdout, /fork\(\) peer: no C compiler/);
+      assert.ok(cases.every((c) => c.fork === undefined && /^not run/.test(c.forkOutcome)));
+    }
+    const svg = fs.readFileSync(path.join(out, 'bench.svg'), 'utf8');
+    assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+    assert.match(svg, /pattern matrix/);
   } finally {
     fs.rmSync(out, { recursive: true, force: true });
   }

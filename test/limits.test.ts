@@ -26,13 +26,17 @@ const skip =
   (runtimeName !== 'node' && 'runs its children with Node.js and ts-node') ||
   (!hasPrlimit() && 'prlimit (util-linux) is not installed');
 
-/** Runs a fixture under `prlimit <limits>` and returns what it printed. */
-function runFixture(fixture: string, limits: string[]): Record<string, unknown> {
-  const r = spawnSync(
-    'prlimit',
-    [...limits, process.execPath, '-r', 'ts-node/register', path.join('test', 'fixtures', fixture)],
-    { cwd: root, encoding: 'utf8', timeout: 120_000 },
-  );
+/**
+ * Runs a fixture and returns what it printed. Each fixture sets its own limit
+ * with prlimit, relative to what it uses once loaded, so the descriptors and
+ * limits this process inherited do not decide its outcome.
+ */
+function runFixture(fixture: string): Record<string, unknown> {
+  const r = spawnSync(process.execPath, ['-r', 'ts-node/register', path.join('test', 'fixtures', fixture)], {
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   assert.equal(r.signal, null, `${fixture} was killed by ${r.signal}\n${r.stderr}`);
   assert.equal(r.status, 0, `${fixture} exited with ${r.status}\n${r.stderr}`);
   const line = r.stdout.trim().split('\n').pop() ?? '';
@@ -49,8 +53,8 @@ function assertSegmentError(e: unknown, code: string, errno: number, what: strin
   assert.ok(err.message.startsWith(`${err.syscall} ${code}: `), `${what}: message "${err.message}"`);
 }
 
-test('out of file descriptors, create() and clone() throw SegmentError EMFILE, lose nothing, and work resumes once segments close', { skip }, (t) => {
-  const out = runFixture('limits-fds.ts', ['--nofile=64']);
+test('out of file descriptors, create() throws SegmentError EMFILE, a clone at the limit throws EMFILE or holds the right bytes, nothing is lost, and work resumes once segments close', { skip }, (t) => {
+  const out = runFixture('limits-fds.ts');
   t.diagnostic(JSON.stringify(out));
   assertSegmentError(out.createError, 'EMFILE', 24, 'create() at the limit');
   assert.ok((out.created as number) > 10, 'segments were created before the limit');
@@ -60,9 +64,18 @@ test('out of file descriptors, create() and clone() throw SegmentError EMFILE, l
     (out.layersAtLimit as number) <= (out.created as number) + (out.layersAtStart as number),
     'no layer is held beyond one per segment',
   );
-  assertSegmentError(out.cloneError, 'EMFILE', 24, 'clone() of a written segment at the limit');
-  assert.equal(out.sourceIntactAfterClone, true, 'the source of the failed clone is unchanged');
+  // At the limit memfork may compact and retry: the clone fails with EMFILE
+  // or succeeds, and either way every segment keeps its bytes.
+  if (out.cloneError !== null) {
+    assertSegmentError(out.cloneError, 'EMFILE', 24, 'clone() of a written segment at the limit');
+  } else {
+    assert.equal(out.cloneHolds, true, 'a clone made at the limit holds the source\'s bytes');
+    assert.equal(out.cloneSeparate, true, 'a write to that clone does not show in its source');
+  }
+  assert.equal(out.sourceIntactAfterClone, true, 'the source of the clone is unchanged');
   assert.equal(out.firstCloneIntact, true, 'an earlier clone is unchanged');
+  assert.equal(out.allIntactAtLimit, true, 'every other segment is unchanged');
+  assert.equal(out.spreadIntactAtLimit, true, 'the compacted segment is unchanged');
   assert.equal(out.resumeError, undefined, 'no error once descriptors are free');
   assert.equal(out.resumed, true, 'create, clone and restore work again');
   assert.equal(out.stillIntact, true, 'the remaining segments are intact');
@@ -70,20 +83,34 @@ test('out of file descriptors, create() and clone() throw SegmentError EMFILE, l
   assert.equal(out.segmentsAtEnd, 0, 'every segment released');
 });
 
-test('under an address-space limit, create(), from() and clone() throw SegmentError ENOMEM and lose nothing', { skip }, (t) => {
-  const out = runFixture('limits-as.ts', []);
+test('under an address-space limit, create() beyond it throws SegmentError ENOMEM, from() and clone() throw ENOMEM or copy right, and nothing is lost', { skip }, (t) => {
+  const out = runFixture('limits-as.ts');
   t.diagnostic(JSON.stringify(out));
-  assertSegmentError(out.createError, 'ENOMEM', 12, 'create() beyond the limit');
-  assertSegmentError(out.fromError, 'ENOMEM', 12, 'from() beyond the limit');
-  assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() beyond the limit');
+  if (typeof out.skip === 'string') {
+    t.skip(out.skip);
+    return;
+  }
+  assertSegmentError(out.createError, 'ENOMEM', 12, 'create() of 1 GiB with 128 MiB to spare');
+  // memfork may free address space of its own and retry: either outcome.
+  if (out.fromError !== null) assertSegmentError(out.fromError, 'ENOMEM', 12, 'from() of 160 MiB with 128 MiB to spare');
+  else assert.equal(out.fromHolds, true, 'from() that fit holds the source\'s bytes');
+  if (out.cloneError !== null) assertSegmentError(out.cloneError, 'ENOMEM', 12, 'clone() of 256 MiB with 128 MiB to spare');
+  else assert.equal(out.cloneHolds, true, 'clone() that fit holds the source\'s bytes');
   assert.equal(out.intact, true, 'every segment reads as before');
   assert.equal(out.usableError, undefined, 'what fits still works');
   assert.equal(out.usable, true, 'a small clone and a restore work under the limit');
+  if (out.bigRestoreError !== null) assertSegmentError(out.bigRestoreError, 'ENOMEM', 12, 'restore() of 256 MiB under the limit');
+  assert.equal(out.bigAfterRestore, true, 'restore() of the big segment either worked or left it as it was');
+  assert.equal(out.snapAfterRestore, true, 'the snapshot it restored from is unchanged');
 });
 
 test('under a file-size limit, a segment larger than it throws SegmentError EFBIG and the process lives on', { skip }, (t) => {
-  const out = runFixture('limits-fsize.ts', []);
+  const out = runFixture('limits-fsize.ts');
   t.diagnostic(JSON.stringify(out));
+  if (typeof out.skip === 'string') {
+    t.skip(out.skip);
+    return;
+  }
   assertSegmentError(out.cloneError, 'EFBIG', 27, 'clone() of a written 8 MiB segment under a 2 MiB file-size limit');
   assert.equal(out.bigIntact, true, 'the source of the failed clone is unchanged');
   assert.equal(out.snapIntact, true, 'its snapshot is unchanged');
@@ -94,9 +121,13 @@ test('under a file-size limit, a segment larger than it throws SegmentError EFBI
   assert.equal(out.smallWorks, true, 'a segment under the limit clones and restores');
 });
 
-test('near vm.max_map_count, clone() and restore() of a segment with thousands of runs throw SegmentError ENOMEM and lose no data', { skip }, (t) => {
-  const out = runFixture('limits-maps.ts', []);
+test('near vm.max_map_count, clone() and restore() of a segment with thousands of runs throw SegmentError ENOMEM or work, and lose no data', { skip }, (t) => {
+  const out = runFixture('limits-maps.ts');
   t.diagnostic(JSON.stringify(out));
+  if (typeof out.skip === 'string') {
+    t.skip(out.skip);
+    return;
+  }
   assert.ok((out.runs as number) > 1000, 'the segment has thousands of runs');
   // Cloning and then reading the clone at the limit: a clean ENOMEM, or (when
   // compaction found room) the clone's bytes right.

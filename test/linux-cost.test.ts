@@ -168,11 +168,11 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.integer({ min: 8, max: 40 }), ({ lists, first }, maxRuns) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const c = compactionFor(runs, PAGES, 0, maxRuns, 0, 1000);
+        const c = compactionFor(runs, PAGES, 0, maxRuns, () => ({ used: 0, limit: 1000 }));
         if (runs.length > maxRuns) assert.deepEqual(c, { windows: maxRuns >> 2, limit: Infinity });
         else assert.equal(c, undefined, 'no debt, no compaction');
         if (runs.length <= 2 * COMPACT_WINDOWS + 1) {
-          assert.equal(compactionFor(runs, PAGES, Infinity, Math.max(runs.length, 8), 0, 1000), undefined);
+          assert.equal(compactionFor(runs, PAGES, Infinity, Math.max(runs.length, 8), () => ({ used: 0, limit: 1000 })), undefined);
         }
       }),
     );
@@ -182,8 +182,8 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.nat(2000), fc.nat(2000), fc.nat(999), ({ lists, first }, d1, extra, used) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const at = compactionFor(runs, PAGES, d1, 1000, used, 1000);
-        if (at !== undefined) assert.deepEqual(compactionFor(runs, PAGES, d1 + extra, 1000, used, 1000), at);
+        const at = compactionFor(runs, PAGES, d1, 1000, () => ({ used, limit: 1000 }));
+        if (at !== undefined) assert.deepEqual(compactionFor(runs, PAGES, d1 + extra, 1000, () => ({ used, limit: 1000 })), at);
       }),
     );
   });
@@ -192,7 +192,7 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.nat(2000), ({ lists, first }, debt) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const c = compactionFor(runs, PAGES, debt, 1000, 0, 1000);
+        const c = compactionFor(runs, PAGES, debt, 1000, () => ({ used: 0, limit: 1000 }));
         if (c === undefined || c.windows === 0) return;
         const p = plan(runs, PAGES, c.windows, c.limit)!;
         const copied = p.windows.reduce((n, w) => n + w.end - w.start, 0);

@@ -64,12 +64,16 @@ after(() => {
   if (work !== '' && !skip) fs.rmSync(work, { recursive: true, force: true });
 });
 
-test('the tarball ships only dist/, README.md, LICENSE and package.json', { skip }, async () => {
+test('the tarball ships only dist/, README.md, LICENSE, package.json and the docs the README links', { skip }, async () => {
   const [info] = JSON.parse(await run(npm, ['pack', '--dry-run', '--json'], root)) as { files: { path: string }[] }[];
   const files = info.files.map((f) => f.path).sort();
-  const stray = files.filter((f) => !f.startsWith('dist/') && !['README.md', 'LICENSE', 'package.json'].includes(f));
+  // Every relative link of the README, which npm shows as the package's page.
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const linked = [...readme.matchAll(/\]\(([^)#:\s]+)(?:#[^)]*)?\)/g)].map((m) => m[1]);
+  assert.ok(linked.length > 0, 'the README links files of the project');
+  const stray = files.filter((f) => !f.startsWith('dist/') && !['README.md', 'LICENSE', 'package.json', ...linked].includes(f));
   assert.deepEqual(stray, [], `unexpected files in the package: ${stray.join(', ')}`);
-  for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts']) {
+  for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', ...linked]) {
     assert.ok(files.includes(f), `${f} is in the package`);
   }
 });

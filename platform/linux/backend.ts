@@ -30,7 +30,7 @@ import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts'
 import { maxViewLength } from '../../src/runtime.ts';
 import { coalesce, pageCount, select, subtract, type Range } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
-import { MapBudget, defaultBudget } from './budget.ts';
+import { MapBudget } from './budget.ts';
 import { compact, compactUnmapped } from './compact.ts';
 import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP } from './cost.ts';
 import { Dropper } from './drop.ts';
@@ -48,9 +48,10 @@ export interface LinuxOptions {
   /** Force a way of finding written pages (tests use it to cover both). */
   scan?: ScanMethod;
   /**
-   * Mappings all segments together may use. Default: half of
-   * `vm.max_map_count`, less what the process used when the backend loaded
-   * and a reserve for V8 and everything else.
+   * Mappings all segments of this backend may use, fixed (tests). Default:
+   * the process's budget, shared with every thread: half of
+   * `vm.max_map_count`, less a reserve, less what the rest of the process
+   * maps (see map-budget.ts).
    */
   mapBudget?: number;
   /** Runs one segment may reach before it is compacted whatever the cost (default 32768; the mapping budget usually acts first). */
@@ -84,8 +85,6 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly scanMethod: ScanMethod;
   /** Whether anonymous memory reads as the shared zero page (some VMs disable it). */
   readonly zeroPage: boolean;
-  /** The most mappings all segments together may use. */
-  readonly mapBudget: number;
   /** Runs one segment may reach before it is compacted. */
   readonly maxRuns: number;
   /** Layers all segments may hold open before memfork compacts to close some. */
@@ -115,10 +114,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       sys.munmap(probe, this.pageSize);
     }
     this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
-    this.mapBudget = Math.max(16, options.mapBudget ?? defaultBudget());
+    this.#budget = new MapBudget(options.mapBudget, this.#windows);
     this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
     this.#layers = new LayerStore(this.pageSize, this.fdBudget, this.#features, this.#windows, (make) => this.#reclaimFds(make));
-    this.#budget = new MapBudget(this.mapBudget, this.#windows);
     this.#writer = new Writer(this.pageSize, this.#features);
     this.#engine = {
       pageSize: this.pageSize,
@@ -134,6 +132,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       windowCopy: options.windowCopy ?? true,
       ensureRoom: (needed, pages) => this.#ensureRoom(needed, pages),
     };
+  }
+
+  /** The most mappings all segments of this backend may use now. */
+  get mapBudget(): number {
+    return this.#budget.limit(0);
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -282,7 +285,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // Freezing adds up to two mappings per written run.
     this.#ensureRoom(2 * dirty.length, seg.pages);
     freeze(e, seg, dirty, dirty, (length) => this.#layers.newLayer(length));
-    const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, this.#budget.used, this.#budget.limit);
+    const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, () => ({
+      used: this.#budget.used,
+      limit: this.#budget.limit(0),
+    }));
     if (c !== undefined) compact(e, seg, c.windows, c.limit);
   }
 

@@ -1,23 +1,14 @@
 // The mapping budget. Each run of a mapped segment costs the process a kernel
 // mapping (VMA), and vm.max_map_count is per process, shared with V8 and
 // everything else: at the limit the process can abort inside V8, not just
-// fail an mmap. All segments together stay under a budget, and the most
-// fragmented are compacted to make room before an operation that needs more.
+// fail an mmap. All segments together stay under a budget (the process's,
+// map-budget.ts, or one fixed by an option), and the most fragmented are
+// compacted to make room before an operation that needs more.
 import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
 import { COMPACT_WINDOWS, duplicateLimit } from './cost.ts';
+import { ProcessMapBudget } from './map-budget.ts';
 import type { Windows } from './move-aside.ts';
-
-/** Mappings left for the rest of the process (V8, libraries, other FFI code). */
-const RESERVE = 4096;
-
-/** Half of vm.max_map_count, less what the process maps now and a reserve. */
-export function defaultBudget(): number {
-  const max = Number.parseInt(sys.readSmallFile('/proc/sys/vm/max_map_count') ?? '65530', 10) || 65530;
-  const maps = sys.readSmallFile('/proc/self/maps');
-  const used = maps === undefined ? 1024 : maps.split('\n').length;
-  return Math.floor(max / 2) - used - RESERVE;
-}
 
 /** What room-making needs of a segment. */
 interface Compactable {
@@ -27,8 +18,9 @@ interface Compactable {
 
 /** The mappings one backend's segments use, against its budget. */
 export class MapBudget {
-  /** The most mappings all segments together may use. */
-  readonly limit: number;
+  /** The budget fixed by the `mapBudget` option, or undefined: the process's (see map-budget.ts). */
+  readonly #fixed: number | undefined;
+  readonly #process: ProcessMapBudget | undefined;
   /**
    * Mappings all live segments use: the sum of the run counts of the mapped
    * ones, and one reservation for each one not mapped.
@@ -36,9 +28,17 @@ export class MapBudget {
   segments = 0;
   readonly #windows: Windows;
 
-  constructor(limit: number, windows: Windows) {
-    this.limit = limit;
+  /** `fixed`: a budget of its own (at least 16); undefined: the process's. */
+  constructor(fixed: number | undefined, windows: Windows) {
+    this.#fixed = fixed === undefined ? undefined : Math.max(16, fixed);
+    this.#process = fixed === undefined ? new ProcessMapBudget() : undefined;
     this.#windows = windows;
+  }
+
+  /** The most mappings all segments of this backend may use, as it stands for a decision that needs `needed` more. */
+  limit(needed = 0): number {
+    if (this.#fixed !== undefined) return this.#fixed;
+    return Math.max(16, this.#process!.limit(this.used, needed));
   }
 
   /** Mappings in use: the segments', and one per moved-aside mapping. */
@@ -48,7 +48,7 @@ export class MapBudget {
 
   /** Whether `needed` more mappings fit. */
   fits(needed: number): boolean {
-    return this.used + needed <= this.limit;
+    return this.used + needed <= this.limit(needed);
   }
 
   /**
@@ -78,7 +78,7 @@ export class MapBudget {
     throw systemError(
       'mmap',
       sys.ENOMEM,
-      `mapping budget exhausted (${this.used} of ${this.limit} mappings in use, ${needed} more needed; ` +
+      `mapping budget exhausted (${this.used} of ${this.limit(needed)} mappings in use, ${needed} more needed; ` +
         'compacting further would copy pages other segments share)',
     );
   }

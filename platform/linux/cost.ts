@@ -64,15 +64,16 @@ export function flattenPoint(pages: number, used: number, budget: number): numbe
  * The compaction a segment of `pages` pages with run list `runs` and mapping
  * debt `debt` should have after a freeze, as (windows, limit) for plan();
  * undefined when none pays yet. Past `maxRuns` runs it is compacted whatever
- * the cost.
+ * the cost. `budget` gives the mappings all segments use and may use; it is
+ * asked only when the answer turns on them (reading the process's budget
+ * can cost a system call).
  */
 export function compactionFor<L extends Counted>(
   runs: readonly Run<L | null>[],
   pages: number,
   debt: number,
   maxRuns: number,
-  used: number,
-  budget: number,
+  budget: () => { used: number; limit: number },
 ): { windows: number; limit: number } | undefined {
   if (runs.length > maxRuns) return { windows: maxRuns >> 2, limit: Infinity };
   if (runs.length <= 2 * COMPACT_WINDOWS + 1) return undefined;
@@ -81,7 +82,10 @@ export function compactionFor<L extends Counted>(
   if (p !== undefined && debt >= COPY_COST * pageCount(p.windows)) return { windows: COMPACT_WINDOWS, limit };
   // Scattered so widely that a few windows would copy too much shared
   // memory: flatten once the mapping work has cost part of a copy.
-  if (p === undefined && debt >= flattenPoint(pages, used, budget)) return { windows: 0, limit: pages };
+  if (p === undefined) {
+    const { used, limit: most } = budget();
+    if (debt >= flattenPoint(pages, used, most)) return { windows: 0, limit: pages };
+  }
   return undefined;
 }
 

@@ -43,7 +43,7 @@ export function makePrivate(e: Engine, seg: LinuxSegment): void {
   const holes = worthwhileHoles(subtract([{ start: 0, end: seg.pages }], data));
   // A hole adds two mappings here and two in the clone being made: take at
   // most an eighth of the free budget, so the clone never forces a compaction.
-  const most = Math.floor((e.budget.limit - e.budget.used) / 8);
+  const most = Math.floor((e.budget.limit(0) - e.budget.used) / 8);
   const done: Range[] = [];
   for (const h of holes) {
     if (done.length >= most) break;
