@@ -17,9 +17,11 @@
 //   node scripts/test-runtimes.mjs --install        install the runtimes if needed, run nothing
 //
 // Each file runs in a process of its own; its output is shown when it fails
-// (always with --verbose). The last line is the total over all runtimes:
-// `runtimes: N passed, N failed, N skipped`. The exit code is 1 when a file
-// failed, a runtime could not run it, or the runtimes could not be installed.
+// (always with --verbose). The summary lists, per runtime, every skipped test
+// with its reason where the runtime prints one; the last line is the total
+// over all runtimes: `runtimes: N passed, N failed, N skipped`. The exit code
+// is 1 when a file failed, a runtime could not run it, or the runtimes could
+// not be installed.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -224,6 +226,29 @@ function parseCounts(name, output) {
   return counts;
 }
 
+/**
+ * The tests a runner skipped (or marked todo), with the reason where the
+ * runner prints one: Node.js in TAP (`ok 3 - name # SKIP reason`) or spec
+ * (`﹣ name (1ms) # reason`) form; Bun (`(skip) suite > name`) and Deno
+ * (`name ... ignored`) print the names only.
+ * @returns {{ name: string, reason: string }[]}
+ */
+function parseSkips(name, output) {
+  const out = output.replace(/\x1b\[[0-9;]*m/g, '');
+  const skips = [];
+  const add = (test, reason) => skips.push({ name: test.trim(), reason: reason?.trim() || `no reason printed by ${name}` });
+  if (name.startsWith('node')) {
+    for (const m of out.matchAll(/^\s*ok \d+ - (.*?) # (SKIP|TODO)(?: (.*))?$/gm)) add(m[1], m[2] === 'TODO' ? `todo: ${m[3] ?? ''}` : m[3]);
+    for (const m of out.matchAll(/^\s*﹣ (.*?) \([\d.]+m?s\)(?: # (.*))?$/gm)) add(m[1], m[2]);
+    for (const m of out.matchAll(/^\s*[✔✖] (.*?) \([\d.]+m?s\) # (.*)$/gm)) add(m[1], `todo: ${m[2]}`);
+  } else if (name === 'bun') {
+    for (const m of out.matchAll(/^\((skip|todo)\) (.*?)(?: \[[\d.]+m?s\])?$/gm)) add(m[2], m[1] === 'todo' ? 'todo (Bun prints no reason)' : 'Bun prints no reason');
+  } else if (name === 'deno') {
+    for (const m of out.matchAll(/^\s*(.*?) \.\.\. ignored \(/gm)) add(m[1], 'Deno prints no reason');
+  }
+  return skips;
+}
+
 /** Process groups of the runtimes now running, ended with this runner. */
 const running = new Set();
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
@@ -354,6 +379,7 @@ async function main() {
     const r = entry.runtime;
     const c = { passed: 0, failed: 0, skipped: 0 };
     const problems = [];
+    const skips = [];
     let seconds = 0;
     for (const file of entry.files) {
       const { res, part } = entry.results.get(file);
@@ -377,6 +403,7 @@ async function main() {
         }
       }
       if (problem !== undefined) problems.push(`${file}: ${problem}`);
+      for (const skip of parseSkips(r.name, res.out)) skips.push({ file, ...skip });
       if (times) console.log(`  ${r.name} ${file}: ${part.passed} passed, ${part.failed} failed, ${part.skipped} skipped in ${res.seconds.toFixed(1)} s`);
     }
     let line = `${r.name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped, ${seconds.toFixed(1)} s of runs`;
@@ -384,6 +411,7 @@ async function main() {
     console.log(line);
     entry.line = line;
     entry.counts = c;
+    entry.skips = skips;
   };
 
   // Results print in runtime order, each as soon as it and those before it are done.
@@ -410,6 +438,8 @@ async function main() {
   console.log('');
   for (const entry of installed) {
     console.log(`  ${entry.line}`);
+    // Every skipped test by name, so a skip that hides a platform shows.
+    for (const skip of entry.skips) console.log(`    skipped ${skip.file}: ${skip.name} (${skip.reason})`);
     total.passed += entry.counts.passed;
     total.failed += entry.counts.failed;
     total.skipped += entry.counts.skipped;

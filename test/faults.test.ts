@@ -386,7 +386,7 @@ function exercise(seg: Segment, page: number): void {
   }
 }
 
-function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number, where = ''): void {
+function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number, where = '', oneReservation = false): void {
   const now = snapshot();
   assert.equal(backend.layerCount(), layers, `${where}layers left behind`);
   assert.equal(now.fds, base.fds, `${where}descriptors left open`);
@@ -394,7 +394,8 @@ function assertNoLeak(backend: LinuxBackend, base: ProcSnapshot, layers: number,
   // V8 and malloc map and unmap their own memory at any time: look only at
   // new mappings that look like segments.
   const added = newSegmentLikeMaps(base);
-  assert.deepEqual(added, [], `${where}mappings left behind: ${added.join('; ')}`);
+  const left = oneReservation && added.length === 1 && / ---p /.test(added[0]!) ? [] : added;
+  assert.deepEqual(left, [], `${where}mappings left behind: ${added.join('; ')}`);
 }
 
 /** Runs a scenario once without faults and returns how many times the op calls each function. */
@@ -571,7 +572,10 @@ function runWithFault(
       check('closing', () => s.close());
     }
   }
-  check('leaks', () => assertNoLeak(backend, base, layers));
+  // Every munmap failing from the k-th on (no kernel does: unmapping a whole
+  // mapping never splits one) leaves the address-space reservation that the
+  // failed trim tried to give back: the one mapping no call can remove.
+  check('leaks', () => assertNoLeak(backend, base, layers, '', sticky && name === 'munmap'));
   return problems;
 }
 
@@ -661,12 +665,35 @@ test('a kernel that refuses process_madvise on itself gets one madvise per fast 
   snap.close();
 });
 
+/**
+ * Whether this kernel takes process_madvise(PIDFD_SELF, MADV_DONTNEED) on
+ * the calling process (Linux 6.15 for PIDFD_SELF, 6.13 for MADV_DONTNEED
+ * there): tried on a page of its own.
+ */
+function vectorAdviseWorks(): boolean {
+  if (process.platform !== 'linux') return false;
+  sys.loadLibc();
+  const page = sys.getpagesize();
+  const addr = sys.mmap(null, page, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+  try {
+    new Uint8Array(sys.view(addr, 1))[0] = 1;
+    const iov = new BigUint64Array([addr, BigInt(page)]);
+    return sys.processMadvise(iov, 1, sys.MADV_DONTNEED) === page && new Uint8Array(sys.view(addr, 1))[0] === 0;
+  } catch {
+    return false;
+  } finally {
+    sys.munmap(addr, page);
+  }
+}
+
 test('fast restores drop only written pages, and every page once their scans have walked 64 times the pages in memory', { skip }, (t) => {
   const backend = new LinuxBackend({ scan: 'pagemap-scan' });
   if (backend.scanMethod !== 'pagemap-scan') {
-    t.skip('PAGEMAP_SCAN is not available here');
+    t.skip('PAGEMAP_SCAN is not available here (Linux 6.7+)');
     return;
   }
+  const vectored = vectorAdviseWorks();
+  if (!vectored) t.diagnostic('process_madvise(PIDFD_SELF, MADV_DONTNEED) is refused here (Linux 6.15+): written pages are dropped by one madvise each restore');
   setBackend(backend);
   const page = backend.pageSize;
   const pages = 256;
@@ -689,9 +716,17 @@ test('fast restores drop only written pages, and every page once their scans hav
     assert.deepEqual(read(a), want, `restore ${restores}`);
   }
   const counts = sys.callCounts(true);
-  assert.equal(full, 1, 'one madvise over the whole segment');
-  assert.equal(restores, 64, 'after 64 scans of 256 pages in memory');
-  assert.equal(counts.get('process_madvise'), 63, 'the written page alone before');
+  if (vectored) {
+    assert.equal(full, 1, 'one madvise over the whole segment');
+    assert.equal(restores, 64, 'after 64 scans of 256 pages in memory');
+    assert.equal(counts.get('process_madvise'), 63, 'the written page alone before');
+  } else {
+    // Without it, every restore drops with one madvise over the segment,
+    // after one refused process_madvise.
+    assert.equal(full, 1, 'one madvise over the whole segment');
+    assert.equal(restores, 1, 'from the first restore on');
+    assert.ok((counts.get('process_madvise') ?? 0) <= 1, 'process_madvise is tried once at most');
+  }
   a.close();
   snap.close();
 });

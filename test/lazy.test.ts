@@ -3,7 +3,8 @@
 // and costs no kernel mapping.
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { Segment, memoryStats } from '../src/index.ts';
+import { Segment, SegmentError, memoryStats } from '../src/index.ts';
+import * as sys from '../platform/libc.ts';
 import { LinuxBackend } from '../platform/linux/index.ts';
 import { useBackend } from './backends.ts';
 
@@ -130,6 +131,61 @@ describe('clones mapped on first use', { skip: linuxOnly }, () => {
       seg.close();
       assert.equal(memoryStats().segments >= 0, true);
       assert.equal(b.layerCount(), 0);
+    });
+  });
+});
+
+describe('restoring to an old snapshot whose pages moved to history', { skip: linuxOnly }, () => {
+  /** A segment with every other page written, a snapshot of it, then the other pages written and cloned. */
+  function scene(): { seg: Segment; old: Segment; newer: Segment; pages: number } {
+    const pages = 512;
+    const seg = Segment.create(pages * 4096);
+    writePages(seg, 0, 2, 1);
+    const old = seg.clone();
+    writePages(seg, 1, 2, 2);
+    const newer = seg.clone(); // freezes seg in place: old's odd pages go to a history layer, a run each
+    return { seg, old, newer, pages };
+  }
+
+  it('copies the differing pages into the target, adding no mapping, under a budget the source\'s runs would not fit', () => {
+    withLinux({ mapBudget: 64 }, (b) => {
+      const { seg, old, newer, pages } = scene();
+      const before = b.memory().mappings;
+      assert.ok(old.stats().mappings === 1 && pages > 64);
+      seg.restore(old);
+      assert.equal(b.memory().mappings, before);
+      assert.equal(seg.stats().mappings, 1);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], p % 2 === 0 ? 1 : 0, `page ${p}`);
+      // The restored contents are the segment's own from then on: clone and write again.
+      writePages(seg, 1, 4, 9);
+      const again = seg.clone();
+      const a = new Uint8Array(again.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(a[p * 4096], p % 4 === 1 ? 9 : p % 2 === 0 ? 1 : 0, `clone, page ${p}`);
+      const n = new Uint8Array(newer.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(n[p * 4096], p % 2 === 0 ? 1 : 2, `newer, page ${p}`);
+      for (const s of [again, newer, old, seg]) s.close();
+    });
+  });
+
+  it('leaves the target as it was when a read fails midway', () => {
+    withLinux({ mapBudget: 64 }, () => {
+      const { seg, old, newer, pages } = scene();
+      writePages(seg, 5, 16, 7); // written since the last clone: must survive the failure
+      sys.injectFault('pread', 100, sys.EIO);
+      try {
+        assert.throws(() => seg.restore(old), (e: unknown) => e instanceof SegmentError && e.code === 'EIO' && e.syscall === 'pread');
+      } finally {
+        sys.clearFaults();
+      }
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) {
+        const want = p % 16 === 5 ? 7 : p % 2 === 0 ? 1 : 2;
+        assert.equal(bytes[p * 4096], want, `page ${p}`);
+      }
+      seg.restore(old);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], p % 2 === 0 ? 1 : 0, `restored, page ${p}`);
+      for (const s of [newer, old, seg]) s.close();
     });
   });
 });

@@ -15,6 +15,9 @@ import {
   largestLayer,
   MAP_COST,
   plan,
+  fragmented,
+  restoreCopyPays,
+  RESTORE_COPY_SHARE,
   sharedPages,
   type Counted,
 } from '../platform/linux/cost.ts';
@@ -239,5 +242,25 @@ describe('duplicateLimit()', () => {
         assert.ok(duplicateLimit(pages + more) >= d);
       }),
     );
+  });
+});
+
+describe('restoreCopyPays()', () => {
+  it('copies always where the runs would not fit, else while few pages differ, fewer the more', () => {
+    fc.assert(
+      fc.property(fc.boolean(), fc.nat(1 << 20), fc.nat(1 << 20), fc.integer({ min: 1, max: 1 << 20 }), (fits, d1, d2, pages) => {
+        if (!fits) assert.equal(restoreCopyPays(fits, d1, pages), true);
+        const [lo, hi] = d1 <= d2 ? [d1, d2] : [d2, d1];
+        if (restoreCopyPays(fits, hi, pages)) assert.ok(restoreCopyPays(fits, lo, pages));
+        assert.equal(restoreCopyPays(true, Math.floor(pages / RESTORE_COPY_SHARE), pages), true);
+        assert.equal(restoreCopyPays(true, pages, pages), pages <= pages / RESTORE_COPY_SHARE);
+      }),
+    );
+  });
+});
+
+describe('fragmented()', () => {
+  it('is a run list longer than a compaction into windows leaves', () => {
+    for (let n = 0; n < 40; n++) assert.equal(fragmented(n), n > 2 * COMPACT_WINDOWS + 1);
   });
 });

@@ -250,7 +250,16 @@ describe('memory use', { skip }, () => {
     assert.ok(mid.layers > base.layers);
     assert.ok(mid.mappings > base.mappings);
     assert.ok(mid.layerBytes >= base.layerBytes + 4 * page);
+    // Just cloned: a and c share their 4 pages, nothing private; b's one page
+    // was never touched. Then c writes 2 pages: those are private to it.
+    assert.equal(mid.privateBytes, base.privateBytes);
+    new Uint8Array(c.buffer).fill(2, 0, 2 * page);
+    new Uint8Array(b.buffer)[0] = 1;
+    assert.equal(memoryStats().privateBytes, base.privateBytes + 3 * page, 'c wrote 2 pages, b 1');
+    assert.equal(c.stats().privateBytes, 2 * page);
     a.close();
+    // a closed: c alone uses the 2 pages it did not write.
+    assert.equal(memoryStats().privateBytes, base.privateBytes + 5 * page);
     assert.equal(memoryStats().segments, withTwo);
     a.close();
     assert.equal(memoryStats().segments, withTwo, 'a second close() counts nothing');
@@ -260,6 +269,7 @@ describe('memory use', { skip }, () => {
     assert.equal(end.layers, base.layers);
     assert.equal(end.mappings, base.mappings);
     assert.equal(end.layerBytes, base.layerBytes);
+    assert.equal(end.privateBytes, base.privateBytes);
   });
 
   // Last: useBackend() switches the backend of new segments away from the one

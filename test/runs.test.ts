@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import {
   clip,
   coalesce,
+  differing,
   layerAt,
   merge,
   overlay,
@@ -149,6 +150,27 @@ describe('clip()', () => {
         const want = modelOf(runs).map((l, p) => (p >= range.start && p < range.end ? l : undefined));
         assert.deepEqual(modelOf(out), want);
         assertSortedDisjoint(out);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('differing()', () => {
+  it('gives exactly the pages where two covering run lists name different layers, merged', () => {
+    fc.assert(
+      fc.property(coveringRunsArb, coveringRunsArb, (a, b) => {
+        const n = Math.min(a[a.length - 1]!.end, b[b.length - 1]!.end);
+        const clipA = clip(a, { start: 0, end: n });
+        const clipB = clip(b, { start: 0, end: n });
+        const out = differing(clipA, clipB);
+        const ma = modelOf(clipA);
+        const mb = modelOf(clipB);
+        const want = new Set<number>();
+        for (let p = 0; p < n; p++) if (ma[p] !== mb[p]) want.add(p);
+        assert.deepEqual(pagesOf(out), want);
+        assertSortedDisjoint(out);
+        for (let i = 1; i < out.length; i++) assert.ok(out[i - 1]!.end < out[i]!.start, 'touching ranges not merged');
       }),
       opts,
     );

@@ -598,6 +598,28 @@ for (const b of backends) {
           assert.equal(st.sharedBytes % page, 0);
           assert.ok(st.privateBytes + st.sharedBytes <= 4 * page, `private + shared = ${st.privateBytes + st.sharedBytes}`);
         }
+        // The page c wrote is its own (a copy-on-write copy, or all of a copy),
+        // and seg holds the page it wrote, shared with c or its own.
+        assert.ok(c.stats().privateBytes >= page, `c: ${JSON.stringify(c.stats())}`);
+        assert.ok(seg.stats().privateBytes + seg.stats().sharedBytes >= page, `seg: ${JSON.stringify(seg.stats())}`);
+      });
+
+      it('counts the pages written since a clone as private, and the rest as shared, where memory is shared', () => {
+        const n = 8 * page;
+        using seg = Segment.create(n);
+        bytesOf(seg).fill(1);
+        using c = seg.clone();
+        bytesOf(c).fill(2, page, 4 * page);
+        const st = c.stats();
+        if (backend.name === 'copy') {
+          // Every byte of a copy is its own.
+          assert.deepEqual(st, { byteLength: n, privateBytes: n, sharedBytes: 0, mappings: 0 });
+          return;
+        }
+        assert.equal(st.privateBytes, 3 * page, JSON.stringify(st));
+        assert.equal(st.sharedBytes, 5 * page, JSON.stringify(st));
+        assert.equal(seg.stats().privateBytes, 0, JSON.stringify(seg.stats()));
+        assert.equal(seg.stats().sharedBytes, 8 * page, JSON.stringify(seg.stats()));
       });
     });
 

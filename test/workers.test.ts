@@ -10,11 +10,17 @@ import { runtimeName } from '../src/runtime.ts';
 import { fdTargets, linuxOnly, newSegmentLikeMaps, snapshot } from './helpers/proc.ts';
 import type { Report } from './fixtures/workers-task.ts';
 
-const skip = runtimeName !== 'node' && 'the worker fixture loads TypeScript through ts-node';
+const skip = false;
+
+/**
+ * The worker's entry: Node.js workers start from plain JavaScript, which
+ * registers ts-node; Bun and Deno workers run the TypeScript task directly.
+ */
+const entry = path.resolve('test', 'fixtures', runtimeName === 'node' ? 'workers-entry.cjs' : 'workers-task.ts');
 
 function runWorker(seed: number, steps: number, pages: number, leaveOpen = false): Promise<Report> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(path.resolve('test', 'fixtures', 'workers-entry.cjs'), {
+    const w = new Worker(entry, {
       workerData: { seed, steps, pages, leaveOpen },
     });
     let report: Report | undefined;
@@ -102,7 +108,11 @@ test('workers that used memfork and closed everything leave no descriptor or map
   }
   const left = newFds(fds);
   t.diagnostic(`after 3 workers: ${left.length} new descriptors${left.length > 0 ? `: ${left.join(', ')}` : ''}`);
-  assert.deepEqual(left, [], 'descriptors opened by memfork in the workers are closed');
+  // Every kind memfork opens: memory files, the copying pipe, the reserve
+  // (/dev/null) and /proc/self/pagemap. Deno keeps each exited worker's event
+  // loop descriptors (eventpoll, eventfd, a socket): the runtime's, not memfork's.
+  assert.deepEqual(left.filter((f) => /memfd:|pipe:|\/dev\/null|pagemap/.test(f)), [], 'descriptors opened by memfork in the workers are closed');
+  if (runtimeName !== 'deno') assert.deepEqual(left, [], 'no descriptor is left at all');
   assert.deepEqual(newSegmentLikeMaps(base), [], 'no segment mapping is left');
 });
 

@@ -131,6 +131,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       zeroPage: this.zeroPage,
       windowCopy: options.windowCopy ?? true,
       ensureRoom: (needed, pages) => this.#ensureRoom(needed, pages),
+      prepare: (seg) => this.#prepare(seg),
     };
   }
 

@@ -19,6 +19,13 @@ export const JOIN_GAP = 4;
 /** Windows a cost-driven compaction leaves. */
 export const COMPACT_WINDOWS = 4;
 /**
+ * A restore copies the pages where the source's run list differs from the
+ * target's, rather than map the source's runs, while they are at most
+ * 1/RESTORE_COPY_SHARE of the segment (or always, where the runs would not
+ * fit the mapping budget).
+ */
+export const RESTORE_COPY_SHARE = 4;
+/**
  * A segment too scattered for windows is flattened once its mapping debt
  * reaches 1/FLATTEN_EARLY of a whole copy's cost, less as the mapping budget
  * fills (flattenPoint): early enough that its later clones inherit one run,
@@ -87,6 +94,21 @@ export function compactionFor<L extends Counted>(
     if (debt >= flattenPoint(pages, used, most)) return { windows: 0, limit: pages };
   }
   return undefined;
+}
+
+/** Whether a run list of `runs` runs is fragmented: more than a compaction into windows leaves. */
+export function fragmented(runs: number): boolean {
+  return runs > 2 * COMPACT_WINDOWS + 1;
+}
+
+/**
+ * Whether a restore of a segment of `pages` pages from a fragmented source
+ * should copy the `differing` pages where the run lists differ rather than
+ * map the source's runs: always where the runs would not fit the mapping
+ * budget (`fits` false), else while they are few (RESTORE_COPY_SHARE).
+ */
+export function restoreCopyPays(fits: boolean, differing: number, pages: number): boolean {
+  return !fits || differing <= pages / RESTORE_COPY_SHARE;
 }
 
 /**

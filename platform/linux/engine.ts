@@ -65,6 +65,8 @@ export interface Engine {
   readonly windowCopy: boolean;
   /** Makes room for `needed` more mappings, compacting other segments; throws ENOMEM when it cannot. */
   ensureRoom(needed: number, pages: number): void;
+  /** Brings `seg` to the state a clone or restore can share: private, its written pages in a layer (LinuxBackend). */
+  prepare(seg: LinuxSegment): void;
 }
 
 /**

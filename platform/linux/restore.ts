@@ -1,18 +1,20 @@
-// restore(target, source), three ways. A target that shares the source's run
-// list drops the pages it wrote since (a fast restore). Otherwise the
+// restore(target, source), four ways. A target that shares the source's run
+// list drops the pages it wrote since (a fast restore). A fragmented source
+// that differs from the target in few pages, or whose runs would not fit the
+// mapping budget, has those pages copied into the target. Otherwise the
 // source's runs are mapped at a scratch address and moved over the target in
 // one mremap (Linux 6.17+), or, before that or without room for a second
-// copy, mapped over the target in place, putting it back on failure. Either
-// way a failure leaves the target reading as it did.
+// copy, mapped over the target in place, putting it back on failure. Every
+// way, a failure leaves the target reading as it did.
 import * as sys from '../libc.ts';
 import { SegmentError, errnoOf } from '../../src/errors.ts';
-import { coalesce } from '../../src/runs.ts';
-import { chargeMapping, JOIN_GAP } from './cost.ts';
+import { coalesce, differing, pageCount, select } from '../../src/runs.ts';
+import { chargeMapping, fragmented, JOIN_GAP, restoreCopyPays } from './cost.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
 import type { Layer, Runs } from './layers.ts';
 import { mapRuns, mapShared } from './mapper.ts';
-import { UIO_MAXIOV } from './writer.ts';
+import { readInto, UIO_MAXIOV } from './writer.ts';
 
 /** Fast restores drop every page, not only the written ones, once their scans have walked this many times the pages in memory. */
 const DROP_ALL_AFTER = 64;
@@ -31,6 +33,7 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
     dropWritten(e, target);
     return;
   }
+  if (restoreByCopy(e, target, source)) return;
   if (e.features.multiMove) {
     // The source's runs are mapped at a scratch address first, then moved
     // over the target in one mremap: any failure leaves the target as it
@@ -71,6 +74,44 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
     restoreInPlace(e, target, source);
   }
   target.debt = chargeMapping(source);
+}
+
+/**
+ * restore() by copying, where mapping the source's runs would cost more
+ * than it saves: a source fragmented into many runs (an old snapshot whose
+ * pages were moved to history layers, say) that differs from the target's
+ * own run list in few pages, or one whose runs would not fit the mapping
+ * budget. The target is frozen first, so its run list is its contents; the
+ * pages where the source's run list differs are then read into the
+ * target's memory (pread(2) from the source's layers, zeros for anonymous
+ * runs): private pages, "written since", on the target's one mapping, and
+ * no mapping is added. A failure drops them again: the target reads as
+ * before. Returns false where mapping is the better way.
+ */
+function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): boolean {
+  if (!fragmented(source.runs.length)) return false;
+  const fits = e.budget.fits(source.runs.length);
+  if (!restoreCopyPays(fits, pageCount(differing(target.runs, source.runs)), target.pages)) return false;
+  e.prepare(target);
+  const diff = differing(target.runs, source.runs);
+  if (!restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
+  const page = e.pageSize;
+  try {
+    for (const r of select(source.runs, diff)) {
+      const offset = r.start * page;
+      const length = (r.end - r.start) * page;
+      const at = target.addr + BigInt(offset);
+      // Safety: the range lies inside the target's own mapping.
+      if (r.layer === null) new Uint8Array(sys.view(at, length)).fill(0);
+      else readInto(r.layer.fd, at, length, offset);
+    }
+  } catch (err) {
+    // Only the target's private copies of `diff` changed: dropping them
+    // reverts those pages to its run list, which is what it read before.
+    for (const r of diff) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+    throw err;
+  }
+  return true;
 }
 
 /**

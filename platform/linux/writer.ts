@@ -1,7 +1,8 @@
 // Copying segment memory into layers, the four ways: a memory copy through a
 // layer's moved-aside mapping (window), vmsplice(2) and splice(2) through a
-// pipe, pwrite(2), and copy_file_range(2) from one layer to another. The
-// batching of memory ranges into iovecs is pure.
+// pipe, pwrite(2), and copy_file_range(2) from one layer to another; and
+// back, pread(2) from a layer into segment memory. The batching of memory
+// ranges into iovecs is pure.
 import * as sys from '../libc.ts';
 import { errnoOf, systemError } from '../../src/errors.ts';
 import { pageCount, type Range } from '../../src/runs.ts';
@@ -86,6 +87,15 @@ export function copyFileToFile(features: Features, from: number, to: number, off
     return false;
   }
   return true;
+}
+
+/** Reads `length` bytes of file `fd` at `offset` into memory at `at`, through short reads. */
+export function readInto(fd: number, at: bigint, length: number, offset: number): void {
+  for (let done = 0; done < length; ) {
+    const n = sys.pread(fd, at + BigInt(done), length - done, offset + done);
+    if (n <= 0) throw systemError('pread', sys.EIO, 'short read of a memory file');
+    done += n;
+  }
 }
 
 /** Writes segment memory into layers for one backend: its pipe and iovec scratch. */

@@ -1,7 +1,7 @@
 // What the kernel says about this process, read from /proc: open file
 // descriptors, mappings and memory. Linux only; every suite that uses it
 // skips elsewhere with `linuxOnly`.
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 
@@ -107,6 +107,29 @@ export function othersMemory(): number {
   return total;
 }
 
+/**
+ * Bytes allocated to the memory files (memfds) this process holds open whose
+ * name starts with `prefix` (all of them by default): pages a descriptor
+ * keeps alive whether mapped or not, which resident-memory figures miss.
+ */
+export function memfdBytes(prefix = '/memfd:'): number {
+  let total = 0;
+  for (const { fd, target } of fdTargets()) {
+    if (!target.startsWith(prefix)) continue;
+    try {
+      total += statSync(`/proc/self/fd/${fd}`).blocks * 512;
+    } catch {
+      // Closed meanwhile (by another thread's runtime).
+    }
+  }
+  return total;
+}
+
+/** A field of /proc/self/smaps_rollup (this process's mappings summed), in bytes. */
+export function rollup(field: 'Rss' | 'Anonymous' | 'Pss_Shmem' | 'Private_Dirty' | 'Shared_Dirty'): number {
+  return kbField(readFileSync('/proc/self/smaps_rollup', 'utf8'), field);
+}
+
 /** This process's resident anonymous + shared-memory bytes (RssAnon + RssShmem). */
 export function processMemory(): number {
   const text = readFileSync('/proc/self/status', 'utf8');
@@ -117,13 +140,17 @@ export function processMemory(): number {
 const HEAP_MAX = 64n << 20n;
 
 /**
- * The mappings that look like memfork's own: private or shared, readable and
- * writable, MAP_NORESERVE (`nr`), anonymous or of a memfork memory file, and
- * not marked don't-fork (`dc`) the way V8 marks its heap, and at most
- * `maxBytes` long (malloc's arenas look the same but are large and grow).
- * V8 and libuv map and unmap their own memory at any time; these lines stay put.
+ * The mappings that look like memfork's own, whatever their size: anonymous
+ * or of a memfork memory file, mapped MAP_NORESERVE (`nr`: every mapping
+ * memfork makes is, its address-space reservations too) and not marked
+ * don't-fork (`dc`) the way V8 marks its heap; readable and writable, or
+ * inaccessible (PROT_NONE: a reservation left behind). A glibc thread
+ * arena's heap (its 64 MiB reservation included) is not memfork's. Mappings
+ * of memfork's memory files always count. V8 and libuv map and unmap their
+ * own memory at any time; these lines stay put. `maxBytes` limits the size
+ * of the anonymous ones counted (all by default).
  */
-export function segmentLikeMaps(maxBytes = 1 << 20): string[] {
+export function segmentLikeMaps(maxBytes = Number.MAX_SAFE_INTEGER): string[] {
   const out: string[] = [];
   const entries = readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
   const range = (e: string | undefined): { fields: string[]; start?: bigint; end?: bigint } => {
@@ -132,30 +159,38 @@ export function segmentLikeMaps(maxBytes = 1 << 20): string[] {
     const [start, end] = (fields[0] ?? '').split('-').map((x) => BigInt(`0x${x}`));
     return { fields, start, end };
   };
+  let arenaEnd = -1n;
   for (let i = 0; i < entries.length; i++) {
     const e = entries[i]!;
     const nl = e.indexOf('\n');
     const head = nl < 0 ? e : e.slice(0, nl);
     const { fields, start, end } = range(e);
-    if (start === undefined || end === undefined || end - start > BigInt(maxBytes)) continue;
+    if (start === undefined || end === undefined) continue;
     const perms = fields[1] ?? '';
     const path = fields.slice(5).join(' ');
-    if (!perms.startsWith('rw')) continue;
-    if (path !== '' && !path.startsWith('/memfd:memfork')) continue;
+    if (path.startsWith('/memfd:memfork')) {
+      out.push(head.trim());
+      continue;
+    }
+    if (path !== '') continue;
+    if (!perms.startsWith('rw') && !perms.startsWith('---')) continue;
     // A glibc malloc heap of another thread's arena (Deno's threads make them
     // at any time): it starts on a 64 MiB boundary, and the rest of its 64 MiB
     // follows it reserved (---p).
+    if (start < arenaEnd) continue;
     const next = range(entries[i + 1]);
     if (
-      path === '' &&
+      perms.startsWith('rw') &&
       start % HEAP_MAX === 0n &&
       next.start === end &&
       next.end !== undefined &&
       next.end <= start + HEAP_MAX &&
       (next.fields[1] ?? '').startsWith('---')
     ) {
+      arenaEnd = next.end;
       continue;
     }
+    if (end - start > BigInt(maxBytes)) continue;
     const flags = /^VmFlags:(.*)$/m.exec(e)?.[1]?.trim().split(/\s+/) ?? [];
     if (!flags.includes('nr') || flags.includes('dc')) continue;
     out.push(head.trim());
