@@ -21,8 +21,9 @@
 //
 // This class wires the parts together: layers.ts (layers and descriptors),
 // scan.ts (finding written pages), writer.ts and drop.ts (copying pages into
-// layers, dropping private ones), mapper.ts (every mapping), budget.ts and
-// cost.ts (the mapping budget and when compaction pays), freeze.ts,
+// layers, dropping private ones), mapper.ts (every mapping), budget.ts,
+// map-budget.ts and cost.ts (the mapping budget, the process's share of
+// vm.max_map_count, and when compaction or copying pays), freeze.ts,
 // compact.ts and restore.ts (the operations), move-aside.ts (page tables at
 // a first clone); engine.ts holds the state they share, features.ts what the
 // kernel was found to allow.
