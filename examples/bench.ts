@@ -40,7 +40,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Segment, backend, memoryStats } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
-import { defaultReserve, matrixSvg, printMatrix, runMatrix } from './bench/matrix.ts';
+import { defaultReserve, fmtBytes, fmtMs, matrixSvg, printMatrix, runMatrix } from './bench/matrix.ts';
+import { heldMemory, kb, readProc } from './bench/proc.ts';
 import type { MatrixResult } from './bench/matrix.ts';
 import { modes, patterns } from './bench/pattern.ts';
 import type { ModeId, PatternId } from './bench/pattern.ts';
@@ -109,21 +110,6 @@ const log = (s: string) => process.stderr.write(`${s}\n`);
 const gc = () => (globalThis as { gc?: () => void }).gc?.();
 const now = () => performance.now();
 
-function fmtBytes(n: number): string {
-  const a = Math.abs(n);
-  if (a >= 2 ** 30) return `${+(n / 2 ** 30).toFixed(2)} GiB`;
-  if (a >= 2 ** 20) return `${+(n / 2 ** 20).toFixed(1)} MiB`;
-  if (a >= 2 ** 10) return `${+(n / 2 ** 10).toFixed(1)} KiB`;
-  return `${n} B`;
-}
-function fmtMs(ms: number): string {
-  if (!Number.isFinite(ms)) return '—';
-  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
-  if (ms >= 10) return `${ms.toFixed(0)} ms`;
-  if (ms >= 1) return `${ms.toFixed(1)} ms`;
-  if (ms >= 0.01) return `${ms.toFixed(2)} ms`;
-  return `${(ms * 1000).toFixed(1)} µs`;
-}
 function fmtUs(us: number): string {
   return us >= 1000 ? fmtMs(us / 1000) : `${us.toFixed(us < 1 ? 2 : us < 10 ? 1 : 0)} µs`;
 }
@@ -147,50 +133,14 @@ function randomPages(pages: number, count: number): number[] {
   return [...set];
 }
 
-function readProc(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
 function meminfo(key: string): number {
-  const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(readProc('/proc/meminfo'));
-  return m === null ? NaN : Number(m[1]) * 1024;
+  return kb(readProc('/proc/meminfo'), key);
 }
 const mapsLines = () => readProc('/proc/self/maps').split('\n').filter(Boolean).length;
 /** Shmem + AnonPages from /proc/meminfo: machine-wide, so other processes add noise. */
 const machineMemory = () => meminfo('Shmem') + meminfo('AnonPages');
 /** This process: its anonymous pages plus the pages in its memfd files, each counted once. */
-function processMemory(): number {
-  const m = /^RssAnon:\s+(\d+) kB/m.exec(readProc('/proc/self/status'));
-  let total = m === null ? NaN : Number(m[1]) * 1024;
-  const seen = new Set<string>();
-  const dirs = ['/proc/self/fd', '/proc/self/map_files'];
-  for (const dir of dirs) {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const name of names) {
-      try {
-        const p = `${dir}/${name}`;
-        if (!fs.readlinkSync(p).startsWith('/memfd:')) continue;
-        const st = fs.statSync(p);
-        const key = `${st.dev}:${st.ino}`;
-        if (!seen.has(key)) {
-          seen.add(key);
-          total += st.blocks * 512;
-        }
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  return total;
-}
+const processMemory = heldMemory;
 
 /**
  * The segment's bytes as windows no larger than one ArrayBuffer may be here.

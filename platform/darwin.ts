@@ -1,29 +1,64 @@
 // macOS backend: copy-on-write from the Mach VM system, through libSystem.
 //
 // NOTE: this backend has never run on macOS. It was written against the xnu
-// headers and tested on Linux through a simulation of the Mach calls (a fake
-// address space with copy-on-write bookkeeping over real memory), which checks
-// the calls, their argument types and the error paths, not the kernel.
+// sources (tag xnu-11417.101.15) and tested on Linux through a simulation of
+// the Mach calls (test/mach-sim.ts: map entries, VM objects with shadow chains
+// and delayed copies, entry coalescing, over real memory), which checks the
+// calls, their arguments and the error paths as far as it models xnu, not the
+// kernel itself.
 //
-// - create(): mach_vm_allocate(VM_FLAGS_ANYWHERE): zero-filled memory.
-// - clone(): mach_vm_remap(self, &addr, size, 0, VM_FLAGS_ANYWHERE, self, src,
-//   copy = TRUE, &cur, &max, VM_INHERIT_DEFAULT). The kernel makes the new
-//   range a symmetric copy-on-write copy of the source: both share every
-//   physical page, and the first write to a page on either side copies it.
-//   Cost: proportional to the map entries, not to the bytes.
-// - restore(target, source): the same remap with VM_FLAGS_FIXED |
-//   VM_FLAGS_OVERWRITE at the target's own address, so the target keeps its
-//   address and its views while its pages become copy-on-write shares of the
-//   source's. The kernel extracts the source before it replaces the target,
-//   so a failure leaves the target as it was.
-// - release(): mach_vm_deallocate.
-// - stats(): mach_vm_region(VM_REGION_TOP_INFO) over each map entry of the
-//   segment: the kernel's own count of resident pages private to the entry
-//   and shared with others (what `top` reports). Pages that are swapped out
-//   or compressed are not counted.
-// - memory(): the same walk over every live segment; `layers` counts the
-//   distinct VM objects on top of their entries. `taskVmInfo()` adds the
-//   process-wide figures of task_info(TASK_VM_INFO).
+// - create(): mach_vm_allocate(VM_FLAGS_ANYWHERE | tag) of the segment and one
+//   guard page after it, then mach_vm_protect(guard, VM_PROT_NONE), before
+//   anything touches the range (a clip then splits no object). vm_map_enter
+//   extends the entry just below a new allocation when both have the same
+//   protection and tag and stay under NO_COALESCE_LIMIT (128 KiB): without the
+//   guard, small segments would share one entry and one object, stats would
+//   charge a neighbour's pages to a segment, and cloning one would
+//   write-protect its neighbour's pages. Nothing is ever allocated right
+//   after a segment, so nothing coalesces into it.
+// - clone(): the same reservation, then mach_vm_remap(copy = TRUE,
+//   VM_FLAGS_FIXED | VM_FLAGS_OVERWRITE) of the source over its first part.
+//   The remap flags carry no tag: mach_vm_remap refuses any flag outside
+//   VM_FLAGS_USER_REMAP (KERN_INVALID_ARGUMENT), and the new entry copies the
+//   source entry's tag anyway.
+//   The copy is DELAYED, not symmetric (vm_map_remap_extract switches the
+//   source object from COPY_SYMMETRIC to COPY_DELAY and marks it true_share;
+//   vm_object_copy_delayed): the clone maps a new "copy object" that shadows
+//   the source's object, with needs_copy set. A write by the clone copies the
+//   page into a shadow of its own; a write by the source first pushes the old
+//   page into the copy object, then writes in place. The cost of a clone is
+//   the walk over the source object's resident pages (each is
+//   write-protected), not the map entries.
+// - restore(target, source): the same remap over the target's own address,
+//   so the target keeps its address and its views. The kernel extracts the
+//   source before it replaces the target, so a failure leaves the target as
+//   it was.
+// - release(): mach_vm_deallocate of the segment and its guard.
+//
+// stats() and memory() read mach_vm_region for each map entry of a segment:
+// VM_REGION_TOP_INFO counts the resident pages of whole VM objects, in kernel
+// pages (vm_kernel_page_size: 16 KiB under Rosetta, where vm_page_size is
+// 4 KiB; vm_map_region_top_walk), and VM_REGION_EXTENDED_INFO walks the entry
+// page by page in the task's pages, counting each resident page once wherever
+// in the chain it is (vm_map_region_walk). What they can and cannot attribute:
+// - privateBytes: the top object's pages when nothing else refers to it: the
+//   pages this segment wrote since its last clone()/restore() (and, for a
+//   clone that has not written yet, the pages its origin pushed to it), or all
+//   of a segment that was never cloned.
+// - sharedBytes: the other pages the entry sees, found in the objects below.
+//   APPROXIMATE for an origin: once cloned, its object is referenced by the
+//   copy object too, so the kernel calls the whole of it shared, including the
+//   pages the origin wrote after the clone (their old contents went to the
+//   clone's copy object, which no region call of the origin's entry looks
+//   at). And a clone that wrote counts as shared the pages its origin pushed
+//   to it since, which are in truth its own.
+// - memory().layers: obj_id names the bottom object of the chain, the same
+//   for an origin and its clones: `layers` counts these families of segments
+//   sharing memory, and `layerBytes` adds each family's private pages to the
+//   largest shared figure of top info among them (all objects under the
+//   fullest chain), an approximation of the pages its objects hold.
+// Swapped-out or compressed pages are not counted.
+// `taskVmInfo()` adds the process-wide figures of task_info(TASK_VM_INFO).
 //
 // Errors: a create() the task cannot fit (mach_vm_allocate returns
 // KERN_NO_SPACE or KERN_RESOURCE_SHORTAGE) is `ENOMEM`, as the API promises on
@@ -45,6 +80,8 @@ import {
   TASK_VM_INFO,
   TASK_VM_INFO_LAYOUT,
   TOP_INFO,
+  EXTENDED_INFO,
+  FALSE,
   TRUE,
   VM_FLAGS_ANYWHERE,
   VM_FLAGS_FIXED,
@@ -52,8 +89,10 @@ import {
   VM_INHERIT_DEFAULT,
   VM_MAKE_TAG,
   VM_MEMORY_APPLICATION_SPECIFIC_1,
+  VM_PROT_NONE,
   VM_PROT_READ,
   VM_PROT_WRITE,
+  VM_REGION_EXTENDED_INFO,
   VM_REGION_TOP_INFO,
   kernReturnName,
   loadMach,
@@ -83,8 +122,28 @@ export interface TaskVmInfo {
   physFootprint: number;
 }
 
-/** Tag on every range this backend maps, so `vmmap` shows them as "Memory Tag 240". */
+/** Tag on every range this backend allocates, so `vmmap` shows them as "Memory Tag 240". */
 const TAG = VM_MAKE_TAG(VM_MEMORY_APPLICATION_SPECIFIC_1);
+
+/** The kernel's figures for one map entry, in bytes, clipped to the segment. */
+export interface DarwinRegion {
+  start: bigint;
+  size: number;
+  /** vm_region_top_info: the bottom object of the chain (0: no object yet). */
+  objectId: number;
+  refCount: number;
+  shareMode: number;
+  /** Resident pages of the top object when nothing else refers to it (top info). */
+  privateBytes: number;
+  /** Resident pages the entry sees through objects below its own: residentBytes - privateBytes. */
+  sharedBytes: number;
+  /** Pages resident anywhere in the entry's chain, each once (extended info). */
+  residentBytes: number;
+  /** The kernel's own shared figure: every object below summed, whole (top info). */
+  chainSharedBytes: number;
+  /** Depth of the shadow chain under the entry's object (extended info). */
+  shadowDepth: number;
+}
 
 /**
  * @example
@@ -96,6 +155,8 @@ const TAG = VM_MAKE_TAG(VM_MEMORY_APPLICATION_SPECIFIC_1);
 export class DarwinBackend implements Backend<DarwinSegment> {
   readonly name = 'darwin' as const;
   readonly pageSize: number;
+  /** Bytes per kernel page: the unit of the kernel's page counts. */
+  readonly kernelPageSize: number;
   readonly maxViewLength = maxViewLength;
 
   readonly #mach: MachCalls;
@@ -119,29 +180,29 @@ export class DarwinBackend implements Backend<DarwinSegment> {
     this.#task = this.#mach.taskSelf;
     const page = this.#mach.pageSize;
     if (!isPowerOfTwo(page)) throw new Error(`vm_page_size is ${page}, not a power of two`);
+    const kernelPage = this.#mach.kernelPageSize;
+    if (!isPowerOfTwo(kernelPage)) throw new Error(`vm_kernel_page_size is ${kernelPage}, not a power of two`);
     this.pageSize = page;
+    this.kernelPageSize = kernelPage;
   }
 
   // ---- Backend ---------------------------------------------------------------
 
   create(length: number): DarwinSegment {
-    const m = this.#mach;
-    this.#addr[0] = 0n;
-    const kr = m.mach_vm_allocate(this.#task, this.#addr, BigInt(length), VM_FLAGS_ANYWHERE | TAG);
-    if (kr === KERN_NO_SPACE || kr === KERN_RESOURCE_SHORTAGE) throw outOfMemory('mach_vm_allocate', kr, length, m);
-    if (kr !== KERN_SUCCESS) throw machError('mach_vm_allocate', kr, `cannot allocate ${length} bytes`, m);
-    const seg: DarwinSegment = { addr: this.#addr[0]!, length, released: false };
+    const seg: DarwinSegment = { addr: this.#reserve(length), length, released: false };
     this.#segments.add(seg);
     return seg;
   }
 
   clone(source: DarwinSegment): DarwinSegment {
-    this.#addr[0] = 0n;
-    this.#remap(VM_FLAGS_ANYWHERE | TAG, source, `cannot clone ${source.length} bytes`);
-    const seg: DarwinSegment = { addr: this.#addr[0]!, length: source.length, released: false };
-    if (!this.#writable()) {
+    const seg: DarwinSegment = { addr: this.#reserve(source.length), length: source.length, released: false };
+    try {
+      this.#addr[0] = seg.addr;
+      this.#remap(source, `cannot clone ${source.length} bytes`);
+      this.#checkWritable(seg, `the clone of ${source.length} bytes`);
+    } catch (err) {
       this.#discard(seg);
-      throw machError('mach_vm_remap', KERN_PROTECTION_FAILURE, `the clone of ${source.length} bytes is not writable`, this.#mach);
+      throw err;
     }
     this.#segments.add(seg);
     return seg;
@@ -151,21 +212,33 @@ export class DarwinBackend implements Backend<DarwinSegment> {
     // Safety: the remap replaces the pages at the target's own address, so
     // every view of the target stays mapped and now reads the source's bytes.
     this.#addr[0] = target.addr;
-    this.#remap(VM_FLAGS_FIXED | VM_FLAGS_OVERWRITE | TAG, source, `cannot restore ${target.length} bytes`);
-    if (this.#addr[0] !== target.addr) {
-      throw machError('mach_vm_remap', KERN_INVALID_ADDRESS, `restore moved the segment to 0x${this.#addr[0]!.toString(16)}`, this.#mach);
-    }
+    this.#remap(source, `cannot restore ${target.length} bytes`);
+    // The kernel reports the protection only once the target holds the
+    // source's pages: a source that is not writable (only code outside
+    // memfork can make it so) leaves the target with its bytes, as read-only.
+    this.#checkWritable(target, `the restored ${target.length} bytes`);
   }
 
   release(seg: DarwinSegment): void {
     if (seg.released) return;
     // Safety: src/segment.ts has detached every view of the segment.
-    const kr = this.#mach.mach_vm_deallocate(this.#task, seg.addr, BigInt(seg.length));
+    const kr = this.#mach.mach_vm_deallocate(this.#task, seg.addr, BigInt(seg.length + this.pageSize));
     if (kr !== KERN_SUCCESS) {
       throw machError('mach_vm_deallocate', kr, `cannot deallocate ${seg.length} bytes`, this.#mach);
     }
     seg.released = true;
     this.#segments.delete(seg);
+  }
+
+  shutdown(): void {
+    // A worker that exits runs no more JavaScript: nothing can read a view now.
+    for (const seg of [...this.#segments]) {
+      try {
+        this.release(seg);
+      } catch {
+        // The process goes on; what the kernel would not take back stays mapped.
+      }
+    }
   }
 
   address(seg: DarwinSegment): bigint {
@@ -180,42 +253,111 @@ export class DarwinBackend implements Backend<DarwinSegment> {
   }
 
   stats(seg: DarwinSegment): BackendStats {
-    let privatePages = 0;
-    let sharedPages = 0;
-    let mappings = 0;
-    this.#walk(seg, (e) => {
-      privatePages += e.privatePages;
-      sharedPages += e.sharedPages;
+    let privateBytes = 0;
+    let sharedBytes = 0;
+    let mappings = 1; // the guard page's entry
+    for (const r of this.regions(seg)) {
+      privateBytes += r.privateBytes;
+      sharedBytes += r.sharedBytes;
       mappings++;
-    });
-    return { privateBytes: privatePages * this.pageSize, sharedBytes: sharedPages * this.pageSize, mappings };
+    }
+    return { privateBytes, sharedBytes, mappings };
   }
 
   memory(): BackendMemory {
-    const objects = new Map<number, number>();
-    let privatePages = 0;
+    // Per family of segments (one bottom object): their private bytes, and
+    // the largest shared figure among them (see the file header).
+    const families = new Map<number, { own: number; shared: number }>();
+    let privateBytes = 0;
     let mappings = 0;
-    let anonymous = 0;
+    let untouched = 0;
     for (const seg of this.#segments) {
-      this.#walk(seg, (e) => {
-        privatePages += e.privatePages;
+      mappings++; // the guard
+      for (const r of this.regions(seg)) {
         mappings++;
-        const pages = e.privatePages + e.sharedPages;
-        // obj_id 0: no object yet (never touched); count each such entry once.
-        const id = e.objectId === 0 ? --anonymous : e.objectId;
-        objects.set(id, Math.max(objects.get(id) ?? 0, pages));
-      });
+        privateBytes += r.privateBytes;
+        // obj_id 0: no object yet (never touched), no memory.
+        const id = r.objectId === 0 ? --untouched : r.objectId;
+        const f = families.get(id) ?? { own: 0, shared: 0 };
+        f.own += r.privateBytes;
+        f.shared = Math.max(f.shared, r.chainSharedBytes);
+        families.set(id, f);
+      }
     }
-    let layerPages = 0;
+    let layerBytes = 0;
     let layers = 0;
-    for (const [id, pages] of objects) {
-      layerPages += pages;
+    for (const [id, f] of families) {
+      layerBytes += f.own + f.shared;
       if (id > 0) layers++;
     }
-    return { layers, layerBytes: layerPages * this.pageSize, privateBytes: privatePages * this.pageSize, mappings };
+    return { layers, layerBytes, privateBytes, mappings };
   }
 
   // ---- macOS extras -------------------------------------------------------------
+
+  /**
+   * The kernel's figures for each map entry of `seg`: VM_REGION_TOP_INFO
+   * (objects, whole, in kernel pages) and VM_REGION_EXTENDED_INFO (the
+   * entry's pages one by one, in this task's pages), clipped to the part of
+   * the entry inside the segment.
+   *
+   * @throws {SegmentError} with the kern_return_t code when mach_vm_region fails.
+   */
+  regions(seg: DarwinSegment): DarwinRegion[] {
+    const kpage = this.kernelPageSize;
+    const end = seg.addr + BigInt(seg.length);
+    const info = this.#info;
+    const out: DarwinRegion[] = [];
+    let at = seg.addr;
+    while (at < end) {
+      const entry = this.#region(at, VM_REGION_TOP_INFO, TOP_INFO.count);
+      if (entry === undefined) break; // nothing mapped at or above `at`
+      const { start, next } = entry;
+      if (start >= end || next <= at) break;
+      const objectId = info[TOP_INFO.obj_id]! >>> 0;
+      const refCount = info[TOP_INFO.ref_count]! >>> 0;
+      const shareMode = info[TOP_INFO.share_mode]! & 0xff;
+      const topPrivate = (info[TOP_INFO.private_pages_resident]! >>> 0) * kpage;
+      const topShared = (info[TOP_INFO.shared_pages_resident]! >>> 0) * kpage;
+      this.#region(start, VM_REGION_EXTENDED_INFO, EXTENDED_INFO.count);
+      const resident = (info[EXTENDED_INFO.pages_resident]! >>> 0) * this.pageSize;
+      const shadowDepth = info[EXTENDED_INFO.shadow_depth]! & 0xffff;
+      const lo = start > seg.addr ? start : seg.addr;
+      const hi = next < end ? next : end;
+      const bytes = Number(hi - lo);
+      const residentBytes = Math.min(resident, bytes);
+      // Top info counts whole kernel pages of the top object; a page the
+      // entry sees is private when that object holds it, shared otherwise.
+      const privateBytes = Math.min(topPrivate, residentBytes);
+      out.push({
+        start: lo,
+        size: bytes,
+        objectId,
+        refCount,
+        shareMode,
+        privateBytes,
+        sharedBytes: residentBytes - privateBytes,
+        residentBytes,
+        chainSharedBytes: topShared,
+        shadowDepth,
+      });
+      at = next;
+    }
+    return out;
+  }
+
+  /** mach_vm_region of `flavor` at `at` into `this.#info`; the entry's range, or undefined when nothing is mapped at or above. */
+  #region(at: bigint, flavor: number, count: number): { start: bigint; next: bigint } | undefined {
+    const m = this.#mach;
+    this.#addr[0] = at;
+    this.#size[0] = 0n;
+    this.#count[0] = count;
+    this.#info.fill(0, 0, count);
+    const kr = m.mach_vm_region(this.#task, this.#addr, this.#size, flavor, this.#info, this.#count, this.#object);
+    if (kr === KERN_INVALID_ADDRESS) return undefined;
+    if (kr !== KERN_SUCCESS) throw machError('mach_vm_region', kr, `cannot read the map entry at 0x${at.toString(16)}`, m);
+    return { start: this.#addr[0]!, next: this.#addr[0]! + this.#size[0]! };
+  }
 
   /**
    * Process-wide memory figures from task_info(TASK_VM_INFO) (revision 1 of
@@ -246,15 +388,42 @@ export class DarwinBackend implements Backend<DarwinSegment> {
 
   // ---- helpers -----------------------------------------------------------------
 
-  /** mach_vm_remap(copy = TRUE) of `source` to `this.#addr[0]` with `flags`; throws on failure. */
-  #remap(flags: number, source: DarwinSegment, detail: string): void {
+  /**
+   * A new zero-filled range of `length` bytes followed by a guard page
+   * (VM_PROT_NONE), so that no later allocation lands right after it and
+   * coalesces into its entry; returns its address.
+   */
+  #reserve(length: number): bigint {
     const m = this.#mach;
+    const total = length + this.pageSize;
+    this.#addr[0] = 0n;
+    let kr = m.mach_vm_allocate(this.#task, this.#addr, BigInt(total), VM_FLAGS_ANYWHERE | TAG);
+    if (kr === KERN_NO_SPACE || kr === KERN_RESOURCE_SHORTAGE) throw outOfMemory('mach_vm_allocate', kr, length, m);
+    if (kr !== KERN_SUCCESS) throw machError('mach_vm_allocate', kr, `cannot allocate ${length} bytes`, m);
+    const addr = this.#addr[0]!;
+    // Before anything touches the range: the clip then splits no VM object.
+    kr = m.mach_vm_protect(this.#task, addr + BigInt(length), BigInt(this.pageSize), FALSE, VM_PROT_NONE);
+    if (kr !== KERN_SUCCESS) {
+      m.mach_vm_deallocate(this.#task, addr, BigInt(total));
+      throw machError('mach_vm_protect', kr, `cannot make a guard page after ${length} bytes`, m);
+    }
+    return addr;
+  }
+
+  /**
+   * mach_vm_remap(copy = TRUE, VM_FLAGS_FIXED | VM_FLAGS_OVERWRITE) of
+   * `source` to `this.#addr[0]`; throws on failure. No tag in the flags:
+   * mach_vm_remap takes only VM_FLAGS_USER_REMAP.
+   */
+  #remap(source: DarwinSegment, detail: string): void {
+    const m = this.#mach;
+    const at = this.#addr[0]!;
     const kr = m.mach_vm_remap(
       this.#task,
       this.#addr,
       BigInt(source.length),
       0n,
-      flags,
+      VM_FLAGS_FIXED | VM_FLAGS_OVERWRITE,
       this.#task,
       source.addr,
       TRUE,
@@ -263,49 +432,21 @@ export class DarwinBackend implements Backend<DarwinSegment> {
       VM_INHERIT_DEFAULT,
     );
     if (kr !== KERN_SUCCESS) throw machError('mach_vm_remap', kr, detail, m);
+    if (this.#addr[0] !== at) {
+      throw machError('mach_vm_remap', KERN_INVALID_ADDRESS, `the remap moved to 0x${this.#addr[0]!.toString(16)}`, m);
+    }
   }
 
-  /** Whether the last remap's current protection allows reading and writing. */
-  #writable(): boolean {
+  /** Throws KERN_PROTECTION_FAILURE unless the last remap's current protection allows reading and writing. */
+  #checkWritable(seg: DarwinSegment, what: string): void {
     const rw = VM_PROT_READ | VM_PROT_WRITE;
-    return (this.#cur[0]! & rw) === rw;
+    if ((this.#cur[0]! & rw) === rw) return;
+    throw machError('mach_vm_remap', KERN_PROTECTION_FAILURE, `${what} at 0x${seg.addr.toString(16)} are not writable`, this.#mach);
   }
 
   /** Deallocates a range this backend mapped but will not hand out; errors are moot then. */
   #discard(seg: DarwinSegment): void {
-    this.#mach.mach_vm_deallocate(this.#task, seg.addr, BigInt(seg.length));
-  }
-
-  /**
-   * Calls `visit` for each map entry that overlaps `seg`, with its resident
-   * pages (VM_REGION_TOP_INFO) clipped to the overlap: neighbouring ranges
-   * with the same attributes may share one entry.
-   */
-  #walk(seg: DarwinSegment, visit: (e: { privatePages: number; sharedPages: number; objectId: number }) => void): void {
-    const m = this.#mach;
-    const page = BigInt(this.pageSize);
-    const end = seg.addr + BigInt(seg.length);
-    const info = this.#info;
-    let at = seg.addr;
-    while (at < end) {
-      this.#addr[0] = at;
-      this.#size[0] = 0n;
-      this.#count[0] = TOP_INFO.count;
-      info.fill(0, 0, TOP_INFO.count);
-      const kr = m.mach_vm_region(this.#task, this.#addr, this.#size, VM_REGION_TOP_INFO, info, this.#count, this.#object);
-      if (kr === KERN_INVALID_ADDRESS) break; // nothing mapped at or above `at`
-      if (kr !== KERN_SUCCESS) throw machError('mach_vm_region', kr, `cannot read the map entry at 0x${at.toString(16)}`, m);
-      const start = this.#addr[0]!;
-      const next = start + this.#size[0]!;
-      if (start >= end || next <= at) break;
-      const lo = start > seg.addr ? start : seg.addr;
-      const hi = next < end ? next : end;
-      const overlap = Number((hi - lo) / page);
-      const privatePages = Math.min(info[TOP_INFO.private_pages_resident]! >>> 0, overlap);
-      const sharedPages = Math.min(info[TOP_INFO.shared_pages_resident]! >>> 0, overlap - privatePages);
-      visit({ privatePages, sharedPages, objectId: info[TOP_INFO.obj_id]! >>> 0 });
-      at = next;
-    }
+    this.#mach.mach_vm_deallocate(this.#task, seg.addr, BigInt(seg.length + this.pageSize));
   }
 }
 

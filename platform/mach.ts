@@ -17,7 +17,8 @@ import koffi from 'koffi';
 import { SegmentError } from '../src/errors.ts';
 
 // ---- constants ---------------------------------------------------------------
-// macOS values (xnu osfmk/mach), the same on arm64 and x86_64.
+// macOS values (xnu osfmk/mach), the same on arm64 and x86_64, each block
+// checked against the header it names at tag xnu-11417.101.15.
 
 /** osfmk/mach/kern_return.h. */
 export const KERN_SUCCESS = 0;
@@ -103,17 +104,69 @@ export const MIG_ERROR_NAMES: ReadonlyMap<number, string> = new Map([
   [-309, 'MIG_TRAILER_ERROR'],
 ]);
 
-/** osfmk/mach/vm_statistics.h. */
+/**
+ * osfmk/mach/vm_statistics.h (VM_FLAGS_USER_REMAP is the same from xnu-6153 to
+ * xnu-11417).
+ * The kernel refuses a flag outside the mask of the call: mach_vm_allocate
+ * checks VM_FLAGS_USER_ALLOCATE, which includes VM_FLAGS_ALIAS_MASK (a tag may
+ * be passed), and mach_vm_remap checks VM_FLAGS_USER_REMAP, which does not
+ * (osfmk/vm/vm_user.c, mach_vm_remap_external: KERN_INVALID_ARGUMENT). A
+ * remapped entry copies the source entry, tag included.
+ */
 export const VM_FLAGS_FIXED = 0x0000;
 export const VM_FLAGS_ANYWHERE = 0x0001;
+export const VM_FLAGS_PURGABLE = 0x0002;
+export const VM_FLAGS_4GB_CHUNK = 0x0004;
+export const VM_FLAGS_RANDOM_ADDR = 0x0008;
+export const VM_FLAGS_NO_CACHE = 0x0010;
+export const VM_FLAGS_RESILIENT_CODESIGN = 0x0020;
+export const VM_FLAGS_RESILIENT_MEDIA = 0x0040;
+export const VM_FLAGS_PERMANENT = 0x0080;
+export const VM_FLAGS_TPRO = 0x1000;
 export const VM_FLAGS_OVERWRITE = 0x4000;
+export const VM_FLAGS_SUPERPAGE_MASK = 0x70000;
+export const VM_FLAGS_RETURN_DATA_ADDR = 0x100000;
+export const VM_FLAGS_RETURN_4K_DATA_ADDR = 0x800000;
+/** 0xFF000000, as a C int. */
+export const VM_FLAGS_ALIAS_MASK = 0xff000000 | 0;
+/** VM_FLAGS_HW is VM_FLAGS_TPRO. */
+export const VM_FLAGS_USER_ALLOCATE =
+  VM_FLAGS_FIXED |
+  VM_FLAGS_ANYWHERE |
+  VM_FLAGS_PURGABLE |
+  VM_FLAGS_4GB_CHUNK |
+  VM_FLAGS_RANDOM_ADDR |
+  VM_FLAGS_NO_CACHE |
+  VM_FLAGS_PERMANENT |
+  VM_FLAGS_OVERWRITE |
+  VM_FLAGS_SUPERPAGE_MASK |
+  VM_FLAGS_TPRO |
+  VM_FLAGS_ALIAS_MASK;
+export const VM_FLAGS_USER_REMAP =
+  VM_FLAGS_FIXED |
+  VM_FLAGS_ANYWHERE |
+  VM_FLAGS_RANDOM_ADDR |
+  VM_FLAGS_OVERWRITE |
+  VM_FLAGS_RETURN_DATA_ADDR |
+  VM_FLAGS_RESILIENT_CODESIGN |
+  VM_FLAGS_RESILIENT_MEDIA;
 /** A user tag for `vmmap`: VM_MAKE_TAG(tag) is `tag << 24` (as a C int). */
 export const VM_MEMORY_APPLICATION_SPECIFIC_1 = 240;
 export function VM_MAKE_TAG(tag: number): number {
   return (tag << 24) | 0;
 }
 
-/** osfmk/mach/vm_inherit.h. */
+/**
+ * vm_map_enter (osfmk/vm/vm_map.c) extends the map entry just below a new
+ * anonymous allocation instead of making a new one when the two have the
+ * same protection, inheritance and tag, the object below can grow, and
+ * together they stay within NO_COALESCE_LIMIT: `(1024 * 128) - 1` bytes on
+ * macOS (0 on the other Apple systems). Never where the map's page is smaller
+ * than the kernel's (a 4 KiB task on a 16 KiB kernel, as under Rosetta).
+ */
+export const NO_COALESCE_LIMIT = 1024 * 128 - 1;
+
+/** osfmk/mach/vm_inherit.h (VM_INHERIT_DEFAULT is VM_INHERIT_COPY). */
 export const VM_INHERIT_SHARE = 0;
 export const VM_INHERIT_COPY = 1;
 export const VM_INHERIT_NONE = 2;
@@ -127,7 +180,7 @@ export const VM_PROT_EXECUTE = 0x4;
 export const VM_PROT_DEFAULT = VM_PROT_READ | VM_PROT_WRITE;
 export const VM_PROT_ALL = VM_PROT_READ | VM_PROT_WRITE | VM_PROT_EXECUTE;
 
-/** osfmk/mach/boolean.h. */
+/** osfmk/mach/boolean.h (TRUE and FALSE). */
 export const TRUE = 1;
 export const FALSE = 0;
 
@@ -140,6 +193,7 @@ export const SM_COW = 1;
 export const SM_PRIVATE = 2;
 export const SM_EMPTY = 3;
 export const SM_SHARED = 4;
+export const SM_TRUESHARED = 5;
 
 /**
  * struct vm_region_top_info { unsigned int obj_id, ref_count,
@@ -155,6 +209,30 @@ export const TOP_INFO = {
   shared_pages_resident: 3,
   /** The share_mode byte is the low byte of word 4 (little-endian). */
   share_mode: 4,
+} as const;
+
+/**
+ * struct vm_region_extended_info { vm_prot_t protection; unsigned int
+ * user_tag, pages_resident, pages_shared_now_private, pages_swapped_out,
+ * pages_dirtied, ref_count; unsigned short shadow_depth; unsigned char
+ * external_pager, share_mode; unsigned int pages_reusable; } — 36 bytes:
+ * VM_REGION_EXTENDED_INFO_COUNT is 9 natural_t. Offsets in 32-bit words; the
+ * kernel walks the entry page by page (vm_map_region_walk), counting in the
+ * task's own page size (vm_self_region_page_shift), each page once, at the
+ * first object of the chain that holds it.
+ */
+export const EXTENDED_INFO = {
+  count: 9,
+  protection: 0,
+  user_tag: 1,
+  pages_resident: 2,
+  pages_shared_now_private: 3,
+  pages_swapped_out: 4,
+  pages_dirtied: 5,
+  ref_count: 6,
+  /** shadow_depth is the low half of word 7, external_pager and share_mode its two high bytes (little-endian). */
+  shadow_depth: 7,
+  pages_reusable: 8,
 } as const;
 
 /** osfmk/mach/task_info.h. */
@@ -219,6 +297,9 @@ export const MACH_PROTOTYPES = {
     'kern_return_t mach_vm_allocate(vm_map_t target, mach_vm_address_t *address, mach_vm_size_t size, int flags)',
   mach_vm_deallocate:
     'kern_return_t mach_vm_deallocate(vm_map_t target, mach_vm_address_t address, mach_vm_size_t size)',
+  mach_vm_protect:
+    'kern_return_t mach_vm_protect(vm_map_t target_task, mach_vm_address_t address, mach_vm_size_t size, ' +
+    'boolean_t set_maximum, vm_prot_t new_protection)',
   mach_vm_remap:
     'kern_return_t mach_vm_remap(vm_map_t target_task, mach_vm_address_t *target_address, mach_vm_size_t size, ' +
     'mach_vm_offset_t mask, int flags, vm_map_t src_task, mach_vm_address_t src_address, boolean_t copy, ' +
@@ -251,10 +332,21 @@ export function declareMachTypes(): void {
 export interface MachCalls {
   /** `mach_task_self_`: this task's port, read once. */
   readonly taskSelf: number;
-  /** `vm_page_size`: bytes per VM page (16384 on Apple silicon, 4096 on Intel). */
+  /**
+   * `vm_page_size`: bytes per page of this task's map, the unit of addresses
+   * and sizes (16384 on Apple silicon, 4096 on Intel and under Rosetta).
+   */
   readonly pageSize: number;
+  /**
+   * `vm_kernel_page_size`: bytes per page of the kernel, the unit of every
+   * page count the kernel reports (vm_region_top_info counts in PAGE_SIZE):
+   * 16384 under Rosetta, where `pageSize` is 4096 (libsyscall/mach/mach_init.c
+   * reads the two from different words of the comm page).
+   */
+  readonly kernelPageSize: number;
   mach_vm_allocate(target: number, address: BigUint64Array, size: bigint, flags: number): number;
   mach_vm_deallocate(target: number, address: bigint, size: bigint): number;
+  mach_vm_protect(target: number, address: bigint, size: bigint, setMaximum: number, newProtection: number): number;
   mach_vm_remap(
     targetTask: number,
     targetAddress: BigUint64Array,
@@ -301,18 +393,21 @@ export function loadMach(): MachCalls {
   const calls = {
     mach_vm_allocate: lib.func(p.mach_vm_allocate),
     mach_vm_deallocate: lib.func(p.mach_vm_deallocate),
+    mach_vm_protect: lib.func(p.mach_vm_protect),
     mach_vm_remap: lib.func(p.mach_vm_remap),
     mach_vm_region: lib.func(p.mach_vm_region),
     task_info: lib.func(p.task_info),
     mach_error_string: lib.func(p.mach_error_string),
-  } as unknown as Omit<MachCalls, 'taskSelf' | 'pageSize' | 'view'>;
+  } as unknown as Omit<MachCalls, 'taskSelf' | 'pageSize' | 'kernelPageSize' | 'view'>;
   // mach_task_self() is a macro over this global, set when libSystem starts.
   const taskSelf = Number(koffi.decode(lib.symbol('mach_task_self_'), 'mach_port_t'));
   const pageSize = Number(koffi.decode(lib.symbol('vm_page_size'), 'vm_size_t'));
+  const kernelPageSize = Number(koffi.decode(lib.symbol('vm_kernel_page_size'), 'vm_size_t'));
   return {
     ...calls,
     taskSelf,
     pageSize,
+    kernelPageSize,
     view: (address, length) => koffi.view(address as unknown as never, length) as ArrayBuffer,
   };
 }

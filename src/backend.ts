@@ -77,3 +77,19 @@ export function chooseBackend(
     warning: `MEMFORK_BACKEND=${override} is not one of linux, darwin, copy: using ${native}`,
   };
 }
+
+/**
+ * Reads `MEMFORK_BACKEND` through `read`. Where the runtime refuses to (Deno
+ * without `--allow-env` throws NotCapable, whether the variable is set or not),
+ * the value is unknown: `unreadable` says why, for a warning, and the platform's
+ * own backend is used.
+ */
+export function readOverride(read: () => string | undefined): { value: string | undefined; unreadable?: string } {
+  try {
+    return { value: read() };
+  } catch (err) {
+    const e = err as { name?: unknown; message?: unknown } | null;
+    const why = typeof e?.message === 'string' ? `${typeof e.name === 'string' ? `${e.name}: ` : ''}${e.message}` : String(err);
+    return { value: undefined, unreadable: why.replace(/\s+/g, ' ').trim() };
+  }
+}

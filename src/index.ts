@@ -1,6 +1,6 @@
 // memfork: copy-on-write copies of memory inside one process.
 import type { Backend, BackendName } from './backend.ts';
-import { chooseBackend } from './backend.ts';
+import { chooseBackend, readOverride } from './backend.ts';
 import { liveSegments, setBackend } from './segment.ts';
 import type { MemoryStats } from './segment.ts';
 import { loadBackend } from './load.ts';
@@ -21,16 +21,11 @@ export interface BackendInfo {
   readonly maxViewLength: number;
 }
 
-/** `MEMFORK_BACKEND`, or undefined where it is unset or may not be read (Deno without --allow-env). */
-function overrideFromEnv(): string | undefined {
-  try {
-    return typeof process !== 'undefined' ? process.env.MEMFORK_BACKEND : undefined;
-  } catch {
-    return undefined;
-  }
+const env = readOverride(() => (typeof process !== 'undefined' ? process.env.MEMFORK_BACKEND : undefined));
+const chosen = chooseBackend(typeof process !== 'undefined' ? process.platform : 'unknown', env.value);
+if (env.unreadable !== undefined) {
+  console.warn(`memfork: MEMFORK_BACKEND cannot be read (${env.unreadable}): using ${chosen.name}`);
 }
-
-const chosen = chooseBackend(typeof process !== 'undefined' ? process.platform : 'unknown', overrideFromEnv());
 if (chosen.warning !== undefined) console.warn(`memfork: ${chosen.warning}`);
 const active: Backend = loadBackend(chosen.name);
 setBackend(active);

@@ -1,14 +1,20 @@
 // Which backend memfork picks: from the platform (faked here), overridden by
 // MEMFORK_BACKEND, and falling back to the copy backend when the chosen one
-// cannot load.
+// cannot load or fails its self-test (failures injected into each backend).
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { chooseBackend } from '../src/backend.ts';
+import { chooseBackend, readOverride } from '../src/backend.ts';
 import { loadBackend } from '../src/load.ts';
 import { runtimeName } from '../src/runtime.ts';
-import type { Backend } from '../src/backend.ts';
+import type { Backend, BackendName } from '../src/backend.ts';
+import { SegmentError } from '../src/errors.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
+import { CopyBackend } from '../platform/copy.ts';
+import { DarwinBackend } from '../platform/darwin.ts';
+import { KERN_INVALID_ARGUMENT } from '../platform/mach.ts';
+import { MachSim, simulatedDarwin } from './mach-sim.ts';
 
 // The project root (test files run from it where __dirname does not exist).
 const root = typeof __dirname === 'string' ? join(__dirname, '..') : process.cwd();
@@ -68,6 +74,26 @@ describe('chooseBackend()', () => {
   });
 });
 
+describe('readOverride()', () => {
+  it('returns what the environment holds, set or not', () => {
+    assert.deepEqual(readOverride(() => 'copy'), { value: 'copy' });
+    assert.deepEqual(readOverride(() => undefined), { value: undefined });
+  });
+
+  it('says in one line why MEMFORK_BACKEND cannot be read where reading it throws, as Deno without --allow-env does', () => {
+    const refused = readOverride(() => {
+      const err = new Error('Requires env access to "MEMFORK_BACKEND",\nrun again with the --allow-env flag');
+      err.name = 'NotCapable';
+      throw err;
+    });
+    assert.deepEqual(refused, {
+      value: undefined,
+      unreadable: 'NotCapable: Requires env access to "MEMFORK_BACKEND", run again with the --allow-env flag',
+    });
+    assert.equal(readOverride(() => { throw 'no'; }).unreadable, 'no');
+  });
+});
+
 describe('loadBackend()', () => {
   it('loads the copy backend without a word', () => {
     const { result, warnings } = withWarnings(() => loadBackend('copy'));
@@ -107,8 +133,8 @@ describe('loadBackend()', () => {
 
 describe('the backend a new process picks', { skip: runtimeName !== 'node' && 'spawns Node.js' }, () => {
   /** Loads src/index.ts in a child process with `env`; returns its backend and stderr. */
-  function load(env: Record<string, string | undefined>): { backend: { name: string; pageSize: number }; stderr: string } {
-    const script = "const m = require('./src/index.ts'); process.stdout.write(JSON.stringify(m.backend));";
+  function load(env: Record<string, string | undefined>, before = ''): { backend: { name: string; pageSize: number }; stderr: string } {
+    const script = `${before}const m = require('./src/index.ts'); process.stdout.write(JSON.stringify(m.backend));`;
     const args = [...process.execArgv.filter((a) => !a.startsWith('--test')), '-e', script];
     const childEnv: Record<string, string> = {};
     for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) childEnv[k] = v;
@@ -122,6 +148,18 @@ describe('the backend a new process picks', { skip: runtimeName !== 'node' && 's
       .join('');
     return { backend: JSON.parse(r.stdout) as { name: string; pageSize: number }, stderr };
   }
+
+  it('is the platform backend, with a one-line warning, when MEMFORK_BACKEND cannot be read', () => {
+    // As Deno without --allow-env: reading the variable throws NotCapable.
+    const refuse =
+      "const env = process.env; Object.defineProperty(process, 'env', { value: new Proxy(env, { get(t, k) { " +
+      "if (k === 'MEMFORK_BACKEND') { const e = new Error('Requires env access to \"MEMFORK_BACKEND\"'); e.name = 'NotCapable'; throw e; } " +
+      'return Reflect.get(t, k); } }) });';
+    const { backend, stderr } = load({ MEMFORK_BACKEND: 'copy' }, refuse);
+    const native = process.platform === 'linux' ? 'linux' : process.platform === 'darwin' ? 'darwin' : 'copy';
+    assert.equal(backend.name, native);
+    assert.equal(stderr, `memfork: MEMFORK_BACKEND cannot be read (NotCapable: Requires env access to "MEMFORK_BACKEND"): using ${native}\n`);
+  });
 
   it('is copy with MEMFORK_BACKEND=copy', () => {
     const { backend, stderr } = load({ MEMFORK_BACKEND: 'copy' });
@@ -139,5 +177,92 @@ describe('the backend a new process picks', { skip: runtimeName !== 'node' && 's
     const { backend, stderr } = load({ MEMFORK_BACKEND: 'darwin' });
     assert.equal(backend.name, 'copy');
     assert.match(stderr, /^memfork: the darwin backend cannot load \(.+\); using the copy backend\n$/);
+  });
+});
+
+describe('the self-test loadBackend() runs on every backend', () => {
+  /** The backend `name` as this machine makes it (the macOS one over the Mach simulation off macOS). */
+  function real(name: BackendName): Backend {
+    if (name === 'linux') return new LinuxBackend();
+    if (name === 'darwin') return process.platform === 'darwin' ? new DarwinBackend() : simulatedDarwin.make();
+    return new CopyBackend();
+  }
+  const names: BackendName[] = (['linux', 'darwin', 'copy'] as const).filter(
+    (n) => n === 'copy' || (n === 'linux' ? process.platform === 'linux' : process.platform === 'darwin' || process.platform === 'linux'),
+  );
+
+  for (const name of names) {
+    it(`passes on the ${name} backend, which then loads without a word`, () => {
+      const made: Backend[] = [];
+      const { result, warnings } = withWarnings(() => loadBackend(name, (n) => { const b = real(n); made.push(b); return b; }));
+      assert.equal(result.name, name);
+      assert.equal(result, made[0]);
+      assert.deepEqual(warnings, []);
+      assert.equal(result.memory().mappings, 0, 'the self-test closed what it made');
+    });
+
+    it(`falls back to copy, naming the failure in one line, when the ${name} backend's clone is refused`, () => {
+      const { result, warnings } = withWarnings(() =>
+        loadBackend(name, (n) => {
+          const b = real(n);
+          if (n === name) {
+            b.clone = () => {
+              throw new SegmentError('mmap EPERM: cannot map 8192 bytes', 'EPERM', 1, 'mmap');
+            };
+          }
+          return b;
+        }),
+      );
+      assert.equal(result.name, 'copy');
+      assert.equal(warnings.length, 1);
+      const expected =
+        name === 'copy'
+          ? 'memfork: the copy backend failed its self-test (clone: mmap EPERM: cannot map 8192 bytes)'
+          : `memfork: the ${name} backend failed its self-test (clone: mmap EPERM: cannot map 8192 bytes); using the copy backend`;
+      assert.equal(warnings[0], expected);
+    });
+
+    it(`falls back when the ${name} backend's clone shares its origin's bytes instead of copying them`, () => {
+      const { result, warnings } = withWarnings(() =>
+        loadBackend(name, (n) => {
+          const b = real(n) as Backend<unknown>;
+          if (n === name) b.clone = (source: unknown) => source;
+          return b;
+        }),
+      );
+      assert.equal(result.name, 'copy');
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0]!, new RegExp(`^memfork: the ${name} backend failed its self-test \\(a write to a clone or its origin shows in the other\\)`));
+    });
+
+    it(`keeps the ${name} backend when the self-test only runs out of memory`, () => {
+      const { result, warnings } = withWarnings(() =>
+        loadBackend(name, (n) => {
+          const b = real(n);
+          b.clone = () => {
+            throw new SegmentError('mmap ENOMEM: cannot map 8192 bytes', 'ENOMEM', 12, 'mmap');
+          };
+          return b;
+        }),
+      );
+      assert.equal(result.name, name);
+      assert.deepEqual(warnings, []);
+    });
+  }
+
+  it('falls back when the macOS backend passes a tag to mach_vm_remap and the kernel refuses it', { skip: process.platform !== 'linux' && 'the Mach simulation runs on Linux' }, () => {
+    const { result, warnings } = withWarnings(() =>
+      loadBackend('darwin', (n) => {
+        if (n !== 'darwin') return new CopyBackend();
+        const sim = new MachSim();
+        sim.fail('mach_vm_remap', KERN_INVALID_ARGUMENT);
+        return new DarwinBackend(sim);
+      }),
+    );
+    assert.equal(result.name, 'copy');
+    assert.equal(
+      warnings[0],
+      'memfork: the darwin backend failed its self-test (clone: mach_vm_remap KERN_INVALID_ARGUMENT: cannot clone 32768 bytes ((os/kern) invalid argument)); using the copy backend',
+    );
   });
 });

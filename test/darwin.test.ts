@@ -9,7 +9,7 @@ import { Segment, SegmentError } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
 import { chooseBackend } from '../src/backend.ts';
 import { loadBackend } from '../src/load.ts';
-import { DarwinBackend } from '../platform/darwin.ts';
+import { DarwinBackend, type DarwinSegment } from '../platform/darwin.ts';
 import * as mach from '../platform/mach.ts';
 import { MachSim, MACH_SEND_INVALID_DEST } from './mach-sim.ts';
 import { assertBytes } from './backends.ts';
@@ -24,6 +24,12 @@ function pattern(length: number, seed: number): Uint8Array {
   const out = new Uint8Array(length);
   for (let i = 0; i < length; i++) out[i] = (i * 131 + seed * 17 + (i >>> 12) * 7 + 1) & 0xff;
   return out;
+}
+
+/** The backend's view of a segment, for its macOS extras (regions()). */
+function handleOf(seg: Segment, pageSize: number): DarwinSegment {
+  const page = BigInt(pageSize);
+  return { addr: seg.address, length: Number(((BigInt(seg.byteLength) + page - 1n) / page) * page), released: false };
 }
 
 function machFailure(code: string, errno: number, syscall: string, text?: string) {
@@ -107,6 +113,36 @@ describe('Mach constants and types, checked against the xnu headers', () => {
     assert.equal(mach.VM_REGION_EXTENDED_INFO, 13);
     assert.deepEqual([mach.SM_COW, mach.SM_PRIVATE, mach.SM_EMPTY, mach.SM_SHARED], [1, 2, 3, 4]);
     assert.equal(mach.TASK_VM_INFO, 22);
+  });
+
+  it('builds the user flag masks of vm_statistics.h from its flag values, the remap mask without the tag bits', () => {
+    // osfmk/mach/vm_statistics.h at xnu-11417.101.15.
+    const flags: [string, number][] = [
+      ['VM_FLAGS_PURGABLE', 0x2], ['VM_FLAGS_4GB_CHUNK', 0x4], ['VM_FLAGS_RANDOM_ADDR', 0x8], ['VM_FLAGS_NO_CACHE', 0x10],
+      ['VM_FLAGS_RESILIENT_CODESIGN', 0x20], ['VM_FLAGS_RESILIENT_MEDIA', 0x40], ['VM_FLAGS_PERMANENT', 0x80],
+      ['VM_FLAGS_TPRO', 0x1000], ['VM_FLAGS_SUPERPAGE_MASK', 0x70000], ['VM_FLAGS_RETURN_DATA_ADDR', 0x100000],
+      ['VM_FLAGS_RETURN_4K_DATA_ADDR', 0x800000],
+    ];
+    for (const [name, value] of flags) assert.equal((mach as unknown as Record<string, number>)[name], value, name);
+    assert.equal(mach.VM_FLAGS_ALIAS_MASK >>> 0, 0xff000000);
+    assert.equal(mach.VM_FLAGS_USER_REMAP, 0x104069);
+    assert.equal(mach.VM_FLAGS_USER_ALLOCATE >>> 0, 0xff07509f);
+    assert.equal(mach.VM_FLAGS_USER_REMAP & mach.VM_FLAGS_ALIAS_MASK, 0);
+    assert.equal(mach.VM_MAKE_TAG(240) & ~mach.VM_FLAGS_USER_ALLOCATE, 0);
+    // osfmk/vm/vm_map.c, XNU_TARGET_OS_OSX.
+    assert.equal(mach.NO_COALESCE_LIMIT, 128 * 1024 - 1);
+    assert.equal(mach.SM_TRUESHARED, 5);
+  });
+
+  it('lays out vm_region_extended_info as osfmk/mach/vm_region.h does', () => {
+    // protection, user_tag, pages_resident, pages_shared_now_private, pages_swapped_out,
+    // pages_dirtied, ref_count (4 bytes each), shadow_depth (2), external_pager, share_mode (1 each), pages_reusable (4).
+    const X = mach.EXTENDED_INFO;
+    assert.deepEqual(
+      [X.protection, X.user_tag, X.pages_resident, X.pages_shared_now_private, X.pages_swapped_out, X.pages_dirtied, X.ref_count, X.shadow_depth, X.pages_reusable],
+      [0, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    assert.equal(X.count, (7 * 4 + 2 + 1 + 1 + 4) / 4);
   });
 
   it('lays out vm_region_top_info and task_vm_info as the headers do under #pragma pack(4)', () => {
@@ -202,6 +238,7 @@ describe('Mach constants and types, checked against the xnu headers', () => {
 
   it('writes prototypes koffi can parse, one per Mach call the backend makes', () => {
     mach.declareMachTypes();
+    assert.match(mach.MACH_PROTOTYPES.mach_vm_protect, /boolean_t set_maximum, vm_prot_t new_protection\)$/);
     for (const [name, proto] of Object.entries(mach.MACH_PROTOTYPES)) {
       assert.match(proto, new RegExp(`^\\w+ \\*?${name}\\(`), name);
       // Parsed under another name: a prototype registers its name as a type.
@@ -251,10 +288,15 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       assert.equal(seg.address % BigInt(page), 0n);
       const call = sim.log.find((c) => c.call === 'mach_vm_allocate')!;
       assert.equal(call.args.target, sim.taskSelf);
-      assert.equal(call.args.size, BigInt(4 * page));
+      // The segment, and a guard page after it.
+      assert.equal(call.args.size, BigInt(5 * page));
       assert.equal((call.args.flags as number) & 0xffffff, mach.VM_FLAGS_ANYWHERE);
       assert.equal(call.args.flags, mach.VM_FLAGS_ANYWHERE | mach.VM_MAKE_TAG(240));
       assert.ok(sim.isMapped(seg.address, 4 * page));
+      assert.deepEqual(
+        sim.entries(seg.address, 5 * page).map((e) => [e.end - e.start, e.prot, e.tag]),
+        [[BigInt(4 * page), mach.VM_PROT_DEFAULT, 240], [BigInt(page), mach.VM_PROT_NONE, 240]],
+      );
     });
 
     it('throws SegmentError ENOMEM naming KERN_NO_SPACE and the kernel text when mach_vm_allocate has no space', () => {
@@ -328,25 +370,29 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       }
     });
 
-    it('keeps KERN_NO_SPACE as the code when a clone, not an allocation, finds no room', () => {
+    it('reports a clone the task has no room for as ENOMEM, and keeps KERN_NO_SPACE as the code when the remap itself has none', () => {
       using a = Segment.create(page);
       sim.limit = sim.mappedBytes;
-      assert.throws(() => a.clone(), machFailure('KERN_NO_SPACE', 3, 'mach_vm_remap', '(os/kern) no space available'));
+      assert.throws(() => a.clone(), { code: 'ENOMEM', errno: mach.KERN_NO_SPACE, syscall: 'mach_vm_allocate' });
       sim.limit = Number.POSITIVE_INFINITY;
+      const entries = sim.regionCount;
+      sim.fail('mach_vm_remap', mach.KERN_NO_SPACE);
+      assert.throws(() => a.clone(), machFailure('KERN_NO_SPACE', 3, 'mach_vm_remap', '(os/kern) no space available'));
+      assert.equal(sim.regionCount, entries);
     });
   });
 
   describe('clone()', () => {
-    it('remaps the source copy-on-write: ANYWHERE, copy TRUE, VM_INHERIT_DEFAULT, same task', () => {
+    it('remaps the source copy-on-write over a guarded reservation: FIXED | OVERWRITE without a tag, copy TRUE, VM_INHERIT_DEFAULT, same task', () => {
       using a = Segment.create(2 * page);
       using b = a.clone();
       const call = sim.log.find((c) => c.call === 'mach_vm_remap')!;
       assert.deepEqual(call.args, {
         target_task: sim.taskSelf,
-        target_address: 0n,
+        target_address: b.address,
         size: BigInt(2 * page),
         mask: 0n,
-        flags: mach.VM_FLAGS_ANYWHERE | mach.VM_MAKE_TAG(240),
+        flags: mach.VM_FLAGS_FIXED | mach.VM_FLAGS_OVERWRITE,
         src_task: sim.taskSelf,
         src_address: a.address,
         copy: mach.TRUE,
@@ -354,6 +400,25 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       });
       assert.notEqual(b.address, a.address);
       assert.equal(b.address % BigInt(page), 0n);
+      // The remapped entry copies the source's tag; the guard follows it.
+      assert.deepEqual(
+        sim.entries(b.address, 3 * page).map((e) => [e.end - e.start, e.prot, e.tag]),
+        [[BigInt(2 * page), mach.VM_PROT_DEFAULT, 240], [BigInt(page), mach.VM_PROT_NONE, 240]],
+      );
+    });
+
+    it('passes mach_vm_remap no flag outside VM_FLAGS_USER_REMAP, which the kernel refuses', () => {
+      using a = Segment.from(pattern(page, 9));
+      using b = a.clone();
+      a.restore(b);
+      const remaps = sim.log.filter((c) => c.call === 'mach_vm_remap');
+      assert.equal(remaps.length, 2);
+      for (const c of remaps) assert.equal((c.args.flags as number) & ~mach.VM_FLAGS_USER_REMAP, 0);
+      // What the kernel does with a tag in the remap flags (vm_user.c).
+      const reply = new BigUint64Array(1);
+      const kr = sim.mach_vm_remap(sim.taskSelf, reply, BigInt(page), 0n, mach.VM_FLAGS_ANYWHERE | mach.VM_MAKE_TAG(240),
+        sim.taskSelf, a.address, mach.TRUE, new Int32Array(1), new Int32Array(1), mach.VM_INHERIT_DEFAULT);
+      assert.equal(kr, mach.KERN_INVALID_ARGUMENT);
     });
 
     it('leaves the origin unchanged after a write to the clone, and the clone after a write to the origin', () => {
@@ -388,8 +453,17 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       using a = Segment.create(page);
       sim.remapProtection = mach.VM_PROT_READ;
       assert.throws(() => a.clone(), machFailure('KERN_PROTECTION_FAILURE', 2, 'mach_vm_remap'));
-      assert.equal(sim.regionCount, 1);
-      assert.equal(backend.memory().mappings, 1);
+      assert.equal(sim.regionCount, 2);
+      assert.equal(backend.memory().mappings, 2);
+    });
+
+    it('unmaps the reservation when its guard page cannot be made', () => {
+      using a = Segment.create(page);
+      sim.fail('mach_vm_protect', mach.KERN_PROTECTION_FAILURE);
+      assert.throws(() => a.clone(), machFailure('KERN_PROTECTION_FAILURE', 2, 'mach_vm_protect'));
+      sim.fail('mach_vm_protect', mach.KERN_FAILURE);
+      assert.throws(() => Segment.create(page), machFailure('KERN_FAILURE', 5, 'mach_vm_protect'));
+      assert.equal(sim.regionCount, 2);
     });
   });
 
@@ -408,13 +482,20 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       const call = sim.log.filter((c) => c.call === 'mach_vm_remap').at(-1)!;
       assert.equal(call.args.target_address, at);
       assert.equal(call.args.src_address, b.address);
-      assert.equal(call.args.flags, mach.VM_FLAGS_FIXED | mach.VM_FLAGS_OVERWRITE | mach.VM_MAKE_TAG(240));
+      assert.equal(call.args.flags, mach.VM_FLAGS_FIXED | mach.VM_FLAGS_OVERWRITE);
       assert.equal(call.args.copy, mach.TRUE);
       // Independent again.
       bytesOf(a)[0] = 1;
       assert.equal(bytesOf(b)[0], 5);
       bytesOf(b)[1] = 2;
       assert.equal(bytesOf(a)[1], 5);
+    });
+
+    it('throws KERN_PROTECTION_FAILURE when the restored pages come back not writable', () => {
+      using a = Segment.from(pattern(page, 4));
+      using b = a.clone();
+      sim.remapProtection = mach.VM_PROT_READ;
+      assert.throws(() => a.restore(b), machFailure('KERN_PROTECTION_FAILURE', 2, 'mach_vm_remap'));
     });
 
     it('leaves both segments as they were when the remap fails', () => {
@@ -435,7 +516,7 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       seg.close();
       assert.equal(buffer.byteLength, 0);
       const call = sim.log.find((c) => c.call === 'mach_vm_deallocate')!;
-      assert.deepEqual(call.args, { target: sim.taskSelf, address: at, size: BigInt(2 * page) });
+      assert.deepEqual(call.args, { target: sim.taskSelf, address: at, size: BigInt(3 * page) });
       assert.equal(sim.regionCount, 0);
     });
 
@@ -443,7 +524,7 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       const seg = Segment.create(page);
       sim.fail('mach_vm_deallocate', mach.KERN_INVALID_ARGUMENT);
       assert.throws(() => seg.close(), machFailure('KERN_INVALID_ARGUMENT', 4, 'mach_vm_deallocate'));
-      assert.equal(sim.regionCount, 1);
+      assert.equal(sim.regionCount, 2);
       seg.close();
       assert.equal(sim.regionCount, 0);
     });
@@ -457,29 +538,73 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
   });
 
   describe('stats() and memory()', () => {
-    it('reports private and shared pages from VM_REGION_TOP_INFO, one mapping per map entry', () => {
+    it('reports a fresh segment as private, counting every faulted page as resident, one mapping per map entry and one for the guard', () => {
       using a = Segment.create(4 * page);
-      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 0, mappings: 1 });
+      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 0, mappings: 2 });
       bytesOf(a).fill(1, 0, 2 * page);
-      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 2 * page, sharedBytes: 0, mappings: 1 });
+      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 2 * page, sharedBytes: 0, mappings: 2 });
+      // A read faults a zero page in: the kernel counts it resident.
+      assert.equal(bytesOf(a)[3 * page], 0);
+      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 3 * page, sharedBytes: 0, mappings: 2 });
+      const flavors = new Set(sim.log.filter((c) => c.call === 'mach_vm_region').map((c) => c.args.flavor));
+      assert.deepEqual([...flavors].sort(), [mach.VM_REGION_TOP_INFO, mach.VM_REGION_EXTENDED_INFO]);
+    });
+
+    it('follows the delayed copy: a clone\'s own pages are private, what it sees of its origin shared, and the origin approximately all shared', () => {
+      using a = Segment.create(4 * page);
+      bytesOf(a).fill(1, 0, 2 * page);
       using b = a.clone();
-      assert.deepEqual(b.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 2 * page, mappings: 1 });
+      assert.deepEqual(b.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 2 * page, mappings: 2 });
+      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 2 * page, mappings: 2 });
       bytesOf(b)[0] = 2;
-      assert.deepEqual(b.stats(), { byteLength: 4 * page, privateBytes: page, sharedBytes: page, mappings: 1 });
-      const call = sim.log.find((c) => c.call === 'mach_vm_region')!;
-      assert.equal(call.args.flavor, mach.VM_REGION_TOP_INFO);
-      assert.equal(call.args.infoCnt, mach.TOP_INFO.count);
-      const m = backend.memory();
-      assert.equal(m.mappings, 2);
-      assert.equal(m.layers, 2);
-      assert.equal(m.privateBytes, page);
+      // The page it overwrote is its own, no longer shared.
+      assert.deepEqual(b.stats(), { byteLength: 4 * page, privateBytes: page, sharedBytes: page, mappings: 2 });
+      // The origin writes a page: its old contents are pushed to the clone's
+      // copy object. Both still see two pages; the kernel calls the origin's shared.
+      bytesOf(a)[page] = 9;
+      assert.deepEqual(b.stats(), { byteLength: 4 * page, privateBytes: page, sharedBytes: page, mappings: 2 });
+      assert.deepEqual(a.stats(), { byteLength: 4 * page, privateBytes: 0, sharedBytes: 2 * page, mappings: 2 });
+      assert.equal(bytesOf(b)[page], 1);
+      // Origin and clone name the same bottom object: one family, whose
+      // objects hold 4 pages (2 of the origin, 1 pushed, 1 of the clone).
+      const [ra] = backend.regions(handleOf(a, page));
+      const [rb] = backend.regions(handleOf(b, page));
+      assert.equal(ra!.objectId, rb!.objectId);
+      assert.equal(rb!.shadowDepth, 2);
+      assert.deepEqual(backend.memory(), { layers: 1, layerBytes: 4 * page, privateBytes: page, mappings: 4 });
+    });
+
+    it('keeps neighbouring segments in map entries of their own, so no segment is charged a neighbour\'s pages', () => {
+      using a = Segment.create(page);
+      using b = Segment.create(page);
+      bytesOf(b).fill(3);
+      assert.deepEqual(sim.entries(a.address, page).map((e) => e.end), [a.address + BigInt(page)]);
+      assert.deepEqual(a.stats(), { byteLength: page, privateBytes: 0, sharedBytes: 0, mappings: 2 });
+      assert.deepEqual(b.stats(), { byteLength: page, privateBytes: page, sharedBytes: 0, mappings: 2 });
+      using c = a.clone();
+      assert.deepEqual(b.stats(), { byteLength: page, privateBytes: page, sharedBytes: 0, mappings: 2 });
+      assert.deepEqual(c.stats(), { byteLength: page, privateBytes: 0, sharedBytes: 0, mappings: 2 });
+    });
+
+    it('counts the kernel\'s pages in vm_kernel_page_size, 16 KiB under Rosetta where vm_page_size is 4 KiB', () => {
+      sim.dispose();
+      sim = new MachSim({ pageSize: 4096, kernelPageSize: 16384 });
+      backend = new DarwinBackend(sim);
+      setBackend(backend);
+      assert.equal(backend.pageSize, 4096);
+      assert.equal(backend.kernelPageSize, 16384);
+      using a = Segment.create(8 * 4096);
+      bytesOf(a)[0] = 1;
+      // One kernel page is resident: 16 KiB, not 4 KiB.
+      assert.deepEqual(a.stats(), { byteLength: 8 * 4096, privateBytes: 16384, sharedBytes: 0, mappings: 2 });
+      assert.equal(backend.taskVmInfo().physFootprint, 16384);
     });
 
     it('throws the kern_return_t when mach_vm_region fails', () => {
       using a = Segment.create(page);
       sim.fail('mach_vm_region', mach.KERN_FAILURE);
       assert.throws(() => a.stats(), machFailure('KERN_FAILURE', 5, 'mach_vm_region', '(os/kern) failure'));
-      assert.equal(a.stats().mappings, 1);
+      assert.equal(a.stats().mappings, 2);
     });
 
     it('reads process-wide figures with task_info(TASK_VM_INFO)', () => {
@@ -487,14 +612,27 @@ describe('DarwinBackend over the simulated Mach calls', { skip: simulated }, () 
       bytesOf(a).fill(1, 0, page);
       const t = backend.taskVmInfo();
       assert.equal(t.pageSize, page);
-      assert.equal(t.regionCount, 1);
-      assert.equal(t.virtualSize, 2 * page);
+      assert.equal(t.regionCount, 2);
+      assert.equal(t.virtualSize, 3 * page);
       assert.equal(t.physFootprint, page);
       const call = sim.log.find((c) => c.call === 'task_info')!;
       assert.equal(call.args.flavor, mach.TASK_VM_INFO);
       assert.equal(call.args.count, mach.TASK_VM_INFO_LAYOUT.rev1Count);
       sim.fail('task_info', mach.KERN_INVALID_ARGUMENT);
       assert.throws(() => backend.taskVmInfo(), machFailure('KERN_INVALID_ARGUMENT', 4, 'task_info'));
+    });
+  });
+
+  describe('shutdown()', () => {
+    it('releases every live segment and its guard', () => {
+      const a = Segment.from(pattern(2 * page, 1));
+      const b = a.clone();
+      Segment.create(page);
+      assert.equal(sim.regionCount, 6);
+      backend.shutdown();
+      assert.equal(sim.regionCount, 0);
+      assert.equal(backend.memory().mappings, 0);
+      void b;
     });
   });
 

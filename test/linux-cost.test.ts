@@ -15,7 +15,7 @@ import {
   largestLayer,
   MAP_COST,
   plan,
-  fragmented,
+  restoreRunsTooMany,
   restoreCopyPays,
   RESTORE_COPY_SHARE,
   sharedPages,
@@ -259,8 +259,15 @@ describe('restoreCopyPays()', () => {
   });
 });
 
-describe('fragmented()', () => {
-  it('is a run list longer than a compaction into windows leaves', () => {
-    for (let n = 0; n < 40; n++) assert.equal(fragmented(n), n > 2 * COMPACT_WINDOWS + 1);
+describe('restoreRunsTooMany()', () => {
+  it('never for a run list a compaction into windows leaves; for more, once they pass a share of the free budget, and at more runs or less room', () => {
+    fc.assert(
+      fc.property(fc.nat(1000), fc.nat(1000), fc.nat(100), fc.nat(100), (runs, free, moreRuns, lessFree) => {
+        if (runs <= 2 * COMPACT_WINDOWS + 1) assert.equal(restoreRunsTooMany(runs, free), false);
+        if (runs > 2 * COMPACT_WINDOWS + 1 && runs > free) assert.equal(restoreRunsTooMany(runs, free), true, 'runs that do not fit');
+        if (restoreRunsTooMany(runs, free)) assert.ok(restoreRunsTooMany(runs + moreRuns, Math.max(0, free - lessFree)));
+        assert.equal(restoreRunsTooMany(runs, free * RESTORE_COPY_SHARE), runs > Math.max(2 * COMPACT_WINDOWS + 1, free));
+      }),
+    );
   });
 });

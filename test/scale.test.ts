@@ -8,6 +8,7 @@ import { Segment, SegmentError, backend } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
 import { assertBytes } from './backends.ts';
 import { kbField, layerMapsCount, linuxOnly, mapsLines, processMemory } from './helpers/proc.ts';
+import { rng } from './helpers/model.ts';
 
 const PAGE = 4096;
 const GiB = 2 ** 30;
@@ -23,16 +24,6 @@ function withLinux<T>(options: ConstructorParameters<typeof LinuxBackend>[0], fn
   }
 }
 
-/** A small deterministic generator, so failures reproduce. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 describe('mapping budget', { skip: linuxOnly }, () => {
   it('a 300-deep chain with scattered writes stays within the budget, reads right, and never copies the segment over and over', () => {

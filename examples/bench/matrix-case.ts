@@ -9,11 +9,11 @@
 // once (letgo), kept, or kept and one byte of each of its pages read (read).
 // Then memory and mappings are measured, and every kept snapshot (and the
 // segment itself) is checked byte for byte against what it must hold.
-import * as fs from 'node:fs';
 import { Buffer } from 'node:buffer';
 import * as readline from 'node:readline';
 import { Segment, backend, memoryStats } from '../../src/index.ts';
 import * as sys from '../../platform/libc.ts';
+import { heldMemory, kb, readProc } from './proc.ts';
 import { FILL, XorShift32, foldPages, pagesPerRound, pickPages, roundValue, runsOf } from './pattern.ts';
 import type { ModeId, PatternId } from './pattern.ts';
 
@@ -36,52 +36,12 @@ const now = () => performance.now();
 const gc = () => (globalThis as { gc?: () => void }).gc?.();
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
-function readProc(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
-function kb(text: string, key: string): number {
-  const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text);
-  return m === null ? NaN : Number(m[1]) * 1024;
-}
-/** This process's anonymous pages plus the pages of every memory file it maps or holds open, each file counted once. */
-function held(): number {
-  let total = kb(readProc('/proc/self/status'), 'RssAnon');
-  const seen = new Set<string>();
-  for (const dir of ['/proc/self/fd', '/proc/self/map_files']) {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const name of names) {
-      try {
-        const p = `${dir}/${name}`;
-        if (!fs.readlinkSync(p).startsWith('/memfd:')) continue;
-        const st = fs.statSync(p);
-        const key = `${st.dev}:${st.ino}`;
-        if (!seen.has(key)) {
-          seen.add(key);
-          total += st.blocks * 512;
-        }
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  return total;
-}
-
 function snapshot() {
   const mi = readProc('/proc/meminfo');
   const st = readProc('/proc/self/status');
   const ms = memoryStats();
   return {
-    held: held(),
+    held: heldMemory(),
     accounted: ms.layerBytes + ms.privateBytes,
     machine: kb(mi, 'Shmem') + kb(mi, 'AnonPages'),
     pageTables: kb(mi, 'PageTables'),

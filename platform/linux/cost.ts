@@ -20,9 +20,10 @@ export const JOIN_GAP = 4;
 export const COMPACT_WINDOWS = 4;
 /**
  * A restore copies the pages where the source's run list differs from the
- * target's, rather than map the source's runs, while they are at most
- * 1/RESTORE_COPY_SHARE of the segment (or always, where the runs would not
- * fit the mapping budget).
+ * target's, rather than map the source's runs, where those runs would take
+ * more than 1/RESTORE_COPY_SHARE of the free mapping budget and the pages
+ * are at most that share of the segment (or always, where the runs would
+ * not fit the budget).
  */
 export const RESTORE_COPY_SHARE = 4;
 /**
@@ -96,9 +97,13 @@ export function compactionFor<L extends Counted>(
   return undefined;
 }
 
-/** Whether a run list of `runs` runs is fragmented: more than a compaction into windows leaves. */
-export function fragmented(runs: number): boolean {
-  return runs > 2 * COMPACT_WINDOWS + 1;
+/**
+ * Whether mapping a restore source's `runs` runs would take too much of the
+ * `free` mappings left in the budget: more than a compaction into windows
+ * leaves, and more than 1/RESTORE_COPY_SHARE of what is free.
+ */
+export function restoreRunsTooMany(runs: number, free: number): boolean {
+  return runs > Math.max(2 * COMPACT_WINDOWS + 1, free / RESTORE_COPY_SHARE);
 }
 
 /**

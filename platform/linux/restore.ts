@@ -9,7 +9,7 @@
 import * as sys from '../libc.ts';
 import { SegmentError, errnoOf } from '../../src/errors.ts';
 import { coalesce, differing, pageCount, select } from '../../src/runs.ts';
-import { chargeMapping, fragmented, JOIN_GAP, restoreCopyPays } from './cost.ts';
+import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
 import type { Layer, Runs } from './layers.ts';
@@ -77,11 +77,14 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
 }
 
 /**
- * restore() by copying, where mapping the source's runs would cost more
- * than it saves: a source fragmented into many runs (an old snapshot whose
- * pages were moved to history layers, say) that differs from the target's
- * own run list in few pages, or one whose runs would not fit the mapping
- * budget. The target is frozen first, so its run list is its contents; the
+ * restore() by copying, where mapping the source's runs would take too much
+ * of the mapping budget: a source fragmented into many runs (an old
+ * snapshot whose pages were moved to history layers, say) whose runs would
+ * take more than 1/RESTORE_COPY_SHARE of the budget still free, and that
+ * differs from the target's own run list in at most that share of the
+ * segment's pages (or whose runs would not fit at all). Elsewhere restore
+ * shares the source's pages, as the contract asks; here it copies the pages
+ * it must, rather than fail. The target is frozen first, so its run list is its contents; the
  * pages where the source's run list differs are then read into the
  * target's memory (pread(2) from the source's layers, zeros for anonymous
  * runs): private pages, "written since", on the target's one mapping, and
@@ -89,8 +92,9 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
  * before. Returns false where mapping is the better way.
  */
 function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): boolean {
-  if (!fragmented(source.runs.length)) return false;
-  const fits = e.budget.fits(source.runs.length);
+  const free = e.budget.limit(source.runs.length) - e.budget.used;
+  if (!restoreRunsTooMany(source.runs.length, free)) return false;
+  const fits = source.runs.length <= free;
   if (!restoreCopyPays(fits, pageCount(differing(target.runs, source.runs)), target.pages)) return false;
   e.prepare(target);
   const diff = differing(target.runs, source.runs);

@@ -172,7 +172,7 @@ const count = (counts: Counts, what: string, n = 1): void => {
 };
 
 /** xorshift32, for bulk writes that must be the same when replayed. */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
     x ^= x << 13;
