@@ -39,7 +39,9 @@ export const EPERM = 1;
 export const EINTR = 4;
 export const EIO = 5;
 export const EBADF = 9;
+export const ENOMEM = 12;
 export const EXDEV = 18;
+export const EMFILE = 24;
 export const ENOSYS = 38;
 export const EOPNOTSUPP = 95;
 export const EFAULT = 14;
@@ -264,7 +266,7 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
 export function copyFileRange(from: number, to: number, offset: number, length: number): void {
   const offIn = new BigInt64Array(1);
   const offOut = new BigInt64Array(1);
-  transferAll('copy_file_range', length, `copy ${length} bytes between memory files`, 5 /* EIO */, (done, n) => {
+  transferAll('copy_file_range', length, `copy ${length} bytes between memory files`, EIO, (done, n) => {
     offIn[0] = offOut[0] = BigInt(offset + done);
     return Number(libc().copy_file_range(from, offIn, to, offOut, n, 0));
   });
@@ -300,7 +302,7 @@ export function vmsplice(fd: number, iov: BigUint64Array, count: number): number
 /** splice(2): moves `length` bytes from pipe `from` into file `to` at `offset`, all of them. */
 export function spliceAll(from: number, to: number, offset: number, length: number): void {
   const off = new BigInt64Array(1);
-  transferAll('splice', length, `write ${length} bytes to a memory file`, 5 /* EIO */, (done, n) => {
+  transferAll('splice', length, `write ${length} bytes to a memory file`, EIO, (done, n) => {
     off[0] = BigInt(offset + done);
     return Number(libc().splice(from, null, to, off, n, SPLICE_F_NONBLOCK));
   });

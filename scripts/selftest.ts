@@ -13,7 +13,7 @@ import { setBackend } from '../src/segment.ts';
 import { chooseBackend } from '../src/backend.ts';
 import { selfTest } from '../src/load.ts';
 import type { Backend } from '../src/backend.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 
 const root = join(__dirname, '..');

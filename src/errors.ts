@@ -31,6 +31,11 @@ export class SegmentError extends Error {
   }
 }
 
+/** The errno of a failure: a `SegmentError`'s, 0 for anything else or an error without one. */
+export function errnoOf(err: unknown): number {
+  return err instanceof SegmentError ? (err.errno ?? 0) : 0;
+}
+
 /** Name of a positive errno, e.g. 12 → `'ENOMEM'`. */
 export function errnoName(errno: number): string {
   try {

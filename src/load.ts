@@ -11,7 +11,7 @@
 import type { Backend, BackendName } from './backend.ts';
 import { canDetach, detach } from './runtime.ts';
 import { SegmentError } from './errors.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { CopyBackend } from '../platform/copy.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 

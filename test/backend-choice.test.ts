@@ -10,7 +10,7 @@ import { loadBackend } from '../src/load.ts';
 import { runtimeName } from '../src/runtime.ts';
 import type { Backend, BackendName } from '../src/backend.ts';
 import { SegmentError } from '../src/errors.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { CopyBackend } from '../platform/copy.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 import { KERN_INVALID_ARGUMENT } from '../platform/mach.ts';

@@ -5,7 +5,7 @@
 import type { Backend } from '../src/backend.ts';
 import { setBackend } from '../src/segment.ts';
 import { CopyBackend } from '../platform/copy.ts';
-import { LinuxBackend, type ScanMethod } from '../platform/linux.ts';
+import { LinuxBackend, type ScanMethod } from '../platform/linux/index.ts';
 import { DarwinBackend } from '../platform/darwin.ts';
 import { simulatedDarwin } from './mach-sim.ts';
 

@@ -1,11 +1,11 @@
 // One mapping budget per process: vm.max_map_count is shared by every thread,
 // so every thread's memfork works out its budget from the process's real
-// mapping count (platform/map-budget.ts).
+// mapping count (platform/linux/map-budget.ts).
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { ProcessMapBudget, RECHECK, RESERVE, budgetFrom } from '../platform/map-budget.ts';
+import { ProcessMapBudget, RECHECK, RESERVE, budgetFrom } from '../platform/linux/map-budget.ts';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
 
 const linuxOnly = process.platform !== 'linux' && 'Linux only';

@@ -10,7 +10,7 @@ import { constants } from 'node:os';
 import { Buffer } from 'node:buffer';
 import { Segment, setBackend } from '../src/segment.ts';
 import { SegmentError, errnoName } from '../src/errors.ts';
-import { LinuxBackend, type ScanMethod } from '../platform/linux.ts';
+import { LinuxBackend, type ScanMethod } from '../platform/linux/index.ts';
 import * as sys from '../platform/libc.ts';
 import type { CallName } from '../platform/libc.ts';
 import { linuxOnly, newSegmentLikeMaps, snapshot, type ProcSnapshot } from './helpers/proc.ts';

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Segment, SegmentError, memoryStats } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { useBackend } from './backends.ts';
 
 const linuxOnly = process.platform !== 'linux' && 'Linux only';

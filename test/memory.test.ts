@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Segment, backend, memoryStats } from '../src/index.ts';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { allocatedBytes } from '../platform/libc.ts';
 import { linuxBackends, useBackend } from './backends.ts';
 

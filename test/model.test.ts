@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { backends, linuxBackends, useBackend, type BackendCase } from './backends.ts';
 import { opArb, runSequence, type Counts } from './helpers/model.ts';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';

@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { LinuxBackend } from '../platform/linux.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
 import { assertBytes } from './backends.ts';

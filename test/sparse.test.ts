@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
 import { Segment } from '../src/index.ts';
-import { HOLE_MIN_PAGES, LinuxBackend, MAX_HOLES, worthwhileHoles } from '../platform/linux.ts';
+import { HOLE_MIN_PAGES, LinuxBackend, MAX_HOLES, worthwhileHoles } from '../platform/linux/index.ts';
 import { useBackend } from './backends.ts';
 
 /** Runs `fn` with `linux` as the backend Segment uses, then a default Linux backend again. */

@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { Segment, SegmentError } from '../../src/index.ts';
 import { liveSegments } from '../../src/segment.ts';
 import type { Backend } from '../../src/backend.ts';
-import { LinuxBackend } from '../../platform/linux.ts';
+import { LinuxBackend } from '../../platform/linux/index.ts';
 import { assertBytes } from '../backends.ts';
 
 /** How one bulk write spreads over a segment. */

@@ -8,7 +8,7 @@
 // again after this backend's own use has grown by RECHECK mappings since the
 // last reading, and at every decision within RECHECK of the limit, so the
 // reading is cheap far from the limit and exact near it.
-import * as sys from './libc.ts';
+import * as sys from '../libc.ts';
 
 /** Mappings left for the rest of the process (V8, libraries, other FFI code), and for threads deciding at the same moment. */
 export const RESERVE = 4096;

@@ -1,0 +1,344 @@
+// Linux backend: copy-on-write from memfd layers and MAP_PRIVATE mappings.
+//
+// A layer is a sparse memfd as long as the segment; page i of a segment lives
+// at offset i × page in every layer, so a segment's state is a run list saying
+// which layer holds each page range (or `null`: anonymous zero memory).
+//
+// - A fresh segment is one MAP_SHARED mapping of its own layer: writes go
+//   straight to it, with no copy-on-write cost until it is first cloned.
+// - Cloning freezes the source: the pages it wrote since its last clone are
+//   found in the page tables (PAGEMAP_SCAN, or /proc/self/pagemap), written
+//   into a new layer and remapped from it at the same address. The clone then
+//   maps the same run list MAP_PRIVATE, so both share every page.
+// - A layer is never written once a private mapping of it exists: POSIX leaves
+//   the result unspecified and Linux shows such writes through every clone
+//   (mmap(2), "MAP_PRIVATE ... It is unspecified whether changes made to the
+//   file after the mmap() call are visible in the mapped region").
+// - Layers are reference-counted per page range; ranges nobody references are
+//   punched out, and a layer's fd is closed when nothing references it.
+//
+// Limits: each run costs a kernel mapping (VMA) and each layer an fd.
+//
+// This class wires the parts together: layers.ts (layers and descriptors),
+// scan.ts (finding written pages), writer.ts and drop.ts (copying pages into
+// layers, dropping private ones), mapper.ts (every mapping), budget.ts,
+// map-budget.ts and cost.ts (the mapping budget, the process's share of
+// vm.max_map_count, and when compaction or copying pays), freeze.ts,
+// compact.ts and restore.ts (the operations), move-aside.ts (page tables at
+// a first clone); engine.ts holds the state they share, features.ts what the
+// kernel was found to allow.
+import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts';
+import { maxViewLength } from '../../src/runtime.ts';
+import { coalesce, pageCount, select, subtract, type Range } from '../../src/runs.ts';
+import * as sys from '../libc.ts';
+import { MapBudget } from './budget.ts';
+import { compact, compactUnmapped } from './compact.ts';
+import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP } from './cost.ts';
+import { Dropper } from './drop.ts';
+import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
+import { assumeFeatures, type Features } from './features.ts';
+import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
+import { LayerStore, rangesByLayer, type MakeLayer } from './layers.ts';
+import { mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
+import { spanFor, Windows } from './move-aside.ts';
+import { restore } from './restore.ts';
+import { Scanner, type ScanMethod } from './scan.ts';
+import { Writer } from './writer.ts';
+
+export interface LinuxOptions {
+  /** Force a way of finding written pages (tests use it to cover both). */
+  scan?: ScanMethod;
+  /**
+   * Mappings all segments of this backend may use, fixed (tests). Default:
+   * the process's budget, shared with every thread: half of
+   * `vm.max_map_count`, less a reserve, less what the rest of the process
+   * maps (see map-budget.ts).
+   */
+  mapBudget?: number;
+  /** Runs one segment may reach before it is compacted whatever the cost (default 32768; the mapping budget usually acts first). */
+  maxRuns?: number;
+  /**
+   * Layers (each an open file descriptor) all segments together may use
+   * before memfork compacts to free some. Default: half the descriptor limit.
+   */
+  fdBudget?: number;
+  /**
+   * Whether to treat anonymous memory as reading the shared zero page, so a
+   * first clone maps large never-written holes anonymously (default: detected;
+   * tests force it to cover that path on kernels without a zero page).
+   */
+  zeroPage?: boolean;
+  /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
+  restoreInPlace?: boolean;
+  /**
+   * Whether pages frozen in place are written through their layer's
+   * moved-aside mapping (default) or through a pipe, as in layers without one
+   * (tests cover both).
+   */
+  windowCopy?: boolean;
+}
+
+export class LinuxBackend implements Backend<LinuxSegment> {
+  readonly name = 'linux' as const;
+  readonly pageSize: number;
+  readonly maxViewLength = maxViewLength;
+  /** How this backend finds written pages. */
+  readonly scanMethod: ScanMethod;
+  /** Whether anonymous memory reads as the shared zero page (some VMs disable it). */
+  readonly zeroPage: boolean;
+  /** Runs one segment may reach before it is compacted. */
+  readonly maxRuns: number;
+  /** Layers all segments may hold open before memfork compacts to close some. */
+  readonly fdBudget: number;
+
+  readonly #segments = new Set<LinuxSegment>();
+  readonly #features: Features;
+  readonly #windows = new Windows();
+  readonly #scanner: Scanner;
+  readonly #layers: LayerStore;
+  readonly #budget: MapBudget;
+  readonly #writer: Writer;
+  readonly #engine: Engine;
+
+  constructor(options: LinuxOptions = {}) {
+    sys.loadLibc();
+    this.pageSize = sys.getpagesize();
+    this.#features = assumeFeatures(options.restoreInPlace === true);
+    const probe = sys.mmap(null, this.pageSize, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+    try {
+      this.#scanner = new Scanner(this.pageSize, options.scan);
+      this.scanMethod = this.#scanner.method;
+      // Safety: the probe page is mapped above and unmapped only below.
+      void new Uint8Array(sys.view(probe, 1))[0];
+      this.zeroPage = options.zeroPage ?? this.#scanner.isZeroPage(probe);
+    } finally {
+      sys.munmap(probe, this.pageSize);
+    }
+    this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
+    this.#budget = new MapBudget(options.mapBudget, this.#windows);
+    this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
+    this.#layers = new LayerStore(this.pageSize, this.fdBudget, this.#features, this.#windows, (make) => this.#reclaimFds(make));
+    this.#writer = new Writer(this.pageSize, this.#features);
+    this.#engine = {
+      pageSize: this.pageSize,
+      features: this.#features,
+      layers: this.#layers,
+      budget: this.#budget,
+      windows: this.#windows,
+      writer: this.#writer,
+      dropper: new Dropper(this.pageSize, this.#features),
+      scanner: this.#scanner,
+      segments: this.#segments,
+      zeroPage: this.zeroPage,
+      windowCopy: options.windowCopy ?? true,
+      ensureRoom: (needed, pages) => this.#ensureRoom(needed, pages),
+      prepare: (seg) => this.#prepare(seg),
+    };
+  }
+
+  /** The most mappings all segments of this backend may use now. */
+  get mapBudget(): number {
+    return this.#budget.limit(0);
+  }
+
+  // ---- Backend ---------------------------------------------------------------
+
+  create(length: number): LinuxSegment {
+    const pages = length / this.pageSize;
+    const layer = this.#layers.newLayer(length);
+    let addr: bigint;
+    // Placed at a multiple of its page-table span, so the first clone can
+    // move its page tables aside whole (move-aside.ts).
+    const at = reserveAligned(length, spanFor(length, this.pageSize), 0n);
+    try {
+      // Safety: `at` is the reservation just made for this segment.
+      addr = mapShared(at, length, layer.fd);
+    } catch (err) {
+      if (at !== null) unreserve(at, length);
+      this.#layers.close(layer);
+      throw err;
+    }
+    const seg: LinuxSegment = { addr, length, pages, mapped: true, shared: layer, runs: [], debt: 0, scanned: 0, released: false };
+    setRuns(this.#engine, seg, [{ start: 0, end: pages, layer }]);
+    this.#segments.add(seg);
+    return seg;
+  }
+
+  clone(source: LinuxSegment): LinuxSegment {
+    this.#prepare(source);
+    // The clone shares the source's run list and is mapped only when its
+    // memory is first asked for (#materialize): a snapshot kept only to be
+    // restored from, or never looked at, costs no mapping.
+    this.#ensureRoom(1, 0);
+    const addr = reserve(null, source.length);
+    const seg: LinuxSegment = {
+      addr,
+      mapped: false,
+      length: source.length,
+      pages: source.pages,
+      shared: null,
+      runs: [],
+      debt: source.debt,
+      scanned: 0,
+      released: false,
+    };
+    this.#budget.segments++;
+    setRuns(this.#engine, seg, source.runs);
+    this.#segments.add(seg);
+    return seg;
+  }
+
+  restore(target: LinuxSegment, source: LinuxSegment): void {
+    this.#prepare(source);
+    restore(this.#engine, target, source);
+  }
+
+  release(seg: LinuxSegment): void {
+    if (!seg.released) {
+      sys.munmap(seg.addr, seg.length);
+      seg.released = true;
+      this.#segments.delete(seg);
+      if (!seg.mapped) this.#budget.segments--;
+      setRuns(this.#engine, seg, []);
+    }
+    // A layer this closed may have left its moved-aside mapping behind:
+    // close() fails then, and calling it again tries once more.
+    if (this.#windows.strays) this.#windows.unmapStrays();
+  }
+
+  address(seg: LinuxSegment): bigint {
+    return seg.addr;
+  }
+
+  view(seg: LinuxSegment, offset: number, length: number): ArrayBuffer {
+    this.#materialize(seg);
+    // Safety: the range lies inside the segment's mapping, which stays at this
+    // address until release(); src/segment.ts detaches every view before that.
+    return sys.view(seg.addr + BigInt(offset), length);
+  }
+
+  stats(seg: LinuxSegment): BackendStats {
+    if (seg.shared !== null) {
+      return { privateBytes: Math.min(sys.allocatedBytes(seg.shared.fd), seg.length), sharedBytes: 0, mappings: 1 };
+    }
+    const dirty = seg.mapped ? this.scanWritten(seg) : [];
+    let priv = pageCount(dirty);
+    let shared = 0;
+    // The pages not written since, by layer: one sweep of each layer's counts.
+    for (const [layer, ranges] of rangesByLayer(select(seg.runs, subtract([{ start: 0, end: seg.pages }], dirty)))) {
+      const alone = layer.refs.countEqualEach(ranges, 1);
+      ranges.forEach((r, i) => {
+        priv += alone[i]!;
+        shared += r.end - r.start - alone[i]!;
+      });
+    }
+    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.mapped ? seg.runs.length : 1 };
+  }
+
+  memory(): BackendMemory {
+    let layerBytes = 0;
+    for (const layer of this.#layers.all()) layerBytes += sys.allocatedBytes(layer.fd);
+    let privateBytes = 0;
+    for (const seg of this.#segments) privateBytes += this.stats(seg).privateBytes;
+    return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#budget.used };
+  }
+
+  shutdown(): void {
+    for (const seg of [...this.#segments]) {
+      try {
+        this.release(seg);
+      } catch {
+        // Nothing can be reported from an exiting thread.
+      }
+    }
+    this.#layers.shutdown();
+    this.#scanner.close();
+    this.#writer.close();
+  }
+
+  /**
+   * Page ranges of `seg` written since its last freeze: pages present (or
+   * swapped) in its private mappings that are neither file pages nor the zero
+   * page. Sorted, disjoint, merged.
+   */
+  scanWritten(seg: LinuxSegment): Range[] {
+    return scanWritten(this.#engine, seg);
+  }
+
+  /** For tests: number of live layers and open layer fds. */
+  layerCount(): number {
+    return this.#layers.size;
+  }
+
+  // ---- wiring -------------------------------------------------------------------
+
+  /**
+   * Brings `seg` to the state a clone or restore can share: private, its
+   * written pages in a layer, and no more runs than `maxRuns`.
+   */
+  #prepare(seg: LinuxSegment): void {
+    // An unmapped segment has written nothing, and its runs cost no mapping.
+    if (!seg.mapped) return;
+    const e = this.#engine;
+    // A segment made private just now has written nothing since.
+    const fresh = seg.shared !== null;
+    makePrivate(e, seg);
+    const dirty = fresh ? [] : coalesce(freezeInPlace(e, seg, this.scanWritten(seg)), JOIN_GAP);
+    // Freezing adds up to two mappings per written run.
+    this.#ensureRoom(2 * dirty.length, seg.pages);
+    freeze(e, seg, dirty, dirty, (length) => this.#layers.newLayer(length));
+    const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, () => ({
+      used: this.#budget.used,
+      limit: this.#budget.limit(0),
+    }));
+    if (c !== undefined) compact(e, seg, c.windows, c.limit);
+  }
+
+  /**
+   * Maps an unmapped segment's run list over its reservation. Compacts it
+   * first when its runs alone would not fit the mapping budget (one run
+   * always fits: it replaces the reservation). Nothing changes on failure.
+   */
+  #materialize(seg: LinuxSegment): void {
+    if (seg.mapped) return;
+    const extra = seg.runs.length - 1;
+    if (seg.runs.length > this.maxRuns || !this.#budget.fits(extra)) compactUnmapped(this.#engine, seg);
+    this.#ensureRoom(seg.runs.length - 1, seg.pages);
+    let touched = false;
+    try {
+      // Safety: MAP_FIXED over the segment's own reservation, which no view aliases yet.
+      mapRuns(this.pageSize, seg.addr, seg.runs, seg.length, () => (touched = true));
+    } catch (err) {
+      if (touched) reserve(seg.addr, seg.length);
+      throw err;
+    }
+    seg.mapped = true;
+    this.#budget.segments += seg.runs.length - 1;
+    for (const [layer, ranges] of rangesByLayer(seg.runs)) layer.mapped.addAll(ranges, 1);
+    seg.debt = chargeMapping(seg);
+  }
+
+  /** Makes room for `needed` more mappings, compacting the most fragmented segments (budget.ts). */
+  #ensureRoom(needed: number, pages: number): void {
+    this.#budget.ensureRoom(needed, pages, this.#segments, (seg, windows, limit) => compact(this.#engine, seg, windows, limit));
+  }
+
+  /**
+   * Told to the layer store as its way to reclaim descriptors: flattens
+   * segments, those spread over the most layers first, until some layers
+   * close, making layers with `make` (which never reclaims).
+   */
+  #reclaimFds(make: MakeLayer): void {
+    const before = this.#layers.size;
+    const spread = (s: LinuxSegment): number => new Set(s.runs.map((r) => r.layer)).size;
+    const candidates = [...this.#segments].filter((s) => spread(s) > 1).sort((a, b) => spread(b) - spread(a));
+    for (const seg of candidates) {
+      try {
+        compact(this.#engine, seg, 0, duplicateLimit(seg.pages), make);
+      } catch {
+        break;
+      }
+      if (this.#layers.size < before - 1) break;
+    }
+  }
+}

@@ -1,0 +1,233 @@
+// The cost model of the Linux backend: when rewriting a segment's scattered
+// runs into one new layer (compaction) pays for itself, and which pages it
+// rewrites. Pure functions over run lists and reference counts, free of
+// system calls, so they are property-tested apart from the kernel.
+import { pageCount, type Range, type RefCounts, type Run } from '../../src/runs.ts';
+
+/** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
+export interface Counted {
+  readonly refs: RefCounts;
+}
+
+// Cost model for compaction, in µs: mapping one run of a clone or restore,
+// and copying one page into a new layer. Decisions compare the two, so their
+// ratio is what matters.
+export const MAP_COST = 6;
+export const COPY_COST = 1.5;
+/** Written runs closer than this many pages are frozen as one, copying the clean pages between. */
+export const JOIN_GAP = 4;
+/** Windows a cost-driven compaction leaves. */
+export const COMPACT_WINDOWS = 4;
+/**
+ * A restore copies the pages where the source's run list differs from the
+ * target's, rather than map the source's runs, where those runs would take
+ * more than 1/RESTORE_COPY_SHARE of the free mapping budget and the pages
+ * are at most that share of the segment (or always, where the runs would
+ * not fit the budget).
+ */
+export const RESTORE_COPY_SHARE = 4;
+/**
+ * A segment too scattered for windows is flattened once its mapping debt
+ * reaches 1/FLATTEN_EARLY of a whole copy's cost, less as the mapping budget
+ * fills (flattenPoint): early enough that its later clones inherit one run,
+ * rather than the budget forcing old snapshots flat one by one.
+ */
+export const FLATTEN_EARLY = 4;
+
+/** Fewest pages a never-written hole must span to be mapped anonymously at a first clone (2 MiB of 4 KiB pages). */
+export const HOLE_MIN_PAGES = 512;
+/** Most holes a first clone maps anonymously: each costs up to two mappings in every clone that inherits them. */
+export const MAX_HOLES = 32;
+
+/** A compaction: the page ranges to rewrite, and how many pages another segment still holds among them. */
+export interface Plan {
+  windows: Range[];
+  duplicated: number;
+}
+
+/**
+ * Adds to `source`'s debt the mapping work that mapping its runs again just
+ * cost beyond a compacted run list's; returns the new debt, which the segment
+ * that now shares the run list takes over.
+ */
+export function chargeMapping(source: { debt: number; readonly runs: readonly Range[] }): number {
+  source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
+  return source.debt;
+}
+
+/**
+ * The mapping debt at which a segment of `pages` pages, too scattered for
+ * windows, is flattened: a fraction of a whole copy's cost (FLATTEN_EARLY),
+ * smaller as all segments' mappings (`used` of `budget`) fill the budget.
+ * Runs spend that shared budget, and a flattened segment serves all its
+ * later clones, where the budget's last resort, flattening the most
+ * fragmented segments, serves only them.
+ */
+export function flattenPoint(pages: number, used: number, budget: number): number {
+  const free = 1 - used / budget;
+  return ((COPY_COST * pages) / FLATTEN_EARLY) * Math.max(0.05, free);
+}
+
+/**
+ * The compaction a segment of `pages` pages with run list `runs` and mapping
+ * debt `debt` should have after a freeze, as (windows, limit) for plan();
+ * undefined when none pays yet. Past `maxRuns` runs it is compacted whatever
+ * the cost. `budget` gives the mappings all segments use and may use; it is
+ * asked only when the answer turns on them (reading the process's budget
+ * can cost a system call).
+ */
+export function compactionFor<L extends Counted>(
+  runs: readonly Run<L | null>[],
+  pages: number,
+  debt: number,
+  maxRuns: number,
+  budget: () => { used: number; limit: number },
+): { windows: number; limit: number } | undefined {
+  if (runs.length > maxRuns) return { windows: maxRuns >> 2, limit: Infinity };
+  if (runs.length <= 2 * COMPACT_WINDOWS + 1) return undefined;
+  const limit = pages >> 3;
+  const p = plan(runs, pages, COMPACT_WINDOWS, limit);
+  if (p !== undefined && debt >= COPY_COST * pageCount(p.windows)) return { windows: COMPACT_WINDOWS, limit };
+  // Scattered so widely that a few windows would copy too much shared
+  // memory: flatten once the mapping work has cost part of a copy.
+  if (p === undefined) {
+    const { used, limit: most } = budget();
+    if (debt >= flattenPoint(pages, used, most)) return { windows: 0, limit: pages };
+  }
+  return undefined;
+}
+
+/**
+ * Whether mapping a restore source's `runs` runs would take too much of the
+ * `free` mappings left in the budget: more than a compaction into windows
+ * leaves, and more than 1/RESTORE_COPY_SHARE of what is free.
+ */
+export function restoreRunsTooMany(runs: number, free: number): boolean {
+  return runs > Math.max(2 * COMPACT_WINDOWS + 1, free / RESTORE_COPY_SHARE);
+}
+
+/**
+ * Whether a restore of a segment of `pages` pages from a fragmented source
+ * should copy the `differing` pages where the run lists differ rather than
+ * map the source's runs: always where the runs would not fit the mapping
+ * budget (`fits` false), else while they are few (RESTORE_COPY_SHARE).
+ */
+export function restoreCopyPays(fits: boolean, differing: number, pages: number): boolean {
+  return !fits || differing <= pages / RESTORE_COPY_SHARE;
+}
+
+/**
+ * Plans a compaction of a segment of `pages` pages with run list `runs` down
+ * to `windows` ranges off its main layer (0: the whole segment as one range).
+ * Copying a page that another segment still holds puts it in memory twice,
+ * so a plan may copy at most `limit` such pages: gaps between off-main runs
+ * are joined cheapest first until the windows are few enough or the limit is
+ * reached. Returns undefined when no plan within the limit reduces the runs.
+ */
+export function plan<L extends Counted>(runs: readonly Run<L | null>[], pages: number, windows: number, limit: number): Plan | undefined {
+  const shared = sharedPages(runs);
+  if (windows === 0) {
+    let dup = 0;
+    for (const n of shared) dup += n;
+    return dup <= limit && runs.length > 1 ? { windows: [{ start: 0, end: pages }], duplicated: dup } : undefined;
+  }
+  // Off-main ranges, and the main-layer gaps between them with their cost.
+  const base = largestLayer(runs);
+  const ranges: { start: number; end: number }[] = [];
+  const gaps: { at: number; cost: number; size: number }[] = [];
+  let dup = 0;
+  let pendingGap: { cost: number; size: number } | undefined;
+  runs.forEach((r, i) => {
+    if (r.layer === base) {
+      if (ranges.length > 0) pendingGap = { cost: shared[i]!, size: r.end - r.start };
+      return;
+    }
+    dup += shared[i]!;
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last.end === r.start) {
+      last.end = r.end;
+    } else {
+      if (last !== undefined && pendingGap !== undefined) gaps.push({ at: ranges.length - 1, ...pendingGap });
+      ranges.push({ start: r.start, end: r.end });
+    }
+    pendingGap = undefined;
+  });
+  if (ranges.length === 0 || dup > limit) return undefined;
+  gaps.sort((a, b) => a.cost - b.cost || a.size - b.size);
+  const joined = new Set<number>();
+  let count = ranges.length;
+  for (const g of gaps) {
+    if (count <= windows || dup + g.cost > limit) break;
+    dup += g.cost;
+    joined.add(g.at);
+    count--;
+  }
+  const out: Range[] = [];
+  let start = ranges[0]!.start;
+  for (let i = 0; i < ranges.length; i++) {
+    if (joined.has(i)) continue;
+    out.push({ start, end: ranges[i]!.end });
+    if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
+  }
+  return 2 * out.length + 1 < runs.length ? { windows: out, duplicated: dup } : undefined;
+}
+
+/**
+ * The most pages a compaction forced by the mapping or descriptor budget may
+ * copy that other segments still hold (they then exist twice): 1/64 of the
+ * segment, at least 256 pages (1 MiB of 4 KiB pages). Past that, the operation fails with ENOMEM
+ * rather than spend the segment's size again.
+ */
+export function duplicateLimit(pages: number): number {
+  return Math.max(256, Math.floor(pages / 64));
+}
+
+/**
+ * The holes of a first clone worth an anonymous mapping: at least
+ * HOLE_MIN_PAGES long, the MAX_HOLES largest, largest first.
+ */
+export function worthwhileHoles(holes: readonly Range[]): Range[] {
+  const big = holes.filter((h) => h.end - h.start >= HOLE_MIN_PAGES);
+  big.sort((a, b) => b.end - b.start - (a.end - a.start) || a.start - b.start);
+  return big.slice(0, MAX_HOLES);
+}
+
+/**
+ * For each run, how many of its pages copying would duplicate: pages of a
+ * layer that another run also uses, and anonymous pages (copying allocates
+ * them). One sweep per layer.
+ */
+export function sharedPages<L extends Counted>(runs: readonly Run<L | null>[]): number[] {
+  const out = new Array<number>(runs.length).fill(0);
+  const byLayer = new Map<L, number[]>();
+  runs.forEach((r, i) => {
+    if (r.layer === null) {
+      out[i] = r.end - r.start;
+      return;
+    }
+    const list = byLayer.get(r.layer);
+    if (list === undefined) byLayer.set(r.layer, [i]);
+    else list.push(i);
+  });
+  for (const [layer, indices] of byLayer) {
+    const alone = layer.refs.countEqualEach(indices.map((i) => runs[i]!), 1);
+    indices.forEach((i, k) => (out[i] = runs[i]!.end - runs[i]!.start - alone[k]!));
+  }
+  return out;
+}
+
+/** The layer (or anonymous memory, null) holding the most pages in `runs`; null for no runs. */
+export function largestLayer<L>(runs: readonly Run<L | null>[]): L | null {
+  const sizes = new Map<L | null, number>();
+  let best: L | null = null;
+  let bestSize = -1;
+  for (const r of runs) {
+    const n = (sizes.get(r.layer) ?? 0) + r.end - r.start;
+    sizes.set(r.layer, n);
+    if (n > bestSize) {
+      bestSize = n;
+      best = r.layer;
+    }
+  }
+  return best;
+}

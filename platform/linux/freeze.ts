@@ -1,0 +1,208 @@
+// Freezing: bringing a segment's written pages into layers, so its run list
+// describes its contents and a clone or restore can share them. A fresh
+// segment is first made private (its page tables moved aside); written pages
+// whose layer page nobody else maps are written in place, their old contents
+// evicted to a history layer for the run lists that still need them; the rest
+// are written into a new (or reused) layer and remapped from it.
+import * as sys from '../libc.ts';
+import { coalesce, overlay, select, subtract, type Range, type Run } from '../../src/runs.ts';
+import { worthwhileHoles } from './cost.ts';
+import { replace, type Engine, type LinuxSegment } from './engine.ts';
+import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
+import { mapPrivate, mapRange } from './mapper.ts';
+import { moveAside } from './move-aside.ts';
+import { copyFileToFile } from './writer.ts';
+
+/** Clean runs at least this long are copied file to file when freezing; shorter ones through memory. */
+const FILE_COPY_MIN = 1;
+
+/**
+ * Turns a fresh MAP_SHARED segment into a private mapping of its layer, at
+ * the same address, so the layer can be shared. Contents are unchanged at
+ * every step; afterwards the layer is never written again.
+ */
+export function makePrivate(e: Engine, seg: LinuxSegment): void {
+  const layer = seg.shared;
+  if (layer === null) return;
+  const data = e.zeroPage ? e.layers.dataRanges(layer.fd, 0, seg.pages) : [{ start: 0, end: seg.pages }];
+  // Replacing a mapping tears down its page-table entries one by one (a
+  // quarter of a microsecond or more each: most of a first clone's cost).
+  // Moved aside first, they go with the layer instead.
+  moveAside(seg.addr, seg.length, layer, e.pageSize, e.features, e.budget, e.windows);
+  // Safety: MAP_FIXED over the segment's own whole mapping; views alias the
+  // same addresses and read the same bytes before and after.
+  mapPrivate(seg.addr, seg.length, layer.fd);
+  seg.shared = null;
+  // Never-written ranges become anonymous memory, which reads as the zero
+  // page without allocating (reading a memfd hole allocates a page). Each
+  // costs up to two mappings, in this segment and every clone that inherits
+  // its run list, so only the largest few are worth it, and only within the
+  // budget; the rest stay on the layer (same contents: reading them
+  // allocates, the documented cost). If a mapping fails, that range simply
+  // stays on the layer too.
+  const holes = worthwhileHoles(subtract([{ start: 0, end: seg.pages }], data));
+  // A hole adds two mappings here and two in the clone being made: take at
+  // most an eighth of the free budget, so the clone never forces a compaction.
+  const most = Math.floor((e.budget.limit(0) - e.budget.used) / 8);
+  const done: Range[] = [];
+  for (const h of holes) {
+    if (done.length >= most) break;
+    try {
+      mapRange(e.pageSize, seg.addr, h, null);
+    } catch {
+      break;
+    }
+    done.push(h);
+  }
+  if (done.length > 0) replace(e, seg, done.sort((a, b) => a.start - b.start), null);
+}
+
+/**
+ * Moves the pages `seg` wrote since its last freeze (`dirty`, and of them
+ * `written` the ones really written) into a new layer and remaps them from
+ * it, so its run list describes its contents exactly. Atomic in content:
+ * each step leaves every page reading as before. A new layer comes from
+ * `newLayer`.
+ */
+export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: readonly Range[], newLayer: MakeLayer): void {
+  if (dirty.length === 0) return;
+  const reused = e.layers.reusable(seg.length, dirty);
+  const layer = reused ?? newLayer(seg.length);
+  const done: Range[] = [];
+  try {
+    fill(e, layer, seg, dirty, written);
+    // Safety: each remap covers pages of the segment's own mapping with a
+    // layer holding exactly their current bytes.
+    for (const r of dirty) {
+      mapRange(e.pageSize, seg.addr, r, layer);
+      done.push(r);
+    }
+  } finally {
+    // Whatever was remapped is now in the layer; the rest stays private.
+    if (done.length > 0) {
+      replace(e, seg, done, layer);
+      for (const r of subtract(dirty, done)) e.layers.punch(layer, r);
+    } else if (reused === undefined) {
+      e.layers.close(layer);
+    } else {
+      for (const r of dirty) e.layers.punch(layer, r);
+    }
+  }
+}
+
+/**
+ * Freezes the written pages of `seg` whose layer page no other segment
+ * uses by writing them into that page, then dropping the private copy: the
+ * run list stays as it is, so nothing is remapped and no run is added.
+ * Safe because a private mapping shows a file change only at pages it has
+ * not copied, and the segment has copied exactly these; no other mapping
+ * of these layer pages exists. Returns the written ranges left over (on
+ * anonymous runs, or on layer pages another segment shares).
+ *
+ * A failure leaves the segment reading as before: its private copies stay
+ * until dropped, and the layer pages changed are its alone.
+ */
+export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Range[] {
+  if (dirty.length === 0) return dirty;
+  const owned: Range[] = [];
+  for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
+    let alone = layer.refs.rangesWithCount(ranges, 1);
+    // Pages other segments use but only `seg` maps: their contents move to
+    // a history layer, with those segments' run lists, and then they are
+    // `seg`'s alone. The segment keeps its one mapping however scattered
+    // its writes; the old contents are copied once, as fork() would.
+    const shared = subtract(ranges, alone);
+    const unmappedSharers = shared.length === 0 ? [] : layer.mapped.rangesWithCount(shared, 1);
+    if (unmappedSharers.length > 0 && evict(e, seg, layer, unmappedSharers)) {
+      alone = coalesce([...alone, ...unmappedSharers].sort((a, b) => a.start - b.start));
+    }
+    // Safety: only `seg` maps these layer pages, and it holds private copies of them.
+    if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, alone);
+    else e.writer.write(layer.fd, seg.addr, alone);
+    for (const r of alone) owned.push(r);
+  }
+  if (owned.length === 0) return dirty;
+  owned.sort((a, b) => a.start - b.start);
+  if (!e.dropper.ranges(seg.addr, owned)) {
+    // Only these ranges may go: the segment's other private pages are not in any layer yet.
+    for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * e.pageSize), (r.end - r.start) * e.pageSize, sys.MADV_DONTNEED);
+  }
+  return subtract(dirty, owned);
+}
+
+/**
+ * Copies `layer`'s pages under `ranges` into a history layer, file to
+ * file, and points every segment other than `seg` that uses them there.
+ * Only for pages no segment but `seg` maps: the others are run lists, so
+ * re-pointing them is bookkeeping. Afterwards only `seg` uses the pages.
+ * Returns false, changing nothing, where the kernel will not copy between
+ * memory files; a failure also changes nothing.
+ */
+function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
+  if (!e.features.fileCopy) return false;
+  const reused = e.layers.reusable(layer.length, ranges);
+  const history = reused ?? e.layers.newLayer(layer.length);
+  const undo = () => {
+    if (reused === undefined) e.layers.close(history);
+    else for (const r of ranges) e.layers.punch(history, r);
+  };
+  try {
+    for (const r of ranges) {
+      if (!copyFileToFile(e.features, layer.fd, history.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
+        undo();
+        return false;
+      }
+    }
+  } catch (err) {
+    undo();
+    throw err;
+  }
+  // Segments sharing one run list get one new run list. Only references
+  // move, from `layer` to `history` over the same pages, so the counts are
+  // changed by that difference alone (the segments are not mapped: no
+  // mapping counts change).
+  const moved = new Map<Runs, { runs: Runs; onLayer: Range[]; users: number }>();
+  for (const other of e.segments) {
+    if (other === seg || other.released) continue;
+    let entry = moved.get(other.runs);
+    if (entry === undefined) {
+      const onLayer: Range[] = select(other.runs, ranges).filter((r) => r.layer === layer);
+      entry = { runs: onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history), onLayer, users: 0 };
+      moved.set(other.runs, entry);
+    }
+    if (entry.onLayer.length === 0) continue;
+    entry.users++;
+    other.runs = entry.runs;
+  }
+  for (const { onLayer, users } of moved.values()) {
+    if (users === 0) continue;
+    history.refs.addAll(onLayer, users);
+    layer.refs.addAll(onLayer, -users);
+  }
+  if (history.refs.empty) e.layers.close(history);
+  return true;
+}
+
+/**
+ * Writes the current bytes of `seg` under `ranges` into `layer` at the same
+ * offsets. Written pages come from the segment's memory. Long stretches it
+ * has not written since its last freeze are copied from the layer they map,
+ * file to file inside the kernel: reading them through the mapping would
+ * fault each one in first.
+ */
+function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range[], written: readonly Range[]): void {
+  const fromLayers = e.features.fileCopy
+    ? select(seg.runs, subtract(ranges, written)).filter(
+        (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.end - r.start >= FILE_COPY_MIN,
+      )
+    : [];
+  e.writer.write(layer.fd, seg.addr, subtract(ranges, fromLayers));
+  for (const [i, r] of fromLayers.entries()) {
+    if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
+      // Refused outright (a kernel or sandbox without it for memory files):
+      // the rest goes through memory, now and from then on.
+      e.writer.write(layer.fd, seg.addr, fromLayers.slice(i));
+      return;
+    }
+  }
+}

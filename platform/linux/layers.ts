@@ -1,0 +1,247 @@
+// Layers: the memfds that hold segments' pages, and the store that makes,
+// reference-counts, reuses and closes them. Each layer holds one file
+// descriptor; the store keeps them under a budget, and when the budget or the
+// process's descriptor limit is reached it asks the backend to reclaim some
+// (compacting segments), handing it a way to make layers that never reclaims
+// in turn.
+import * as sys from '../libc.ts';
+import { errnoOf } from '../../src/errors.ts';
+import { coalesce, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import type { Features } from './features.ts';
+import type { Windows } from './move-aside.ts';
+
+/** A memfd holding pages of one or more segments. */
+export class Layer {
+  /** -1 once closed. */
+  fd: number;
+  /** Bytes; the length of the segments it serves. */
+  readonly length: number;
+  /**
+   * How many runs of live segments use each page. Invariant: a page is
+   * mapped by some segment only if its count is above zero.
+   */
+  readonly refs = new RefCounts();
+  /**
+   * The same counts for mapped segments only. Invariant: a page is mapped
+   * private by some segment only if its count here is above zero; where it
+   * is 1 and `refs` is above 1, the other users are run lists only, so the
+   * page may be rewritten once they are pointed elsewhere (evict, freeze.ts).
+   */
+  readonly mapped = new RefCounts();
+  /**
+   * Where the page tables of the segment this layer was made for were moved
+   * when it was first cloned (a MAP_SHARED mapping of the layer); unmapped
+   * with the layer. 0n: none.
+   */
+  window = 0n;
+  constructor(fd: number, length: number) {
+    this.fd = fd;
+    this.length = length;
+  }
+}
+
+/** A run list: which layer holds each page range of a segment (null: anonymous memory). */
+export type Runs = readonly Run<Layer | null>[];
+
+/** Makes a layer of `length` bytes. */
+export type MakeLayer = (length: number) => Layer;
+
+/** How many of the newest layers a freeze looks at for free room. */
+const REUSE_CANDIDATES = 4;
+
+/** The runs on a layer, grouped by layer, in their order. */
+export function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
+  const byLayer = new Map<Layer, Range[]>();
+  for (const r of runs) {
+    if (r.layer === null) continue;
+    const list = byLayer.get(r.layer);
+    if (list === undefined) byLayer.set(r.layer, [r]);
+    else list.push(r);
+  }
+  return byLayer;
+}
+
+/** The live layers of one backend. */
+export class LayerStore {
+  /** Layers all segments may hold open before `reclaim` is asked to close some. */
+  readonly fdBudget: number;
+  readonly #pageSize: number;
+  readonly #features: Features;
+  readonly #windows: Windows;
+  /**
+   * Frees layers, compacting segments, making any layer it needs with the
+   * function it is given: that one never reclaims, so reclaiming never
+   * recurses.
+   */
+  readonly #reclaim: (make: MakeLayer) => void;
+  readonly #layers = new Set<Layer>();
+  /** The newest layers, newest first: where a freeze looks for room to reuse. */
+  #recent: Layer[] = [];
+  /** A spare descriptor, given up when the process runs out so compaction can proceed. */
+  #reserveFd = openReserve();
+
+  constructor(pageSize: number, fdBudget: number, features: Features, windows: Windows, reclaim: (make: MakeLayer) => void) {
+    this.#pageSize = pageSize;
+    this.fdBudget = fdBudget;
+    this.#features = features;
+    this.#windows = windows;
+    this.#reclaim = reclaim;
+  }
+
+  /** Live layers. */
+  get size(): number {
+    return this.#layers.size;
+  }
+
+  /** Every live layer. */
+  all(): IterableIterator<Layer> {
+    return this.#layers.values();
+  }
+
+  /**
+   * A new layer. When the process is out of file descriptors (EMFILE), frees
+   * some by compacting the segments that use the most layers, then tries
+   * once more.
+   */
+  newLayer(length: number): Layer {
+    if (this.#layers.size >= this.fdBudget) this.#reclaimFds();
+    let layer: Layer;
+    try {
+      layer = this.make(length);
+    } catch (err) {
+      if (errnoOf(err) !== sys.EMFILE || !this.#reclaimFds()) throw err;
+      layer = this.make(length);
+    }
+    // A reserve given up earlier (and not re-opened then) is taken back now.
+    if (this.#reserveFd < 0) this.#reserveFd = openReserve();
+    return layer;
+  }
+
+  /**
+   * Has the backend compact segments until some layers close. The reserve
+   * descriptor gives the first compaction a slot. Returns whether any
+   * descriptor was freed.
+   */
+  #reclaimFds(): boolean {
+    const before = this.#layers.size;
+    if (this.#reserveFd >= 0) sys.closeFd(this.#reserveFd);
+    this.#reserveFd = -1;
+    try {
+      this.#reclaim((length) => this.make(length));
+    } finally {
+      this.#reserveFd = openReserve();
+    }
+    return this.#layers.size < before;
+  }
+
+  /** A new layer, without reclaiming: the memfd, sized and sealed. */
+  make(length: number): Layer {
+    let fd: number;
+    const flags = sys.MFD_CLOEXEC | sys.MFD_ALLOW_SEALING;
+    if (this.#features.noexecSeal) {
+      try {
+        fd = sys.memfdCreate('memfork', flags | sys.MFD_NOEXEC_SEAL);
+      } catch (err) {
+        // MFD_NOEXEC_SEAL arrived in Linux 6.3; older kernels reject it.
+        if (errnoOf(err) !== sys.EINVAL) throw err;
+        this.#features.noexecSeal = false;
+        fd = sys.memfdCreate('memfork', flags);
+      }
+    } else {
+      fd = sys.memfdCreate('memfork', flags);
+    }
+    try {
+      sys.ftruncate(fd, length);
+      sys.addSeals(fd, sys.F_SEAL_GROW | sys.F_SEAL_SHRINK);
+    } catch (err) {
+      sys.closeFd(fd);
+      throw err;
+    }
+    const layer = new Layer(fd, length);
+    this.#layers.add(layer);
+    this.#recent.unshift(layer);
+    if (this.#recent.length > REUSE_CANDIDATES) this.#recent.pop();
+    return layer;
+  }
+
+  close(layer: Layer): void {
+    if (layer.fd < 0) return;
+    if (layer.window !== 0n) this.#windows.drop(layer);
+    // Mappings keep the file alive; the fd is only needed to map it again.
+    sys.closeFd(layer.fd);
+    layer.fd = -1;
+    this.#layers.delete(layer);
+  }
+
+  /**
+   * A recent layer of this length whose pages under `ranges` nobody uses.
+   * Writing those is safe although the layer is mapped private elsewhere: a
+   * range no segment references is mapped nowhere, and a private mapping
+   * shows file changes only at the offsets it maps. Reuse saves a file
+   * descriptor, and lets neighbouring runs from one layer merge.
+   */
+  reusable(length: number, ranges: readonly Range[]): Layer | undefined {
+    let tries = 0;
+    for (const layer of this.#recent) {
+      if (++tries > REUSE_CANDIDATES) break;
+      if (layer.fd >= 0 && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
+    }
+    return undefined;
+  }
+
+  /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
+  ref(runs: Runs, delta: number, mapped: boolean): void {
+    for (const [layer, ranges] of rangesByLayer(runs)) {
+      if (mapped) layer.mapped.addAll(ranges, delta);
+      const freed = layer.refs.addAll(ranges, delta);
+      if (layer.refs.empty) {
+        this.close(layer);
+        continue;
+      }
+      for (const f of freed) this.punch(layer, f);
+    }
+  }
+
+  /** Frees a range of a layer that no mapping uses. */
+  punch(layer: Layer, r: Range): void {
+    if (layer.fd < 0) return;
+    try {
+      sys.punchHole(layer.fd, r.start * this.#pageSize, (r.end - r.start) * this.#pageSize);
+    } catch {
+      // Only memory is lost if this fails, never data: nothing maps the range.
+    }
+  }
+
+  /** Page ranges of `fd` within [from, to) pages that hold data (SEEK_DATA / SEEK_HOLE). */
+  dataRanges(fd: number, from: number, to: number): Range[] {
+    const page = this.#pageSize;
+    const out: Range[] = [];
+    const end = to * page;
+    let off = from * page;
+    while (off < end) {
+      const data = sys.seek(fd, off, sys.SEEK_DATA);
+      if (data < 0 || data >= end) break;
+      let hole = sys.seek(fd, data, sys.SEEK_HOLE);
+      if (hole < 0 || hole > end) hole = end;
+      out.push({ start: Math.floor(data / page), end: Math.min(to, Math.ceil(hole / page)) });
+      off = hole;
+    }
+    return coalesce(out);
+  }
+
+  /** Closes every layer and the reserve descriptor. */
+  shutdown(): void {
+    for (const layer of [...this.#layers]) this.close(layer);
+    if (this.#reserveFd >= 0) sys.closeFd(this.#reserveFd);
+    this.#reserveFd = -1;
+  }
+}
+
+/** A descriptor to hold in reserve (-1 when none can be had). */
+function openReserve(): number {
+  try {
+    return sys.open('/dev/null', sys.O_RDONLY | sys.O_CLOEXEC);
+  } catch {
+    return -1;
+  }
+}

@@ -1,0 +1,189 @@
+// restore(target, source), four ways. A target that shares the source's run
+// list drops the pages it wrote since (a fast restore). A fragmented source
+// that differs from the target in few pages, or whose runs would not fit the
+// mapping budget, has those pages copied into the target. Otherwise the
+// source's runs are mapped at a scratch address and moved over the target in
+// one mremap (Linux 6.17+), or, before that or without room for a second
+// copy, mapped over the target in place, putting it back on failure. Every
+// way, a failure leaves the target reading as it did.
+import * as sys from '../libc.ts';
+import { SegmentError, errnoOf } from '../../src/errors.ts';
+import { coalesce, differing, pageCount, select } from '../../src/runs.ts';
+import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
+import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
+import { freeze } from './freeze.ts';
+import type { Layer, Runs } from './layers.ts';
+import { mapRuns, mapShared } from './mapper.ts';
+import { readInto, UIO_MAXIOV } from './writer.ts';
+
+/** Fast restores drop every page, not only the written ones, once their scans have walked this many times the pages in memory. */
+const DROP_ALL_AFTER = 64;
+
+/** Gives `target` the contents of `source`, which is frozen already (its run list describes it). */
+export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): void {
+  if (!target.mapped) {
+    // Not mapped: the run list is the whole state.
+    setRuns(e, target, source.runs);
+    target.debt = source.debt;
+    return;
+  }
+  if (target.shared === null && target.runs === source.runs) {
+    // Same run list: target differs from source only in the pages it wrote
+    // since. Dropping them reverts each to its layer's contents.
+    dropWritten(e, target);
+    return;
+  }
+  if (restoreByCopy(e, target, source)) return;
+  if (e.features.multiMove) {
+    // The source's runs are mapped at a scratch address first, then moved
+    // over the target in one mremap: any failure leaves the target as it
+    // was. (mremap checks the mapping limit before it unmaps anything.)
+    e.ensureRoom(source.runs.length, source.pages);
+    let scratch: bigint;
+    let reserved = false;
+    try {
+      scratch = mapRuns(e.pageSize, null, source.runs, source.length, () => (reserved = true));
+    } catch (err) {
+      // No address space for a second copy of the range (RLIMIT_AS):
+      // mapping over the target in place needs none. (A failure after the
+      // range was reserved is the mapping limit, which in place would hit too.)
+      if (reserved || errnoOf(err) !== sys.ENOMEM) throw err;
+      restoreInPlace(e, target, source);
+      return;
+    }
+    try {
+      // Safety: MREMAP_FIXED replaces exactly the target's own range; views
+      // keep their addresses and read the restored bytes.
+      sys.mremap(scratch, target.length, target.length, sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED, target.addr);
+    } catch (err) {
+      try {
+        sys.munmap(scratch, target.length);
+      } catch {
+        // The error that matters is the one below.
+      }
+      const errno = errnoOf(err);
+      // Before Linux 6.17, mremap moves one mapping at a time only.
+      if (errno !== sys.EFAULT && errno !== sys.EINVAL) throw err;
+      e.features.multiMove = false;
+      restoreInPlace(e, target, source);
+      return;
+    }
+    target.shared = null;
+    setRuns(e, target, source.runs);
+  } else {
+    restoreInPlace(e, target, source);
+  }
+  target.debt = chargeMapping(source);
+}
+
+/**
+ * restore() by copying, where mapping the source's runs would take too much
+ * of the mapping budget: a source fragmented into many runs (an old
+ * snapshot whose pages were moved to history layers, say) whose runs would
+ * take more than 1/RESTORE_COPY_SHARE of the budget still free, and that
+ * differs from the target's own run list in at most that share of the
+ * segment's pages (or whose runs would not fit at all). Elsewhere restore
+ * shares the source's pages, as the contract asks; here it copies the pages
+ * it must, rather than fail. The target is frozen first, so its run list is its contents; the
+ * pages where the source's run list differs are then read into the
+ * target's memory (pread(2) from the source's layers, zeros for anonymous
+ * runs): private pages, "written since", on the target's one mapping, and
+ * no mapping is added. A failure drops them again: the target reads as
+ * before. Returns false where mapping is the better way.
+ */
+function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): boolean {
+  const free = e.budget.limit(source.runs.length) - e.budget.used;
+  if (!restoreRunsTooMany(source.runs.length, free)) return false;
+  const fits = source.runs.length <= free;
+  if (!restoreCopyPays(fits, pageCount(differing(target.runs, source.runs)), target.pages)) return false;
+  e.prepare(target);
+  const diff = differing(target.runs, source.runs);
+  if (!restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
+  const page = e.pageSize;
+  try {
+    for (const r of select(source.runs, diff)) {
+      const offset = r.start * page;
+      const length = (r.end - r.start) * page;
+      const at = target.addr + BigInt(offset);
+      // Safety: the range lies inside the target's own mapping.
+      if (r.layer === null) new Uint8Array(sys.view(at, length)).fill(0);
+      else readInto(r.layer.fd, at, length, offset);
+    }
+  } catch (err) {
+    // Only the target's private copies of `diff` changed: dropping them
+    // reverts those pages to its run list, which is what it read before.
+    for (const r of diff) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+    throw err;
+  }
+  return true;
+}
+
+/**
+ * Drops the pages `seg` wrote since its run list was set (madvise(2),
+ * MADV_DONTNEED): each private page then reads its layer's contents again.
+ */
+function dropWritten(e: Engine, seg: LinuxSegment): void {
+  const { written, present } = e.scanner.forDrop(seg.addr, seg.pages);
+  if (written.length === 0) return;
+  // Dropping only the written pages keeps the pages read since mapped, so
+  // reading them again costs nothing; but each scan walks every page in
+  // memory, and those pile up. Once the scans since the last full drop
+  // have walked DROP_ALL_AFTER times the pages in memory now, dropping
+  // them all (one madvise; the pages read again fault back in, about
+  // 1/DROP_ALL_AFTER of a scan's cost per page at 16 pages a fault) costs
+  // less than scanning on: at most twice the best choice made in hindsight.
+  seg.scanned += present;
+  const all = seg.scanned >= DROP_ALL_AFTER * present;
+  // Dropping is idempotent, and every private page of the segment is to go:
+  // a vectored call that fails or stops midway is redone over the whole range.
+  if (!all && written.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, written)) return;
+  sys.madvise(seg.addr, seg.length, sys.MADV_DONTNEED);
+  seg.scanned = 0;
+}
+
+/** restore() where mremap cannot move several mappings: map over the target, putting it back on failure. */
+function restoreInPlace(e: Engine, target: LinuxSegment, source: LinuxSegment): void {
+  // Mapping the source's runs takes one call per run. If one fails midway,
+  // the target must be put back, so its written pages go into a layer first
+  // (with a single run the first call replaces everything or nothing).
+  if (target.shared === null && source.runs.length > 1) {
+    const dirty = coalesce(scanWritten(e, target), JOIN_GAP);
+    e.ensureRoom(2 * dirty.length, target.pages);
+    freeze(e, target, dirty, dirty, (length) => e.layers.newLayer(length));
+  }
+  e.ensureRoom(source.runs.length - target.runs.length, target.pages);
+  const old = target.runs;
+  const oldShared = target.shared;
+  // A MAP_FIXED mmap that fails leaves the old mapping in place, so the
+  // target needs putting back only once the first call has gone through.
+  let touched = false;
+  try {
+    mapRuns(e.pageSize, target.addr, source.runs, target.length, () => (touched = true));
+  } catch (err) {
+    if (touched) putBack(e, target, oldShared, old);
+    throw err;
+  }
+  target.shared = null;
+  setRuns(e, target, source.runs);
+}
+
+/** After a failed restore: maps the target's old state back. */
+function putBack(e: Engine, seg: LinuxSegment, shared: Layer | null, runs: Runs): void {
+  try {
+    if (shared !== null) {
+      mapShared(seg.addr, seg.length, shared.fd);
+    } else {
+      mapRuns(e.pageSize, seg.addr, runs, seg.length);
+    }
+  } catch (err) {
+    // The target's mapping is now a mix of old and new runs that no
+    // bookkeeping describes; only a second failure in a row gets here.
+    const failure = err instanceof SegmentError ? err : undefined;
+    throw new SegmentError(
+      `restore could not put the target back after a failure: ${(err as Error).message}`,
+      failure?.code ?? 'EIO',
+      failure?.errno,
+      failure?.syscall,
+    );
+  }
+}

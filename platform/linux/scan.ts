@@ -1,0 +1,253 @@
+// Finding the pages a segment wrote: the pages present (or swapped) in its
+// private mappings that are neither file pages nor the zero page. With the
+// PAGEMAP_SCAN ioctl (Linux 6.7+), which returns whole runs, or by reading
+// /proc/self/pagemap entry by entry. The argument encoding and the entry
+// decoding are pure functions; Scanner makes the calls.
+import * as sys from '../libc.ts';
+import { systemError } from '../../src/errors.ts';
+import { appendRange, pageCount, type Range } from '../../src/runs.ts';
+
+/** How written pages are found. */
+export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
+
+// PAGEMAP_SCAN (Linux 6.7+, Documentation/admin-guide/mm/pagemap.rst):
+// _IOWR('f', 16, struct pm_scan_arg), the struct being 12 × u64.
+const PAGEMAP_SCAN = 0xc0606610;
+export const PM_SCAN_ARG_SIZE = 96;
+/** struct page_region: start, end, categories (3 × u64). */
+export const PAGE_REGION_SIZE = 24;
+export const PAGE_IS_FILE = 1n << 2n;
+export const PAGE_IS_PRESENT = 1n << 3n;
+export const PAGE_IS_SWAPPED = 1n << 4n;
+export const PAGE_IS_PFNZERO = 1n << 5n;
+/** Regions one PAGEMAP_SCAN call returns at most. */
+const SCAN_REGIONS = 2048;
+
+// /proc/self/pagemap entry bits, as bits of the entry's high 32-bit word.
+const PM_PRESENT = 1 << 31; // bit 63
+const PM_SWAPPED = 1 << 30; // bit 62
+const PM_FILE = 1 << 29; // bit 61 (file page or shared anonymous)
+const PM_EXCLUSIVE = 1 << 24; // bit 56 (mapped exactly once: never the zero page)
+/** Entries read from /proc/self/pagemap at a time. */
+const READ_ENTRIES = 1 << 16;
+
+/** The fields of struct pm_scan_arg the caller chooses (the size is fixed and walk_end is output). */
+export interface ScanArg {
+  /** PM_SCAN_* operation flags (0: only report). */
+  flags: bigint;
+  /** Start and end of the address range to walk. */
+  start: bigint;
+  end: bigint;
+  /** Address of the struct page_region array the kernel fills, and how many it holds. */
+  vec: bigint;
+  vecLength: number;
+  /** Most pages to report (0: no limit). */
+  maxPages: bigint;
+  /** Categories whose sense is inverted before the masks apply. */
+  categoryInverted: bigint;
+  /** Categories a page must all have. */
+  categoryMask: bigint;
+  /** Categories a page must have at least one of. */
+  categoryAnyofMask: bigint;
+  /** Categories reported with each region. */
+  returnMask: bigint;
+}
+
+/** Writes `arg` into `into` as struct pm_scan_arg (12 × u64, in the kernel's field order). */
+export function encodeScanArg(into: BigUint64Array, arg: ScanArg): void {
+  into[0] = BigInt(PM_SCAN_ARG_SIZE); // size
+  into[1] = arg.flags;
+  into[2] = arg.start;
+  into[3] = arg.end;
+  into[4] = 0n; // walk_end (out)
+  into[5] = arg.vec;
+  into[6] = BigInt(arg.vecLength);
+  into[7] = arg.maxPages;
+  into[8] = arg.categoryInverted;
+  into[9] = arg.categoryMask;
+  into[10] = arg.categoryAnyofMask;
+  into[11] = arg.returnMask;
+}
+
+/**
+ * The PAGEMAP_SCAN question for [start, end): pages present or swapped that
+ * are neither file pages nor the zero page (written: `all` false), or every
+ * page present or swapped with its file and zero-page categories (`all` true).
+ */
+export function scanArgFor(start: bigint, end: bigint, vec: bigint, vecLength: number, all: boolean): ScanArg {
+  const filter = all ? 0n : PAGE_IS_FILE | PAGE_IS_PFNZERO;
+  return {
+    flags: 0n,
+    start,
+    end,
+    vec,
+    vecLength,
+    maxPages: 0n,
+    categoryInverted: filter,
+    categoryMask: filter,
+    categoryAnyofMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+    returnMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | (all ? PAGE_IS_FILE | PAGE_IS_PFNZERO : 0n),
+  };
+}
+
+/**
+ * Whether a /proc/self/pagemap entry (its high 32-bit word) is a page the
+ * process wrote: not a file page, and either present and mapped exactly once
+ * (so not the zero page) or swapped out.
+ */
+export function isWrittenEntry(hi: number): boolean {
+  return (hi & PM_FILE) === 0 && ((hi & PM_PRESENT) !== 0 ? (hi & PM_EXCLUSIVE) !== 0 : (hi & PM_SWAPPED) !== 0);
+}
+
+/** Whether a /proc/self/pagemap entry (its high word) of a page only ever read shows the shared zero page. */
+export function isZeroPageEntry(hi: number): boolean {
+  return (hi & PM_PRESENT) !== 0 && (hi & PM_EXCLUSIVE) === 0 && (hi & PM_FILE) === 0;
+}
+
+/**
+ * Appends to `out` the written pages among `count` pagemap entries (pairs of
+ * 32-bit words, low then high) for pages `first`, `first + 1`, …
+ */
+export function decodeEntries(entries: Uint32Array, count: number, first: number, out: Range[]): void {
+  for (let i = 0; i < count; i++) {
+    if (isWrittenEntry(entries[i * 2 + 1]!)) appendRange(out, first + i, first + i + 1);
+  }
+}
+
+/** Finds written pages for one backend: the chosen method and its descriptor and scratch memory. */
+export class Scanner {
+  /** How this scanner finds written pages. */
+  readonly method: ScanMethod;
+  readonly #pageSize: number;
+  #pagemapFd = -1;
+  /** Scratch memory for PAGEMAP_SCAN: the argument struct, then the result array. */
+  #scratch = 0n;
+  #scratchArg: BigUint64Array | undefined;
+  #scratchVec: BigUint64Array | undefined;
+
+  /** Uses `wanted`, or the best method that works here; throws only when PAGEMAP_SCAN is wanted and fails. */
+  constructor(pageSize: number, wanted: ScanMethod | undefined) {
+    this.#pageSize = pageSize;
+    this.method = this.#choose(wanted);
+  }
+
+  #choose(wanted: ScanMethod | undefined): ScanMethod {
+    if (wanted === 'none') return 'none';
+    try {
+      this.#pagemapFd = sys.open('/proc/self/pagemap', sys.O_RDONLY | sys.O_CLOEXEC);
+    } catch {
+      return 'none';
+    }
+    if (wanted === 'pagemap-read') return 'pagemap-read';
+    try {
+      const bytes = PM_SCAN_ARG_SIZE + SCAN_REGIONS * PAGE_REGION_SIZE;
+      this.#scratch = sys.mmap(null, bytes, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
+      // Safety: the scratch mapping lives until close(), which drops these views' last use.
+      this.#scratchArg = new BigUint64Array(sys.view(this.#scratch, PM_SCAN_ARG_SIZE));
+      this.#scratchVec = new BigUint64Array(sys.view(this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS * PAGE_REGION_SIZE));
+      this.#scanIoctl(this.#scratch, 1);
+      return 'pagemap-scan';
+    } catch (err) {
+      if (wanted === 'pagemap-scan') throw err;
+      return 'pagemap-read';
+    }
+  }
+
+  /**
+   * Page ranges of the `pages` pages from `addr` written since they were
+   * mapped: all of them when no method works here. Sorted, disjoint, merged.
+   */
+  written(addr: bigint, pages: number): Range[] {
+    switch (this.method) {
+      case 'pagemap-scan':
+        return this.#scanIoctl(addr, pages);
+      case 'pagemap-read':
+        return this.#scanRead(addr, pages);
+      default:
+        return [{ start: 0, end: pages }];
+    }
+  }
+
+  /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
+  forDrop(addr: bigint, pages: number): { written: Range[]; present: number } {
+    if (this.method !== 'pagemap-scan') {
+      const written = this.written(addr, pages);
+      return { written, present: pageCount(written) };
+    }
+    let present = 0;
+    const written: Range[] = [];
+    this.#scanIoctl(addr, pages, (start, end, categories) => {
+      present += end - start;
+      if ((categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n) appendRange(written, start, end);
+    });
+    return { written, present };
+  }
+
+  /**
+   * Page ranges written (private, not the zero page) from `addr`. With
+   * `each`, every range in memory instead, given to `each` with its
+   * PAGE_IS_* categories (the return value is then empty).
+   */
+  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void): Range[] {
+    const arg = this.#scratchArg!;
+    const vec = this.#scratchVec!;
+    const page = BigInt(this.#pageSize);
+    const end = addr + BigInt(pages) * page;
+    const out: Range[] = [];
+    let start = addr;
+    while (start < end) {
+      encodeScanArg(arg, scanArgFor(start, end, this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS, each !== undefined));
+      const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
+      for (let i = 0; i < n; i++) {
+        const s = Number((vec[i * 3]! - addr) / page);
+        const e = Number((vec[i * 3 + 1]! - addr) / page);
+        if (each !== undefined) {
+          each(s, e, vec[i * 3 + 2]!);
+          continue;
+        }
+        appendRange(out, s, e);
+      }
+      // walk_end is unreliable once many regions come back (seen on 6.18):
+      // a short array means the walk reached the end.
+      if (n < SCAN_REGIONS) break;
+      start = vec[(n - 1) * 3 + 1]!;
+    }
+    return out;
+  }
+
+  #scanRead(addr: bigint, pages: number): Range[] {
+    const entries = new Uint32Array(Math.min(pages, READ_ENTRIES) * 2);
+    const first = Number(addr / BigInt(this.#pageSize));
+    const out: Range[] = [];
+    for (let done = 0; done < pages; ) {
+      const want = Math.min(pages - done, READ_ENTRIES);
+      const got = sys.pread(this.#pagemapFd, entries, want * 8, (first + done) * 8) / 8;
+      if (got <= 0) throw systemError('pread', sys.EIO, 'short read of /proc/self/pagemap');
+      decodeEntries(entries, got, done, out);
+      done += got;
+    }
+    return out;
+  }
+
+  /** Whether the page at `addr`, only ever read, maps the shared zero page (true when pagemap cannot be read). */
+  isZeroPage(addr: bigint): boolean {
+    if (this.#pagemapFd < 0) return true;
+    const entry = new Uint32Array(2);
+    sys.pread(this.#pagemapFd, entry, 8, Number(addr / BigInt(this.#pageSize)) * 8);
+    return isZeroPageEntry(entry[1]!);
+  }
+
+  /** Closes the pagemap descriptor and unmaps the scratch memory. */
+  close(): void {
+    if (this.#pagemapFd >= 0) sys.closeFd(this.#pagemapFd);
+    this.#pagemapFd = -1;
+    if (this.#scratch !== 0n) {
+      try {
+        sys.munmap(this.#scratch, PM_SCAN_ARG_SIZE + SCAN_REGIONS * PAGE_REGION_SIZE);
+      } catch {
+        // Nothing can be reported from an exiting thread.
+      }
+      this.#scratch = 0n;
+    }
+  }
+}

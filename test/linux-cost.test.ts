@@ -1,0 +1,273 @@
+// The Linux backend's cost model (platform/linux/cost.ts), checked against
+// naive models: one count per page of how many run lists use it.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { merge, RefCounts, type Range, type Run } from '../src/runs.ts';
+import {
+  chargeMapping,
+  COMPACT_WINDOWS,
+  compactionFor,
+  COPY_COST,
+  duplicateLimit,
+  FLATTEN_EARLY,
+  flattenPoint,
+  largestLayer,
+  MAP_COST,
+  plan,
+  restoreRunsTooMany,
+  restoreCopyPays,
+  RESTORE_COPY_SHARE,
+  sharedPages,
+  type Counted,
+} from '../platform/linux/cost.ts';
+
+/** A layer as the cost model sees it: reference counts, and a name for messages. */
+interface FakeLayer extends Counted {
+  readonly name: string;
+}
+
+const PAGES = 96;
+const names = ['a', 'b', 'c', 'd'];
+
+/** A run list covering [0, pages): touching runs on one layer merged, as a segment's always are. */
+function runListArb(pages: number): fc.Arbitrary<{ cut: number; layer: number }[]> {
+  return fc.array(fc.record({ cut: fc.integer({ min: 1, max: pages - 1 }), layer: fc.integer({ min: -1, max: names.length - 1 }) }), {
+    minLength: 0,
+    maxLength: 30,
+  });
+}
+
+/** Builds run lists over fresh layers (index -1: anonymous) and counts every list's references, as live segments do. */
+function build(lists: { cut: number; layer: number }[][], pages: number, first: number) {
+  const layers: FakeLayer[] = names.map((name) => ({ name, refs: new RefCounts() }));
+  const runLists = lists.map((parts) => {
+    const cuts = [...new Set(parts.map((p) => p.cut))].sort((x, y) => x - y);
+    const bounds = [0, ...cuts, pages];
+    const runs: Run<FakeLayer | null>[] = [];
+    for (let i = 0; i + 1 < bounds.length; i++) {
+      const l = i === 0 ? first : (parts[i - 1]?.layer ?? first);
+      runs.push({ start: bounds[i]!, end: bounds[i + 1]!, layer: l < 0 ? null : layers[l]! });
+    }
+    return merge(runs);
+  });
+  for (const runs of runLists) {
+    for (const layer of layers) {
+      const mine = runs.filter((r) => r.layer === layer);
+      if (mine.length > 0) layer.refs.addAll(mine, 1);
+    }
+  }
+  return { layers, runLists };
+}
+
+/** Per page of `runs`, how many run lists in `all` put the same layer there. */
+function users(all: Run<FakeLayer | null>[][], runs: Run<FakeLayer | null>[], page: number): number {
+  const layer = runs.find((r) => r.start <= page && page < r.end)!.layer;
+  return all.filter((other) => other.some((r) => r.layer === layer && r.start <= page && page < r.end)).length;
+}
+
+const segmentsArb = fc.record({
+  lists: fc.array(runListArb(PAGES), { minLength: 1, maxLength: 4 }),
+  first: fc.integer({ min: -1, max: 0 }),
+});
+
+describe('sharedPages()', () => {
+  it('counts, per run, the pages another run list also uses, and every anonymous page', () => {
+    fc.assert(
+      fc.property(segmentsArb, ({ lists, first }) => {
+        const { runLists } = build(lists, PAGES, first);
+        const runs = runLists[0]!;
+        const got = sharedPages(runs);
+        runs.forEach((r, i) => {
+          let want = 0;
+          for (let p = r.start; p < r.end; p++) if (r.layer === null || users(runLists, runs, p) > 1) want++;
+          assert.equal(got[i], want, `run ${i} [${r.start}, ${r.end}) on ${r.layer?.name ?? 'anonymous'}`);
+        });
+      }),
+    );
+  });
+});
+
+describe('largestLayer()', () => {
+  it('is a layer holding at least as many pages as any other', () => {
+    fc.assert(
+      fc.property(segmentsArb, ({ lists, first }) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const total = new Map<FakeLayer | null, number>();
+        for (const r of runs) total.set(r.layer, (total.get(r.layer) ?? 0) + r.end - r.start);
+        const best = largestLayer(runs);
+        for (const n of total.values()) assert.ok(total.get(best)! >= n);
+      }),
+    );
+  });
+
+  it('is null for no runs', () => {
+    assert.equal(largestLayer([]), null);
+  });
+});
+
+describe('plan()', () => {
+  it('flattening (0 windows) is the whole segment, within the limit, when there is more than one run', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.nat(2 * PAGES), ({ lists, first }, limit) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const dup = sharedPages(runs).reduce((a, b) => a + b, 0);
+        const p = plan(runs, PAGES, 0, limit);
+        if (runs.length > 1 && dup <= limit) assert.deepEqual(p, { windows: [{ start: 0, end: PAGES }], duplicated: dup });
+        else assert.equal(p, undefined);
+      }),
+    );
+  });
+
+  it('covers every page off the main layer with few windows, duplicating what it says and no more than the limit', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.integer({ min: 1, max: 6 }), fc.nat(2 * PAGES), ({ lists, first }, windows, limit) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const p = plan(runs, PAGES, windows, limit);
+        if (p === undefined) return;
+        const base = largestLayer(runs);
+        const shared = sharedPages(runs);
+        // Windows are sorted, disjoint, inside the segment, and on run boundaries.
+        const bounds = new Set(runs.flatMap((r) => [r.start, r.end]));
+        let last = -1;
+        for (const w of p.windows) {
+          assert.ok(w.start > last && w.start < w.end && w.end <= PAGES);
+          assert.ok(bounds.has(w.start) && bounds.has(w.end));
+          last = w.end;
+        }
+        const inWindow = (r: Range) => p.windows.some((w) => w.start <= r.start && r.end <= w.end);
+        let dup = 0;
+        runs.forEach((r, i) => {
+          if (r.layer !== base) assert.ok(inWindow(r), `off-main run [${r.start}, ${r.end}) outside every window`);
+          if (inWindow(r)) dup += shared[i]!;
+        });
+        assert.equal(p.duplicated, dup);
+        assert.ok(p.duplicated <= limit);
+        // It pays: fewer runs after the rewrite than before.
+        assert.ok(2 * p.windows.length + 1 < runs.length);
+      }),
+    );
+  });
+
+  it('stops joining windows only at the number asked for or at the limit', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.integer({ min: 1, max: 6 }), fc.nat(2 * PAGES), ({ lists, first }, windows, limit) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const p = plan(runs, PAGES, windows, limit);
+        if (p === undefined || p.windows.length <= windows) return;
+        // Each main-layer gap left between two windows would pass the limit.
+        const shared = sharedPages(runs);
+        for (let k = 0; k + 1 < p.windows.length; k++) {
+          const gap = runs.findIndex((r) => r.start === p.windows[k]!.end);
+          assert.ok(p.duplicated + shared[gap]! > limit);
+        }
+      }),
+    );
+  });
+});
+
+describe('compactionFor()', () => {
+  it('compacts past maxRuns whatever the cost, and never a run list of a few windows', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.integer({ min: 8, max: 40 }), ({ lists, first }, maxRuns) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const c = compactionFor(runs, PAGES, 0, maxRuns, () => ({ used: 0, limit: 1000 }));
+        if (runs.length > maxRuns) assert.deepEqual(c, { windows: maxRuns >> 2, limit: Infinity });
+        else assert.equal(c, undefined, 'no debt, no compaction');
+        if (runs.length <= 2 * COMPACT_WINDOWS + 1) {
+          assert.equal(compactionFor(runs, PAGES, Infinity, Math.max(runs.length, 8), () => ({ used: 0, limit: 1000 })), undefined);
+        }
+      }),
+    );
+  });
+
+  it('once a compaction pays at some debt, it pays at every higher debt', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.nat(2000), fc.nat(2000), fc.nat(999), ({ lists, first }, d1, extra, used) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const at = compactionFor(runs, PAGES, d1, 1000, () => ({ used, limit: 1000 }));
+        if (at !== undefined) assert.deepEqual(compactionFor(runs, PAGES, d1 + extra, 1000, () => ({ used, limit: 1000 })), at);
+      }),
+    );
+  });
+
+  it('rewrites into windows only what the debt already paid for', () => {
+    fc.assert(
+      fc.property(segmentsArb, fc.nat(2000), ({ lists, first }, debt) => {
+        const runs = build(lists, PAGES, first).runLists[0]!;
+        const c = compactionFor(runs, PAGES, debt, 1000, () => ({ used: 0, limit: 1000 }));
+        if (c === undefined || c.windows === 0) return;
+        const p = plan(runs, PAGES, c.windows, c.limit)!;
+        const copied = p.windows.reduce((n, w) => n + w.end - w.start, 0);
+        assert.ok(debt >= COPY_COST * copied);
+      }),
+    );
+  });
+});
+
+describe('flattenPoint()', () => {
+  it('is a fraction of a whole copy, falling as the budget fills, never below a twentieth of that fraction', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 1 << 20 }), fc.nat(1000), fc.nat(1000), (pages, u1, u2) => {
+        const budget = 1000;
+        const full = (COPY_COST * pages) / FLATTEN_EARLY;
+        const [lo, hi] = u1 <= u2 ? [u1, u2] : [u2, u1];
+        assert.ok(flattenPoint(pages, lo, budget) >= flattenPoint(pages, hi, budget));
+        assert.equal(flattenPoint(pages, 0, budget), full);
+        assert.ok(flattenPoint(pages, hi, budget) >= full * 0.05 - 1e-9);
+      }),
+    );
+  });
+});
+
+describe('chargeMapping()', () => {
+  it('adds the mapping cost of the runs beyond a compacted run list, and returns the new debt', () => {
+    fc.assert(
+      fc.property(fc.nat(100), fc.nat(1000), (runs, debt) => {
+        const source = { debt, runs: Array.from({ length: runs }, (_, i) => ({ start: i, end: i + 1 })) };
+        const got = chargeMapping(source);
+        assert.equal(got, source.debt);
+        assert.equal(got - debt, runs <= 2 * COMPACT_WINDOWS + 1 ? 0 : MAP_COST * (runs - 2 * COMPACT_WINDOWS - 1));
+      }),
+    );
+  });
+});
+
+describe('duplicateLimit()', () => {
+  it('is at least 256 pages and 1/64 of the segment, and grows with it', () => {
+    fc.assert(
+      fc.property(fc.nat(1 << 30), fc.nat(1 << 20), (pages, more) => {
+        const d = duplicateLimit(pages);
+        assert.ok(d >= 256 && d >= Math.floor(pages / 64));
+        assert.ok(duplicateLimit(pages + more) >= d);
+      }),
+    );
+  });
+});
+
+describe('restoreCopyPays()', () => {
+  it('copies always where the runs would not fit, else while few pages differ, fewer the more', () => {
+    fc.assert(
+      fc.property(fc.boolean(), fc.nat(1 << 20), fc.nat(1 << 20), fc.integer({ min: 1, max: 1 << 20 }), (fits, d1, d2, pages) => {
+        if (!fits) assert.equal(restoreCopyPays(fits, d1, pages), true);
+        const [lo, hi] = d1 <= d2 ? [d1, d2] : [d2, d1];
+        if (restoreCopyPays(fits, hi, pages)) assert.ok(restoreCopyPays(fits, lo, pages));
+        assert.equal(restoreCopyPays(true, Math.floor(pages / RESTORE_COPY_SHARE), pages), true);
+        assert.equal(restoreCopyPays(true, pages, pages), pages <= pages / RESTORE_COPY_SHARE);
+      }),
+    );
+  });
+});
+
+describe('restoreRunsTooMany()', () => {
+  it('never for a run list a compaction into windows leaves; for more, once they pass a share of the free budget, and at more runs or less room', () => {
+    fc.assert(
+      fc.property(fc.nat(1000), fc.nat(1000), fc.nat(100), fc.nat(100), (runs, free, moreRuns, lessFree) => {
+        if (runs <= 2 * COMPACT_WINDOWS + 1) assert.equal(restoreRunsTooMany(runs, free), false);
+        if (runs > 2 * COMPACT_WINDOWS + 1 && runs > free) assert.equal(restoreRunsTooMany(runs, free), true, 'runs that do not fit');
+        if (restoreRunsTooMany(runs, free)) assert.ok(restoreRunsTooMany(runs + moreRuns, Math.max(0, free - lessFree)));
+        assert.equal(restoreRunsTooMany(runs, free * RESTORE_COPY_SHARE), runs > Math.max(2 * COMPACT_WINDOWS + 1, free));
+      }),
+    );
+  });
+});

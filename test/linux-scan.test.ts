@@ -1,0 +1,169 @@
+// Page-table scanning of the Linux backend (platform/linux/scan.ts): the
+// PAGEMAP_SCAN argument as the kernel lays it out and filters with it, and
+// /proc/self/pagemap entries decoded into written page ranges.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { appendRange, type Range } from '../src/runs.ts';
+import {
+  decodeEntries,
+  encodeScanArg,
+  isWrittenEntry,
+  isZeroPageEntry,
+  PAGE_IS_FILE,
+  PAGE_IS_PFNZERO,
+  PAGE_IS_PRESENT,
+  PAGE_IS_SWAPPED,
+  PM_SCAN_ARG_SIZE,
+  scanArgFor,
+  type ScanArg,
+} from '../platform/linux/scan.ts';
+
+const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
+
+/** struct pm_scan_arg, in the order of include/uapi/linux/fs.h. */
+const FIELDS = ['size', 'flags', 'start', 'end', 'walk_end', 'vec', 'vec_len', 'max_pages', 'category_inverted', 'category_mask', 'category_anyof_mask', 'return_mask'];
+
+describe('encodeScanArg()', () => {
+  it('lays every named field where struct pm_scan_arg has it', () => {
+    fc.assert(
+      fc.property(fc.tuple(u64, u64, u64, u64, fc.nat(1 << 20), u64, u64, u64, u64, u64), (f) => {
+        const arg: ScanArg = {
+          flags: f[0],
+          start: f[1],
+          end: f[2],
+          vec: f[3],
+          vecLength: f[4],
+          maxPages: f[5],
+          categoryInverted: f[6],
+          categoryMask: f[7],
+          categoryAnyofMask: f[8],
+          returnMask: f[9],
+        };
+        const into = new BigUint64Array(PM_SCAN_ARG_SIZE / 8).fill(7n);
+        encodeScanArg(into, arg);
+        const want: Record<string, bigint> = {
+          size: BigInt(PM_SCAN_ARG_SIZE),
+          flags: arg.flags,
+          start: arg.start,
+          end: arg.end,
+          walk_end: 0n,
+          vec: arg.vec,
+          vec_len: BigInt(arg.vecLength),
+          max_pages: arg.maxPages,
+          category_inverted: arg.categoryInverted,
+          category_mask: arg.categoryMask,
+          category_anyof_mask: arg.categoryAnyofMask,
+          return_mask: arg.returnMask,
+        };
+        assert.equal(FIELDS.length * 8, PM_SCAN_ARG_SIZE);
+        FIELDS.forEach((name, i) => assert.equal(into[i], want[name], name));
+      }),
+    );
+  });
+});
+
+/** The kernel's test of a page against the argument (pagemap.rst): all of mask after inversion, and any of anyof. */
+function kernelMatches(arg: ScanArg, categories: bigint): boolean {
+  const c = categories ^ arg.categoryInverted;
+  return (c & arg.categoryMask) === arg.categoryMask && (arg.categoryAnyofMask === 0n || (c & arg.categoryAnyofMask) !== 0n);
+}
+
+const categoriesArb = fc.subarray([PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO]).map((bits) => bits.reduce((a, b) => a | b, 0n));
+
+describe('scanArgFor()', () => {
+  it('asks for written pages: in memory or swapped, neither file pages nor the zero page', () => {
+    fc.assert(
+      fc.property(categoriesArb, (c) => {
+        const arg = scanArgFor(0n, 4096n, 0n, 16, false);
+        const inMemory = (c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) !== 0n;
+        assert.equal(kernelMatches(arg, c), inMemory && (c & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n);
+      }),
+    );
+  });
+
+  it('asks, for all, for every page in memory or swapped, with its file and zero-page categories', () => {
+    fc.assert(
+      fc.property(categoriesArb, (c) => {
+        const arg = scanArgFor(0n, 4096n, 0n, 16, true);
+        assert.equal(kernelMatches(arg, c), (c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) !== 0n);
+        assert.equal(arg.returnMask & (PAGE_IS_FILE | PAGE_IS_PFNZERO), PAGE_IS_FILE | PAGE_IS_PFNZERO);
+      }),
+    );
+  });
+});
+
+// High words of pagemap entries: bit 31 present, 30 swapped, 29 file, 24 exclusive.
+const PRESENT = 1 << 31;
+const SWAPPED = 1 << 30;
+const FILE = 1 << 29;
+const EXCLUSIVE = 1 << 24;
+const hiArb = fc.nat(0xffffffff);
+
+describe('isWrittenEntry()', () => {
+  it('is a private page mapped once, or a swapped private page; never a file or shared page', () => {
+    fc.assert(
+      fc.property(hiArb, (raw) => {
+        const hi = raw | 0;
+        const got = isWrittenEntry(hi);
+        if (hi & FILE) assert.equal(got, false, 'file page');
+        else if (hi & PRESENT) assert.equal(got, (hi & EXCLUSIVE) !== 0, 'present page');
+        else assert.equal(got, (hi & SWAPPED) !== 0, 'not present');
+      }),
+    );
+  });
+
+  it('ignores every other bit (frame number, soft-dirty, uffd)', () => {
+    const meaningful = PRESENT | SWAPPED | FILE | EXCLUSIVE;
+    fc.assert(
+      fc.property(hiArb, fc.integer({ min: 0, max: 31 }), (raw, bit) => {
+        const flip = 1 << bit;
+        fc.pre((flip & meaningful) === 0);
+        assert.equal(isWrittenEntry(raw ^ flip), isWrittenEntry(raw));
+      }),
+    );
+  });
+});
+
+describe('isZeroPageEntry()', () => {
+  it('is a present anonymous page mapped more than once, which a page never written is', () => {
+    assert.equal(isZeroPageEntry(PRESENT), true);
+    assert.equal(isZeroPageEntry(PRESENT | EXCLUSIVE), false);
+    assert.equal(isZeroPageEntry(PRESENT | FILE), false);
+    assert.equal(isZeroPageEntry(0), false);
+    fc.assert(fc.property(hiArb, (hi) => assert.ok(!(isZeroPageEntry(hi) && isWrittenEntry(hi)))));
+  });
+});
+
+describe('decodeEntries()', () => {
+  it('appends the written pages as merged ranges', () => {
+    fc.assert(
+      fc.property(fc.array(hiArb, { maxLength: 200 }), fc.nat(1000), fc.array(fc.nat(3), { maxLength: 3 }), (his, first, prior) => {
+        const entries = new Uint32Array(his.length * 2);
+        his.forEach((hi, i) => {
+          entries[i * 2] = 0x1234; // low word: frame number bits, ignored
+          entries[i * 2 + 1] = hi;
+        });
+        // Some ranges already found before `first`, as a longer scan has.
+        const out: Range[] = [];
+        let at = 0;
+        for (const gap of prior) {
+          if (at + gap + 1 > first) break;
+          appendRange(out, at + gap, at + gap + 1);
+          at += gap + 1;
+        }
+        const before = out.map((r) => ({ ...r }));
+        decodeEntries(entries, his.length, first, out);
+        const want = before.slice();
+        his.forEach((hi, i) => {
+          if (isWrittenEntry(hi)) appendRange(want, first + i, first + i + 1);
+        });
+        assert.deepEqual(out, want);
+        for (let i = 1; i < out.length; i++) assert.ok(out[i - 1]!.end < out[i]!.start, 'merged');
+        const pages = new Set<number>();
+        for (const r of out) for (let p = r.start; p < r.end; p++) pages.add(p);
+        his.forEach((hi, i) => assert.equal(pages.has(first + i), isWrittenEntry(hi)));
+      }),
+    );
+  });
+});
