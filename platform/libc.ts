@@ -35,6 +35,7 @@ export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 export const O_RDONLY = 0;
 export const O_CLOEXEC = 0x80000;
+export const O_DIRECTORY = 0x10000;
 export const EPERM = 1;
 export const EINTR = 4;
 export const EIO = 5;
@@ -78,6 +79,9 @@ interface Bindings {
   memcpy: (dest: bigint, src: bigint, n: number) => bigint;
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
+  sigaction: (signal: number, act: Uint8Array | null, old: Uint8Array | null) => number;
+  getpid: () => number;
+  process_vm_readv: (pid: number, local: BigUint64Array, nLocal: number, remote: BigUint64Array, nRemote: number, flags: number) => number;
 }
 
 let bindings: Bindings | undefined;
@@ -111,8 +115,28 @@ function libc(): Bindings {
     ),
     getpagesize: lib.func('int getpagesize(void)'),
     getrlimit: lib.func('int getrlimit(int resource, _Out_ uint64_t *rlim)'),
+    sigaction: lib.func('int sigaction(int signum, const uint8_t *act, _Out_ uint8_t *oldact)'),
+    getpid: lib.func('int getpid(void)'),
+    process_vm_readv: lib.func(
+      'intptr_t process_vm_readv(int pid, const uint64_t *local_iov, unsigned long liovcnt, const uint64_t *remote_iov, unsigned long riovcnt, unsigned long flags)',
+    ),
   } as Bindings;
   return bindings;
+}
+
+/** `getdents64`, bound on first use (glibc 2.30 and later export it); null where it is missing. */
+type GetDents = (fd: number, buf: Uint8Array, n: number) => number;
+let getdents: GetDents | null | undefined;
+
+function getdents64(): GetDents | null {
+  if (getdents === undefined) {
+    try {
+      getdents = koffi.load('libc.so.6').func('intptr_t getdents64(int fd, _Out_ uint8_t *dirp, size_t count)') as unknown as GetDents;
+    } catch {
+      getdents = null;
+    }
+  }
+  return getdents;
 }
 
 /** Loads libc; throws when this is not a glibc Linux system. */
@@ -123,7 +147,7 @@ export function loadLibc(): void {
 // ---- fault injection (tests only) ------------------------------------------
 
 /** Names of the calls a fault can be injected into. */
-export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit' | 'memcpy'>;
+export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit' | 'memcpy' | 'sigaction' | 'getpid'>;
 
 interface Fault {
   countdown: number;
@@ -365,6 +389,16 @@ export function processMadvise(iov: BigUint64Array, count: number, advice: numbe
   );
 }
 
+/**
+ * process_vm_readv(2) on this process: copies the memory under the `count`
+ * (address, length) pairs of `from` into those of `into`, in one call.
+ * Returns the bytes copied, which is less than the total when the kernel
+ * stopped early.
+ */
+export function copyVectors(into: BigUint64Array, from: BigUint64Array, count: number): number {
+  return retry('process_vm_readv', () => Number(libc().process_vm_readv(libc().getpid(), into, count, from, count, 0)), () => `cannot copy ${count} ranges`);
+}
+
 /** Bytes allocated to `fd` (st_blocks × 512; offset 64 in struct stat on x86_64 and arm64). */
 export function allocatedBytes(fd: number): number {
   const buf = new Uint8Array(256);
@@ -403,6 +437,59 @@ export function fdLimit(): number | undefined {
   const out = new BigUint64Array(2);
   if (libc().getrlimit(7, out) !== 0) return undefined;
   return out[0]! > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(out[0]!);
+}
+
+/**
+ * How many descriptors the process has open (entries of /proc/self/fd, less
+ * the one reading it), or undefined where that cannot be read. One
+ * getdents64 call per 64 KiB of entries: about a thousand descriptors.
+ */
+export function countOpenFds(): number | undefined {
+  const list = getdents64();
+  if (list === null) return undefined;
+  let fd: number;
+  try {
+    fd = open('/proc/self/fd', O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  } catch {
+    return undefined;
+  }
+  try {
+    const buf = new Uint8Array(1 << 16);
+    const data = new DataView(buf.buffer);
+    let entries = 0;
+    for (;;) {
+      const n = Number(list(fd, buf, buf.byteLength));
+      if (n < 0) return undefined;
+      if (n === 0) break;
+      // struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name.
+      for (let at = 0; at < n; at += data.getUint16(at + 16, true)) {
+        if (buf[at + 19] !== 0x2e) entries++; // not "." or ".."
+      }
+    }
+    return entries - 1;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** SIGXFSZ: the same number on x86_64 and arm64. */
+const SIGXFSZ = 25;
+
+/**
+ * Makes a file grown past RLIMIT_FSIZE fail with EFBIG rather than kill the
+ * process: sets SIGXFSZ to ignored where it is at its default action (Node.js
+ * and Bun ignore it already; Deno leaves it at the default, which ends the
+ * process when a memory file is sized past the limit). A handler someone
+ * installed is left alone. Returns whether it changed anything.
+ */
+export function ignoreFileSizeSignal(): boolean {
+  // struct sigaction: the handler comes first (x86_64 and arm64 glibc); 152 bytes, rounded up.
+  const old = new Uint8Array(256);
+  if (libc().sigaction(SIGXFSZ, null, old) !== 0) return false;
+  if (new DataView(old.buffer).getBigUint64(0, true) !== 0n) return false; // not SIG_DFL
+  const act = new Uint8Array(256);
+  new DataView(act.buffer).setBigUint64(0, 1n, true); // SIG_IGN
+  return libc().sigaction(SIGXFSZ, act, null) === 0;
 }
 
 /** The kernel's page size in bytes. */

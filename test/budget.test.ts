@@ -1,10 +1,14 @@
-// One mapping budget per process: vm.max_map_count is shared by every thread,
-// so every thread's memfork works out its budget from the process's real
-// mapping count (platform/linux/map-budget.ts).
+// One mapping budget and one descriptor budget per process: vm.max_map_count
+// and RLIMIT_NOFILE are shared by every thread, so every thread's memfork
+// works out its budgets from the process's real mapping and descriptor counts
+// (platform/linux/map-budget.ts, platform/linux/fd-budget.ts).
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import * as sys from '../platform/libc.ts';
+import { FLOOR as FD_FLOOR, ProcessFdBudget, RECHECK as FD_RECHECK, fdBudgetFrom } from '../platform/linux/fd-budget.ts';
+import { LinuxBackend } from '../platform/linux/index.ts';
 import { ProcessMapBudget, RECHECK, RESERVE, budgetFrom } from '../platform/linux/map-budget.ts';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
 
@@ -72,6 +76,67 @@ describe('the process-wide mapping budget', { skip: linuxOnly }, () => {
     // reached the shared budget wherever it is smaller than that.
     if (Math.floor(out.maxMapCount / 2) - RESERVE < 50_000) {
       assert.ok(peak > Math.floor(out.maxMapCount / 2) - 2 * RESERVE, `only ${peak} mappings: the workers never reached the budget`);
+    }
+  });
+});
+
+describe('the process-wide descriptor budget', { skip: linuxOnly }, () => {
+  it('is half of the descriptor limit, less what the rest of the process holds, never below the floor', () => {
+    assert.equal(fdBudgetFrom(1024, 30, 0), 512 - 30);
+    // This backend's own layers are not the rest of the process.
+    assert.equal(fdBudgetFrom(1024, 130, 100), 512 - 30);
+    assert.equal(fdBudgetFrom(64, 200, 0), FD_FLOOR);
+  });
+
+  it('reads the process count again after RECHECK layers of change, at every decision near the budget, and follows a changed limit', () => {
+    let open = 100;
+    let nofile = 1024;
+    let reads = 0;
+    const budget = new ProcessFdBudget(
+      () => {
+        reads++;
+        return open;
+      },
+      () => nofile,
+    );
+    assert.equal(budget.limit(0), 512 - 100);
+    assert.equal(reads, 1);
+    budget.limit(FD_RECHECK - 1);
+    assert.equal(reads, 1);
+    // Another thread opened 200 more: seen once this backend has changed by RECHECK.
+    open += 200 + FD_RECHECK;
+    assert.equal(budget.limit(FD_RECHECK), 512 - 300);
+    assert.equal(reads, 2);
+    // The limit lowered while running, and the process near it: every decision reads.
+    nofile = 2 * (300 + FD_RECHECK + 8);
+    open += FD_RECHECK; // this backend's own new layers
+    assert.equal(budget.limit(2 * FD_RECHECK), FD_RECHECK + 8);
+    budget.limit(2 * FD_RECHECK, 1);
+    assert.equal(reads, 4);
+  });
+
+  it("counts another backend's layers in this process against this backend's budget", () => {
+    const nofile = sys.fdLimit();
+    const held = 16;
+    if (nofile === undefined || Math.floor(nofile / 2) - sys.countOpenFds()! < 4 * held) {
+      return void assert.ok(true, 'the descriptor limit leaves too little room to compare');
+    }
+    const a = new LinuxBackend();
+    const segs = Array.from({ length: held }, () => a.create(a.pageSize));
+    try {
+      assert.equal(a.layerCount(), held);
+      // A backend loaded now (another thread's, say) sees A's layers as the rest of the process.
+      const b = new LinuxBackend();
+      try {
+        assert.ok(b.fdBudget <= Math.floor(nofile / 2) - held, `${b.fdBudget} layers allowed with ${held} held by another backend`);
+        // B read the count before opening descriptors of its own: a count now finds no fewer.
+        assert.ok(b.fdBudget >= fdBudgetFrom(nofile, sys.countOpenFds()!, 0), `${b.fdBudget} layers allowed`);
+      } finally {
+        b.shutdown();
+      }
+    } finally {
+      for (const s of segs) a.release(s);
+      a.shutdown();
     }
   });
 });

@@ -12,6 +12,7 @@ import {
   duplicateLimit,
   FLATTEN_EARLY,
   flattenPoint,
+  joinToFit,
   largestLayer,
   MAP_COST,
   plan,
@@ -267,6 +268,46 @@ describe('restoreRunsTooMany()', () => {
         if (runs > 2 * COMPACT_WINDOWS + 1 && runs > free) assert.equal(restoreRunsTooMany(runs, free), true, 'runs that do not fit');
         if (restoreRunsTooMany(runs, free)) assert.ok(restoreRunsTooMany(runs + moreRuns, Math.max(0, free - lessFree)));
         assert.equal(restoreRunsTooMany(runs, free * RESTORE_COPY_SHARE), runs > Math.max(2 * COMPACT_WINDOWS + 1, free));
+      }),
+    );
+  });
+});
+
+describe('joinToFit()', () => {
+  /** Sorted, disjoint page ranges with gaps between them. */
+  const rangesArb = fc
+    .array(fc.record({ gap: fc.integer({ min: 1, max: 20 }), len: fc.integer({ min: 1, max: 5 }) }), { maxLength: 60 })
+    .map((parts) => {
+      let at = 0;
+      return parts.map(({ gap, len }) => {
+        const r = { start: at + gap, end: at + gap + len };
+        at = r.end;
+        return r;
+      });
+    });
+
+  it('keeps at most the runs asked for, covers every input page, and copies only the smallest gaps between them', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.integer({ min: 0, max: 70 }), (ranges, most) => {
+        const out = joinToFit(ranges, most);
+        if (ranges.length <= Math.max(1, most)) {
+          assert.deepEqual(out, ranges);
+          return;
+        }
+        assert.equal(out.length, Math.max(1, most));
+        // Sorted and disjoint; each begins and ends where an input range does.
+        const starts = new Set(ranges.map((r) => r.start));
+        const ends = new Set(ranges.map((r) => r.end));
+        out.forEach((r, i) => {
+          assert.ok(starts.has(r.start) && ends.has(r.end), `${r.start}-${r.end} cuts an input range`);
+          if (i > 0) assert.ok(out[i - 1]!.end < r.start, 'overlapping or touching output ranges');
+        });
+        for (const r of ranges) assert.ok(out.some((o) => o.start <= r.start && r.end <= o.end), `${r.start}-${r.end} not covered`);
+        // The pages added are the smallest gaps there are to join.
+        const added = out.reduce((n, r) => n + r.end - r.start, 0) - ranges.reduce((n, r) => n + r.end - r.start, 0);
+        const gaps = ranges.slice(1).map((r, i) => r.start - ranges[i]!.end).sort((a, b) => a - b);
+        const least = gaps.slice(0, ranges.length - Math.max(1, most)).reduce((n, g) => n + g, 0);
+        assert.equal(added, least);
       }),
     );
   });

@@ -23,7 +23,8 @@
 // scan.ts (finding written pages), writer.ts and drop.ts (copying pages into
 // layers, dropping private ones), mapper.ts (every mapping), budget.ts,
 // map-budget.ts and cost.ts (the mapping budget, the process's share of
-// vm.max_map_count, and when compaction or copying pays), freeze.ts,
+// vm.max_map_count, and when compaction or copying pays), fd-budget.ts (the
+// process's share of the descriptor limit), freeze.ts,
 // compact.ts and restore.ts (the operations), move-aside.ts (page tables at
 // a first clone); engine.ts holds the state they share, features.ts what the
 // kernel was found to allow.
@@ -33,7 +34,7 @@ import { coalesce, pageCount, select, subtract, type Range } from '../../src/run
 import * as sys from '../libc.ts';
 import { MapBudget } from './budget.ts';
 import { compact, compactUnmapped } from './compact.ts';
-import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP } from './cost.ts';
+import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit } from './cost.ts';
 import { Dropper } from './drop.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
@@ -58,8 +59,10 @@ export interface LinuxOptions {
   /** Runs one segment may reach before it is compacted whatever the cost (default 32768; the mapping budget usually acts first). */
   maxRuns?: number;
   /**
-   * Layers (each an open file descriptor) all segments together may use
-   * before memfork compacts to free some. Default: half the descriptor limit.
+   * Layers (each an open file descriptor) all segments of this backend may
+   * use before memfork compacts to free some, fixed (tests). Default: the
+   * process's budget, shared with every thread: half the descriptor limit,
+   * less what the rest of the process holds (see fd-budget.ts).
    */
   fdBudget?: number;
   /**
@@ -88,8 +91,6 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly zeroPage: boolean;
   /** Runs one segment may reach before it is compacted. */
   readonly maxRuns: number;
-  /** Layers all segments may hold open before memfork compacts to close some. */
-  readonly fdBudget: number;
 
   readonly #segments = new Set<LinuxSegment>();
   readonly #features: Features;
@@ -102,6 +103,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
+    sys.ignoreFileSizeSignal();
     this.pageSize = sys.getpagesize();
     this.#features = assumeFeatures(options.restoreInPlace === true);
     const probe = sys.mmap(null, this.pageSize, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
@@ -116,8 +118,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
     this.#budget = new MapBudget(options.mapBudget, this.#windows);
-    this.fdBudget = Math.max(4, options.fdBudget ?? Math.floor((sys.fdLimit() ?? 1024) / 2));
-    this.#layers = new LayerStore(this.pageSize, this.fdBudget, this.#features, this.#windows, (make) => this.#reclaimFds(make));
+    this.#layers = new LayerStore(this.pageSize, options.fdBudget, this.#features, this.#windows, (make) => this.#reclaimFds(make));
     this.#writer = new Writer(this.pageSize, this.#features);
     this.#engine = {
       pageSize: this.pageSize,
@@ -139,6 +140,11 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   /** The most mappings all segments of this backend may use now. */
   get mapBudget(): number {
     return this.#budget.limit(0);
+  }
+
+  /** The most layers (each an open descriptor) all segments of this backend may hold now. */
+  get fdBudget(): number {
+    return this.#layers.fdBudget();
   }
 
   // ---- Backend ---------------------------------------------------------------
@@ -283,10 +289,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // A segment made private just now has written nothing since.
     const fresh = seg.shared !== null;
     makePrivate(e, seg);
-    const dirty = fresh ? [] : coalesce(freezeInPlace(e, seg, this.scanWritten(seg)), JOIN_GAP);
-    // Freezing adds up to two mappings per written run.
+    const written = fresh ? [] : coalesce(freezeInPlace(e, seg, this.scanWritten(seg)), JOIN_GAP);
+    let dirty = written;
+    // Freezing adds up to two mappings per written run. Runs that would take
+    // more than half of what the budget has free are joined across their
+    // smallest gaps, copying the clean pages between them too, down to an
+    // eighth of it: the copy is memory the machine has, where refusing would
+    // fail a clone that can be done.
+    const free = this.#budget.limit(2 * dirty.length) - this.#budget.used;
+    if (2 * dirty.length > free / 2) dirty = joinToFit(dirty, Math.floor(free / 8));
     this.#ensureRoom(2 * dirty.length, seg.pages);
-    freeze(e, seg, dirty, dirty, (length) => this.#layers.newLayer(length));
+    freeze(e, seg, dirty, written, (length) => this.#layers.newLayer(length));
     const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, () => ({
       used: this.#budget.used,
       limit: this.#budget.limit(0),

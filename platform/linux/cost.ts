@@ -231,3 +231,28 @@ export function largestLayer<L>(runs: readonly Run<L | null>[]): L | null {
   }
   return best;
 }
+
+/**
+ * The sorted, disjoint `ranges` joined across their smallest gaps until at
+ * most `most` (at least 1) remain: a freeze that needs two mappings per run
+ * fits a short mapping budget by copying the clean pages between written
+ * ones too. Ranges that already fit come back as they are.
+ */
+export function joinToFit(ranges: readonly Range[], most: number): Range[] {
+  const keep = Math.max(1, most);
+  if (ranges.length <= keep) return ranges.slice();
+  // Join the (length - keep) smallest gaps, the earlier of equal ones first.
+  const order = Array.from({ length: ranges.length - 1 }, (_, i) => i);
+  const gap = (i: number): number => ranges[i + 1]!.start - ranges[i]!.end;
+  order.sort((a, b) => gap(a) - gap(b) || a - b);
+  const joined = new Uint8Array(ranges.length - 1);
+  for (let k = 0; k < ranges.length - keep; k++) joined[order[k]!] = 1;
+  const out: Range[] = [];
+  let start = ranges[0]!.start;
+  for (let i = 0; i < ranges.length; i++) {
+    if (i < ranges.length - 1 && joined[i] === 1) continue;
+    out.push({ start, end: ranges[i]!.end });
+    if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
+  }
+  return out;
+}

@@ -7,6 +7,7 @@
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
 import { coalesce, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import { FLOOR, ProcessFdBudget } from './fd-budget.ts';
 import type { Features } from './features.ts';
 import type { Windows } from './move-aside.ts';
 
@@ -63,8 +64,8 @@ export function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
 
 /** The live layers of one backend. */
 export class LayerStore {
-  /** Layers all segments may hold open before `reclaim` is asked to close some. */
-  readonly fdBudget: number;
+  /** Layers all segments may hold open before `reclaim` is asked to close some: fixed, or the process's share. */
+  readonly #fdBudget: number | ProcessFdBudget;
   readonly #pageSize: number;
   readonly #features: Features;
   readonly #windows: Windows;
@@ -80,12 +81,21 @@ export class LayerStore {
   /** A spare descriptor, given up when the process runs out so compaction can proceed. */
   #reserveFd = openReserve();
 
-  constructor(pageSize: number, fdBudget: number, features: Features, windows: Windows, reclaim: (make: MakeLayer) => void) {
+  /** `fdBudget`: a fixed number of layers, or undefined for the process-wide budget (fd-budget.ts). */
+  constructor(pageSize: number, fdBudget: number | undefined, features: Features, windows: Windows, reclaim: (make: MakeLayer) => void) {
     this.#pageSize = pageSize;
-    this.fdBudget = fdBudget;
+    this.#fdBudget = fdBudget === undefined ? new ProcessFdBudget() : Math.max(FLOOR, fdBudget);
+    // The first reading of the process's descriptors, now rather than in the first operation.
+    this.fdBudget();
     this.#features = features;
     this.#windows = windows;
     this.#reclaim = reclaim;
+  }
+
+  /** The most layers this store may hold, as it stands for opening `needed` more. */
+  fdBudget(needed = 0): number {
+    const b = this.#fdBudget;
+    return typeof b === 'number' ? b : b.limit(this.#layers.size, needed);
   }
 
   /** Live layers. */
@@ -104,7 +114,7 @@ export class LayerStore {
    * once more.
    */
   newLayer(length: number): Layer {
-    if (this.#layers.size >= this.fdBudget) this.#reclaimFds();
+    if (this.#layers.size >= this.fdBudget(1)) this.#reclaimFds();
     let layer: Layer;
     try {
       layer = this.make(length);

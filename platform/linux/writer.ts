@@ -89,6 +89,93 @@ export function copyFileToFile(features: Features, from: number, to: number, off
   return true;
 }
 
+/** Fewest ranges copied between layers through memory rather than one copy_file_range(2) a range. */
+export const VM_COPY_MIN = 8;
+/** How a kernel or sandbox refuses process_vm_readv(2) on the process itself. */
+const NO_VM_COPY = new Set([sys.EPERM, sys.ENOSYS, sys.EINVAL]);
+
+/**
+ * Fills `into` and `from` with (address, length) pairs for the page ranges
+ * `ranges[first..first+count)` at the same offsets from `intoBase` and
+ * `fromBase`; returns their total bytes.
+ */
+export function fillPairs(
+  into: BigUint64Array,
+  from: BigUint64Array,
+  intoBase: bigint,
+  fromBase: bigint,
+  ranges: readonly Range[],
+  first: number,
+  count: number,
+  pageSize: number,
+): number {
+  let bytes = 0;
+  for (let k = 0; k < count; k++) {
+    const r = ranges[first + k]!;
+    const offset = BigInt(r.start * pageSize);
+    const length = (r.end - r.start) * pageSize;
+    into[2 * k] = intoBase + offset;
+    into[2 * k + 1] = BigInt(length);
+    from[2 * k] = fromBase + offset;
+    from[2 * k + 1] = BigInt(length);
+    bytes += length;
+  }
+  return bytes;
+}
+
+/**
+ * Copies the pages under the sorted `ranges` of layer `from` into layer `to`
+ * at the same offsets. Many short ranges (the old contents of scattered
+ * writes) go through memory: both layers mapped shared for the copy (`from`
+ * through its moved-aside window where it has one), then process_vm_readv(2)
+ * from one mapping into the other, UIO_MAXIOV ranges a call, where
+ * copy_file_range(2) takes a call and a pass through the page cache for each.
+ * Falls back to copy_file_range on any failure of that way (rewriting the
+ * same bytes is harmless). Returns false where the kernel copies between
+ * memory files neither way; other failures throw.
+ */
+export function copyLayerRanges(features: Features, pageSize: number, from: Layer, to: Layer, ranges: readonly Range[]): boolean {
+  if (features.vmCopy && ranges.length >= VM_COPY_MIN && copyThroughMemory(features, pageSize, from, to, ranges)) return true;
+  for (const r of ranges) {
+    if (!copyFileToFile(features, from.fd, to.fd, r.start * pageSize, (r.end - r.start) * pageSize)) return false;
+  }
+  return true;
+}
+
+/** copyLayerRanges through two shared mappings; false (having copied some or none) where that way failed. */
+function copyThroughMemory(features: Features, pageSize: number, from: Layer, to: Layer, ranges: readonly Range[]): boolean {
+  const temporary: [bigint, number][] = [];
+  try {
+    const into = sys.mmap(null, to.length, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_SHARED, to.fd, 0);
+    temporary.push([into, to.length]);
+    let source = from.window;
+    if (source === 0n) {
+      source = sys.mmap(null, from.length, sys.PROT_READ, sys.MAP_SHARED, from.fd, 0);
+      temporary.push([source, from.length]);
+    }
+    const local = new BigUint64Array(2 * UIO_MAXIOV);
+    const remote = new BigUint64Array(2 * UIO_MAXIOV);
+    for (let first = 0; first < ranges.length; first += UIO_MAXIOV) {
+      const count = Math.min(UIO_MAXIOV, ranges.length - first);
+      const bytes = fillPairs(local, remote, into, source, ranges, first, count, pageSize);
+      // A short copy (memory ran out midway, say) is redone the other way.
+      if (sys.copyVectors(local, remote, count) !== bytes) return false;
+    }
+    return true;
+  } catch (err) {
+    if (NO_VM_COPY.has(errnoOf(err))) features.vmCopy = false;
+    return false;
+  } finally {
+    for (const [at, length] of temporary) {
+      try {
+        sys.munmap(at, length);
+      } catch {
+        // A mapping left behind keeps one layer's memory alive, nothing more.
+      }
+    }
+  }
+}
+
 /** Reads `length` bytes of file `fd` at `offset` into memory at `at`, through short reads. */
 export function readInto(fd: number, at: bigint, length: number, offset: number): void {
   for (let done = 0; done < length; ) {
