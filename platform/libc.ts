@@ -80,8 +80,6 @@ interface Bindings {
   getpagesize: () => number;
   getrlimit: (resource: number, out: BigUint64Array) => number;
   sigaction: (signal: number, act: Uint8Array | null, old: Uint8Array | null) => number;
-  getpid: () => number;
-  process_vm_readv: (pid: number, local: BigUint64Array, nLocal: number, remote: BigUint64Array, nRemote: number, flags: number) => number;
 }
 
 let bindings: Bindings | undefined;
@@ -116,10 +114,6 @@ function libc(): Bindings {
     getpagesize: lib.func('int getpagesize(void)'),
     getrlimit: lib.func('int getrlimit(int resource, _Out_ uint64_t *rlim)'),
     sigaction: lib.func('int sigaction(int signum, const uint8_t *act, _Out_ uint8_t *oldact)'),
-    getpid: lib.func('int getpid(void)'),
-    process_vm_readv: lib.func(
-      'intptr_t process_vm_readv(int pid, const uint64_t *local_iov, unsigned long liovcnt, const uint64_t *remote_iov, unsigned long riovcnt, unsigned long flags)',
-    ),
   } as Bindings;
   return bindings;
 }
@@ -147,7 +141,7 @@ export function loadLibc(): void {
 // ---- fault injection (tests only) ------------------------------------------
 
 /** Names of the calls a fault can be injected into. */
-export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit' | 'memcpy' | 'sigaction' | 'getpid'>;
+export type CallName = Exclude<keyof Bindings, 'getpagesize' | 'getrlimit' | 'memcpy' | 'sigaction'>;
 
 interface Fault {
   countdown: number;
@@ -387,16 +381,6 @@ export function processMadvise(iov: BigUint64Array, count: number, advice: numbe
     () => Number(libc().process_madvise(SYS_PROCESS_MADVISE, 'int', PIDFD_SELF, 'void *', iov, 'size_t', count, 'int', advice, 'unsigned int', 0)),
     () => `cannot advise on ${count} ranges`,
   );
-}
-
-/**
- * process_vm_readv(2) on this process: copies the memory under the `count`
- * (address, length) pairs of `from` into those of `into`, in one call.
- * Returns the bytes copied, which is less than the total when the kernel
- * stopped early.
- */
-export function copyVectors(into: BigUint64Array, from: BigUint64Array, count: number): number {
-  return retry('process_vm_readv', () => Number(libc().process_vm_readv(libc().getpid(), into, count, from, count, 0)), () => `cannot copy ${count} ranges`);
 }
 
 /** Bytes allocated to `fd` (st_blocks × 512; offset 64 in struct stat on x86_64 and arm64). */

@@ -41,7 +41,6 @@ const errnoFor: Record<CallName, number> = {
   pipe2: E.EMFILE,
   vmsplice: E.ENOMEM,
   splice: E.ENOSPC,
-  process_vm_readv: E.ENOMEM,
 };
 
 /**
@@ -55,11 +54,9 @@ const errnoFor: Record<CallName, number> = {
  * copies through (made again after a failure), pages go with pwrite. A
  * first clone that cannot move its segment's page tables aside (mremap, or
  * the munmap trimming the space reserved for them) tears them down instead,
- * and a new segment that cannot be aligned is placed anywhere. Old page
- * contents copied to a history layer through memory (process_vm_readv) are
- * copied file to file when that fails.
+ * and a new segment that cannot be aligned is placed anywhere.
  */
-const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap', 'process_vm_readv']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {

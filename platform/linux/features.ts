@@ -11,8 +11,6 @@ export interface Features {
   splice: boolean;
   /** copy_file_range(2) copies between memory files. Learned by copyFileToFile (writer.ts). */
   fileCopy: boolean;
-  /** process_vm_readv(2) copies within this process. Learned by copyLayerRanges (writer.ts). */
-  vmCopy: boolean;
   /** process_madvise(2) takes MADV_DONTNEED for this process (Linux 6.15+). Learned by dropRanges (drop.ts). */
   vectorAdvise: boolean;
   /** mremap can move several mappings in one call (Linux 6.17+). Learned by restore (restore.ts), or off by option. */
@@ -23,5 +21,5 @@ export interface Features {
 
 /** Every capability assumed until refused; `multiMove` off when restores are to map in place. */
 export function assumeFeatures(restoreInPlace: boolean): Features {
-  return { noexecSeal: true, splice: true, fileCopy: true, vmCopy: true, vectorAdvise: true, multiMove: !restoreInPlace, moveAside: true };
+  return { noexecSeal: true, splice: true, fileCopy: true, vectorAdvise: true, multiMove: !restoreInPlace, moveAside: true };
 }

@@ -11,7 +11,7 @@ import { replace, type Engine, type LinuxSegment } from './engine.ts';
 import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
-import { copyFileToFile, copyLayerRanges } from './writer.ts';
+import { copyFileToFile } from './writer.ts';
 
 /** Clean runs at least this long are copied file to file when freezing; shorter ones through memory. */
 const FILE_COPY_MIN = 1;
@@ -147,9 +147,11 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     else for (const r of ranges) e.layers.punch(history, r);
   };
   try {
-    if (!copyLayerRanges(e.features, e.pageSize, layer, history, ranges)) {
-      undo();
-      return false;
+    for (const r of ranges) {
+      if (!copyFileToFile(e.features, layer.fd, history.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
+        undo();
+        return false;
+      }
     }
   } catch (err) {
     undo();
