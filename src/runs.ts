@@ -174,40 +174,53 @@ export class RefCounts {
    * the old spans and the new ranges together.
    */
   addAll(ranges: readonly Range[], delta: number): Range[] {
-    // Events: position, change of the old count, change of the new count.
-    // The spans' events come sorted; the ranges' are sorted only when the
-    // ranges are not (sorted, disjoint ranges are the usual case), then merged.
-    const spanEvents: [number, number, number][] = [];
-    for (const sp of this.spans) {
-      spanEvents.push([sp.start, sp.count, sp.count], [sp.end, -sp.count, -sp.count]);
-    }
-    const rangeEvents: [number, number, number][] = [];
+    // Four sorted streams of positions, swept together without building
+    // events: the spans' starts and ends, and the ranges' starts and ends
+    // (each already sorted when the ranges are sorted and disjoint, the
+    // usual case; sorted apart otherwise, which overlapping ranges allow).
+    let m = 0;
     let sorted = true;
+    const starts = new Float64Array(ranges.length);
+    const ends = new Float64Array(ranges.length);
     for (const r of ranges) {
       if (r.start >= r.end) continue;
-      const last = rangeEvents[rangeEvents.length - 1];
-      if (last !== undefined && last[0] > r.start) sorted = false;
-      rangeEvents.push([r.start, 0, delta], [r.end, 0, -delta]);
+      if (m > 0 && (r.start < starts[m - 1]! || r.end < ends[m - 1]!)) sorted = false;
+      starts[m] = r.start;
+      ends[m] = r.end;
+      m++;
     }
-    if (!sorted) rangeEvents.sort((a, b) => a[0] - b[0]);
-    const events: [number, number, number][] = [];
-    for (let i = 0, j = 0; i < spanEvents.length || j < rangeEvents.length; ) {
-      if (j >= rangeEvents.length || (i < spanEvents.length && spanEvents[i]![0] <= rangeEvents[j]![0])) events.push(spanEvents[i++]!);
-      else events.push(rangeEvents[j++]!);
-    }
+    const rs = sorted ? starts.subarray(0, m) : starts.subarray(0, m).sort();
+    const re = sorted ? ends.subarray(0, m) : ends.subarray(0, m).sort();
+    const spans = this.spans;
     const next: { start: number; end: number; count: number }[] = [];
     const freed: Range[] = [];
+    let si = 0; // next span whose start is to come
+    let ei = 0; // next span whose end is to come
+    let a = 0;
+    let b = 0;
     let oldCount = 0;
     let newCount = 0;
-    for (let i = 0; i < events.length; ) {
-      const at = events[i]![0];
-      for (; i < events.length && events[i]![0] === at; i++) {
-        oldCount += events[i]![1];
-        newCount += events[i]![2];
+    const nextAt = (): number =>
+      Math.min(
+        si < spans.length ? spans[si]!.start : Infinity,
+        ei < spans.length ? spans[ei]!.end : Infinity,
+        a < m ? rs[a]! : Infinity,
+        b < m ? re[b]! : Infinity,
+      );
+    for (let at = nextAt(); at !== Infinity; ) {
+      for (; ei < spans.length && spans[ei]!.end === at; ei++) {
+        oldCount -= spans[ei]!.count;
+        newCount -= spans[ei]!.count;
       }
+      for (; si < spans.length && spans[si]!.start === at; si++) {
+        oldCount += spans[si]!.count;
+        newCount += spans[si]!.count;
+      }
+      for (; b < m && re[b] === at; b++) newCount -= delta;
+      for (; a < m && rs[a] === at; a++) newCount += delta;
       if (newCount < 0) throw new Error('reference count below zero');
-      const to = i < events.length ? events[i]![0] : at;
-      if (to === at) continue;
+      const to = nextAt();
+      if (to === Infinity) break;
       if (newCount > 0) {
         const last = next[next.length - 1];
         if (last !== undefined && last.end === at && last.count === newCount) last.end = to;
@@ -217,6 +230,7 @@ export class RefCounts {
         if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
         else freed.push({ start: at, end: to });
       }
+      at = to;
     }
     this.spans = next;
     return freed;
