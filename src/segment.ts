@@ -415,7 +415,7 @@ export class Segment implements Disposable {
     warnedKept = true;
     console.warn(
       'memfork: an ArrayBuffer of a closed segment had been moved out of it by a transfer memfork could not refuse ' +
-        '(a structuredClone, postMessage or ArrayBuffer.prototype.transfer taken before memfork loaded); ' +
+        "(Deno's worker_threads.postMessageToThread, or a structuredClone, postMessage or ArrayBuffer.prototype.transfer taken before memfork loaded); " +
         'the segment\'s memory stays mapped so that buffer never reads freed memory',
     );
   }

@@ -66,6 +66,12 @@ const mainRuntime = process.env.MEMFORK_MODEL_LARGE === '1' || (runtime === 'nod
 const RUNS = Math.ceil((mainRuntime ? 72 : 24) / cases.length) * multiplier;
 /** What the operation counts are held to: a share of the sequences' length. */
 const scale = (mainRuntime ? 1 : 1 / 3) * multiplier;
+/** Operations, restores to an older segment and clones that must run (times `scale`), whatever the sequences drawn. */
+const MIN_OPERATIONS = 2000;
+const MIN_OLDER_RESTORES = 100;
+const MIN_CLONES = 300;
+/** Most rounds of RUNS sequences a backend runs to reach its share of those. */
+const MAX_ROUNDS = 8;
 
 /** Sizes in pages and extra bytes; the few fixed ones make restores between unrelated segments likely. */
 function sizeArb(page: number): fc.Arbitrary<number> {
@@ -90,33 +96,47 @@ describe('segments behave like plain byte arrays through random operations', () 
   after(() => {
     // Counted after each operation ran: early returns (nothing to write to,
     // and the like) are not counted.
-    assert.ok((totals.operations ?? 0) >= 2000 * scale, `only ${totals.operations} operations ran`);
-    assert.ok((totals['restore to an older segment'] ?? 0) >= 100 * scale, `only ${totals['restore to an older segment']} restores to an older segment`);
-    assert.ok((totals.clone ?? 0) >= 300 * scale, `only ${totals.clone} clones ran`);
+    assert.ok((totals.operations ?? 0) >= MIN_OPERATIONS * scale, `only ${totals.operations} operations ran`);
+    assert.ok(
+      (totals['restore to an older segment'] ?? 0) >= MIN_OLDER_RESTORES * scale,
+      `only ${totals['restore to an older segment']} restores to an older segment`,
+    );
+    assert.ok((totals.clone ?? 0) >= MIN_CLONES * scale, `only ${totals.clone} clones ran`);
   });
 
   for (const b of cases) {
     it(`on the ${b.name} backend`, (t) => {
       const backend = useBackend(b);
-      const seed = fixedSeed !== undefined ? Number(fixedSeed) : (Date.now() ^ (Math.random() * 0x7fffffff)) | 0;
-      t.diagnostic(`seed ${seed} (replay with MEMFORK_MODEL_SEED=${seed})`);
+      const base = fixedSeed !== undefined ? Number(fixedSeed) : (Date.now() ^ (Math.random() * 0x7fffffff)) | 0;
+      t.diagnostic(`seed ${base} (replay with MEMFORK_MODEL_SEED=${base})`);
       const counts: Counts = {};
-      try {
-        fc.assert(
-          fc.property(
-            fc.array(opArb((b.sizes ?? sizeArb)(backend.pageSize)), { minLength: 10, maxLength: 120, size: 'max' }),
-            (ops) => runSequence(ops, { backend, maxLive: MAX_LIVE, fullCheckEvery: 8, allowBudgetRefusal: b.tight, counts }),
-          ),
-          { seed, numRuns: RUNS },
-        );
-      } catch (err) {
-        // fast-check's message names the seed and the shrunk sequence too.
-        // The shrunk sequence's own failure, with the steps that ran, is the cause.
-        const cause = (err as Error).cause;
-        (err as Error).message =
-          `model test failed on ${b.name} with seed ${seed}:\n${(err as Error).message}` +
-          (cause instanceof Error ? `\n${cause.message}` : '');
-        throw err;
+      // Sequences are random in length and mix: more rounds of RUNS
+      // sequences (seed + 1, + 2, ...) run until this backend's share of
+      // every minimum below is met, so the totals never depend on luck.
+      const share = (total: number): number => (total * scale) / cases.length;
+      const short = (): boolean =>
+        (counts.operations ?? 0) < share(MIN_OPERATIONS) ||
+        (counts['restore to an older segment'] ?? 0) < share(MIN_OLDER_RESTORES) ||
+        (counts.clone ?? 0) < share(MIN_CLONES);
+      for (let round = 0; round === 0 || (short() && round < MAX_ROUNDS); round++) {
+        const seed = base + round;
+        try {
+          fc.assert(
+            fc.property(
+              fc.array(opArb((b.sizes ?? sizeArb)(backend.pageSize)), { minLength: 10, maxLength: 120, size: 'max' }),
+              (ops) => runSequence(ops, { backend, maxLive: MAX_LIVE, fullCheckEvery: 8, allowBudgetRefusal: b.tight, counts }),
+            ),
+            { seed, numRuns: RUNS },
+          );
+        } catch (err) {
+          // fast-check's message names the seed and the shrunk sequence too.
+          // The shrunk sequence's own failure, with the steps that ran, is the cause.
+          const cause = (err as Error).cause;
+          (err as Error).message =
+            `model test failed on ${b.name} with seed ${seed} (round ${round} of base seed ${base}):\n${(err as Error).message}` +
+            (cause instanceof Error ? `\n${cause.message}` : '');
+          throw err;
+        }
       }
       for (const [k, v] of Object.entries(counts)) totals[k] = (totals[k] ?? 0) + v;
       t.diagnostic(
