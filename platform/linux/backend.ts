@@ -338,14 +338,24 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   /**
    * Told to the layer store as its way to reclaim descriptors: flattens
-   * segments, those spread over the most layers first, until some layers
-   * close, making layers with `make` (which never reclaims).
+   * segments that are the only users of two layers or more (flattening makes
+   * one layer, so anything less closes none: kept snapshots of one segment
+   * share most of their layers), those freeing the most first, until some
+   * layers close, making layers with `make` (which never reclaims). Where no
+   * segment qualifies, nothing is done: the budget is then passed, and only
+   * the process's real limit (EMFILE) refuses.
    */
   #reclaimFds(make: MakeLayer): void {
     const before = this.#layers.size;
-    const spread = (s: LinuxSegment): number => new Set(s.runs.map((r) => r.layer)).size;
-    const candidates = [...this.#segments].filter((s) => spread(s) > 1).sort((a, b) => spread(b) - spread(a));
+    const freed = new Map<LinuxSegment, number>();
+    for (const s of this.#segments) {
+      const n = soleLayers(s);
+      if (n >= 2) freed.set(s, n);
+    }
+    const candidates = [...freed.keys()].sort((a, b) => freed.get(b)! - freed.get(a)!);
     for (const seg of candidates) {
+      // An earlier flattening may have left this one sharing its layers.
+      if (soleLayers(seg) < 2) continue;
       try {
         compact(this.#engine, seg, 0, duplicateLimit(seg.pages), make);
       } catch {
@@ -354,4 +364,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       if (this.#layers.size < before - 1) break;
     }
   }
+}
+
+/** Layers only `seg`'s run list uses: they close if it stops using them. */
+function soleLayers(seg: LinuxSegment): number {
+  let n = 0;
+  for (const [layer, ranges] of rangesByLayer(seg.runs)) {
+    const used = pageCount(ranges);
+    if (layer.refs.pages !== used) continue;
+    let alone = 0;
+    for (const k of layer.refs.countEqualEach(ranges, 1)) alone += k;
+    if (alone === used) n++;
+  }
+  return n;
 }
