@@ -190,6 +190,61 @@ describe('restoring to an old snapshot whose pages moved to history', { skip: li
   });
 });
 
+describe('a snapshot too fragmented for the mapping budget, read', { skip: linuxOnly }, () => {
+  /** A segment written on every 8th page (512 runs, budget 64), its old snapshot, and the segment rewritten there since. */
+  function scattered(): { seg: Segment; snap: Segment; pages: number } {
+    const pages = 4096;
+    const seg = Segment.create(pages * 4096);
+    new Uint8Array(seg.buffer).fill(1);
+    const snap = seg.clone();
+    writePages(seg, 0, 8, 2);
+    void seg.clone().close(); // old contents of every 8th page move to a history layer for `snap`
+    return { seg, snap, pages };
+  }
+
+  it('is mapped as its largest layer with the other pages read in: one mapping, those pages private, and its bytes right', () => {
+    withLinux({ mapBudget: 64 }, (b) => {
+      const { seg, snap, pages } = scattered();
+      assert.equal(snap.stats().mappings, 1);
+      const layersBefore = b.memory().layerBytes;
+      const bytes = new Uint8Array(snap.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], 1, `page ${p}`);
+      const st = snap.stats();
+      assert.equal(st.mappings, 1, 'one mapping');
+      // The pages that differ from its largest layer (every 8th: the segment's
+      // layer was rewritten there) are its own now; nothing was rewritten into a
+      // new layer, and the history pages nothing else used were freed.
+      assert.equal(st.privateBytes, (pages / 8) * 4096);
+      assert.ok(b.memory().layerBytes <= layersBefore, `layers grew from ${layersBefore} to ${b.memory().layerBytes} bytes`);
+      // It stays a correct segment: written, cloned, restored.
+      writePages(snap, 3, 8, 9);
+      const again = snap.clone();
+      snap.restore(seg);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], p % 8 === 0 ? 2 : 1, `restored from the segment, page ${p}`);
+      snap.restore(again);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], p % 8 === 3 ? 9 : 1, `restored from its clone, page ${p}`);
+      for (const s of [again, snap, seg]) s.close();
+      assert.equal(b.layerCount(), 0);
+    });
+  });
+
+  it('stays unmapped and intact when a read fails midway, and maps on the next try', () => {
+    withLinux({ mapBudget: 64 }, () => {
+      const { seg, snap, pages } = scattered();
+      sys.injectFault('pread', 200, sys.EIO);
+      try {
+        assert.throws(() => snap.buffer, (e: unknown) => e instanceof SegmentError && e.code === 'EIO' && e.syscall === 'pread');
+      } finally {
+        sys.clearFaults();
+      }
+      assert.equal(snap.stats().mappings, 1);
+      const bytes = new Uint8Array(snap.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], 1, `page ${p}`);
+      for (const s of [snap, seg]) s.close();
+    });
+  });
+});
+
 describe('scattered writes with every snapshot kept and read', { skip: linuxOnly }, () => {
   it('never exhaust a small mapping budget: written runs too many for it are frozen joined, and every snapshot reads what it was cloned from', () => {
     withLinux({ mapBudget: 256 }, (b) => {

@@ -33,18 +33,18 @@ import { maxViewLength } from '../../src/runtime.ts';
 import { coalesce, pageCount, select, subtract, type Range } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
 import { MapBudget } from './budget.ts';
-import { compact, compactUnmapped } from './compact.ts';
-import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit } from './cost.ts';
+import { compact } from './compact.ts';
+import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit, largestLayer } from './cost.ts';
 import { Dropper } from './drop.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
-import { LayerStore, rangesByLayer, type MakeLayer } from './layers.ts';
+import { LayerStore, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
 import { mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
 import { spanFor, Windows } from './move-aside.ts';
 import { restore } from './restore.ts';
 import { Scanner, type ScanMethod } from './scan.ts';
-import { Writer } from './writer.ts';
+import { readRuns, Writer } from './writer.ts';
 
 export interface LinuxOptions {
   /** Force a way of finding written pages (tests use it to cover both). */
@@ -308,14 +308,18 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   /**
-   * Maps an unmapped segment's run list over its reservation. Compacts it
-   * first when its runs alone would not fit the mapping budget (one run
-   * always fits: it replaces the reservation). Nothing changes on failure.
+   * Maps an unmapped segment's run list over its reservation. Where its runs
+   * would not fit the mapping budget (or pass maxRuns), maps its largest
+   * layer alone and reads the rest in (#materializeByCopy). Nothing changes
+   * on failure.
    */
   #materialize(seg: LinuxSegment): void {
     if (seg.mapped) return;
     const extra = seg.runs.length - 1;
-    if (seg.runs.length > this.maxRuns || !this.#budget.fits(extra)) compactUnmapped(this.#engine, seg);
+    if (seg.runs.length > this.maxRuns || !this.#budget.fits(extra)) {
+      this.#materializeByCopy(seg);
+      return;
+    }
     this.#ensureRoom(seg.runs.length - 1, seg.pages);
     let touched = false;
     try {
@@ -329,6 +333,34 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#budget.segments += seg.runs.length - 1;
     for (const [layer, ranges] of rangesByLayer(seg.runs)) layer.mapped.addAll(ranges, 1);
     seg.debt = chargeMapping(seg);
+  }
+
+  /**
+   * Maps a run list too fragmented for the mapping budget as one mapping of
+   * its largest layer, with the pages other runs hold read into it: those
+   * become the segment's private pages, as if written since, and its run list
+   * becomes that layer alone, which is what it then describes. A snapshot of
+   * scattered writes read at last costs one mapping and a private copy of the
+   * pages that differ from that layer (moved, not doubled, where nothing else
+   * uses them: their layer pages are then freed), where rewriting it into a
+   * new layer would copy the whole segment. On failure the reservation is
+   * put back and nothing else has changed.
+   */
+  #materializeByCopy(seg: LinuxSegment): void {
+    const base = largestLayer(seg.runs);
+    const whole: Runs = [{ start: 0, end: seg.pages, layer: base }];
+    // Safety: MAP_FIXED over the segment's own reservation, which no view aliases yet.
+    mapRuns(this.pageSize, seg.addr, whole, seg.length);
+    try {
+      readRuns(this.pageSize, seg.addr, seg.runs.filter((r) => r.layer !== base));
+    } catch (err) {
+      reserve(seg.addr, seg.length);
+      throw err;
+    }
+    setRuns(this.#engine, seg, whole);
+    seg.mapped = true;
+    if (base !== null) base.mapped.addAll(whole, 1);
+    seg.debt = 0;
   }
 
   /** Makes room for `needed` more mappings, compacting the most fragmented segments (budget.ts). */

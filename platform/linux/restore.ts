@@ -14,7 +14,7 @@ import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.t
 import { freeze } from './freeze.ts';
 import type { Layer, Runs } from './layers.ts';
 import { mapRuns, mapShared } from './mapper.ts';
-import { readInto, UIO_MAXIOV } from './writer.ts';
+import { readRuns, UIO_MAXIOV } from './writer.ts';
 
 /** Fast restores drop every page, not only the written ones, once their scans have walked this many times the pages in memory. */
 const DROP_ALL_AFTER = 64;
@@ -101,14 +101,8 @@ function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): b
   if (!restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
   const page = e.pageSize;
   try {
-    for (const r of select(source.runs, diff)) {
-      const offset = r.start * page;
-      const length = (r.end - r.start) * page;
-      const at = target.addr + BigInt(offset);
-      // Safety: the range lies inside the target's own mapping.
-      if (r.layer === null) new Uint8Array(sys.view(at, length)).fill(0);
-      else readInto(r.layer.fd, at, length, offset);
-    }
+    // Safety: the runs lie inside the target's own mapping.
+    readRuns(page, target.addr, select(source.runs, diff));
   } catch (err) {
     // Only the target's private copies of `diff` changed: dropping them
     // reverts those pages to its run list, which is what it read before.

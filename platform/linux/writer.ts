@@ -5,7 +5,7 @@
 // ranges into iovecs is pure.
 import * as sys from '../libc.ts';
 import { errnoOf, systemError } from '../../src/errors.ts';
-import { pageCount, type Range } from '../../src/runs.ts';
+import { pageCount, type Range, type Run } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import type { Layer } from './layers.ts';
 
@@ -95,6 +95,31 @@ export function readInto(fd: number, at: bigint, length: number, offset: number)
     const n = sys.pread(fd, at + BigInt(done), length - done, offset + done);
     if (n <= 0) throw systemError('pread', sys.EIO, 'short read of a memory file');
     done += n;
+  }
+}
+
+/** Most bytes zeroed through one view (below every runtime's largest ArrayBuffer). */
+const ZERO_CHUNK = 2 ** 30;
+
+/**
+ * Reads the contents `runs` describe into the memory at `base`, run by run:
+ * pread(2) from each run's layer at the run's own offset, zeros for an
+ * anonymous run. Each page written so becomes a private page of the mapping
+ * at `base`.
+ */
+export function readRuns(pageSize: number, base: bigint, runs: readonly Run<Layer | null>[]): void {
+  for (const r of runs) {
+    const offset = r.start * pageSize;
+    const length = (r.end - r.start) * pageSize;
+    const at = base + BigInt(offset);
+    if (r.layer !== null) {
+      readInto(r.layer.fd, at, length, offset);
+      continue;
+    }
+    for (let done = 0; done < length; done += ZERO_CHUNK) {
+      // Safety: the caller's mapping covers [base + offset, base + offset + length).
+      new Uint8Array(sys.view(at + BigInt(done), Math.min(ZERO_CHUNK, length - done))).fill(0);
+    }
   }
 }
 
