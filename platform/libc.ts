@@ -416,6 +416,12 @@ export function readSmallFile(path: string): string | undefined {
   }
 }
 
+/** MemAvailable from /proc/meminfo, in bytes; Infinity where it cannot be read. */
+export function availableMemory(): number {
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readSmallFile('/proc/meminfo') ?? '');
+  return m === null ? Infinity : Number(m[1]) * 1024;
+}
+
 /** The soft limit on open file descriptors (RLIMIT_NOFILE, 7 on Linux), or undefined. */
 export function fdLimit(): number | undefined {
   const out = new BigUint64Array(2);

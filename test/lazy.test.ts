@@ -228,6 +228,19 @@ describe('a snapshot too fragmented for the mapping budget, read', { skip: linux
     });
   });
 
+  it('is refused with ENOMEM, and stays usable, where the copies would take more memory than the machine has free', () => {
+    withLinux({ mapBudget: 64, availableMemory: () => 0 }, () => {
+      const { seg, snap, pages } = scattered();
+      assert.throws(() => snap.buffer, (e: unknown) => e instanceof SegmentError && e.code === 'ENOMEM');
+      assert.equal(snap.stats().mappings, 1);
+      // Still a source to restore from: its contents come back through the target's mapping.
+      seg.restore(snap);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], 1, `restored from the refused snapshot, page ${p}`);
+      for (const s of [snap, seg]) s.close();
+    });
+  });
+
   it('stays unmapped and intact when a read fails midway, and maps on the next try', () => {
     withLinux({ mapBudget: 64 }, () => {
       const { seg, snap, pages } = scattered();
@@ -270,6 +283,26 @@ describe('scattered writes with every snapshot kept and read', { skip: linuxOnly
         for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], want(round, p), `snapshot of round ${round}, page ${p}`);
       }
       for (const { snap } of kept) snap.close();
+      seg.close();
+    });
+  });
+
+  it('are refused with ENOMEM, every segment intact, where joining them would copy more than the machine has free', () => {
+    withLinux({ mapBudget: 256, availableMemory: () => 0 }, () => {
+      const pages = 4096;
+      const seg = Segment.create(pages * 4096);
+      writePages(seg, 0, 1, 1);
+      const snap = seg.clone();
+      void snap.buffer;
+      writePages(seg, 3, 8, 2);
+      assert.throws(() => seg.clone(), (e: unknown) => e instanceof SegmentError && e.code === 'ENOMEM');
+      const a = new Uint8Array(seg.buffer);
+      const b = new Uint8Array(snap.buffer);
+      for (let p = 0; p < pages; p++) {
+        assert.equal(a[p * 4096], p % 8 === 3 ? 2 : 1, `segment, page ${p}`);
+        assert.equal(b[p * 4096], 1, `snapshot, page ${p}`);
+      }
+      snap.close();
       seg.close();
     });
   });

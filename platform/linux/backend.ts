@@ -32,6 +32,7 @@ import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts'
 import { maxViewLength } from '../../src/runtime.ts';
 import { coalesce, pageCount, select, subtract, type Range } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
+import { systemError } from '../../src/errors.ts';
 import { MapBudget } from './budget.ts';
 import { compact } from './compact.ts';
 import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit, largestLayer } from './cost.ts';
@@ -71,6 +72,8 @@ export interface LinuxOptions {
    * tests force it to cover that path on kernels without a zero page).
    */
   zeroPage?: boolean;
+  /** Bytes of memory the machine has free for copies (default: MemAvailable; tests pass their own). */
+  availableMemory?: () => number;
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
   /**
@@ -100,11 +103,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly #budget: MapBudget;
   readonly #writer: Writer;
   readonly #engine: Engine;
+  readonly #availableMemory: () => number;
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
     sys.ignoreFileSizeSignal();
     this.pageSize = sys.getpagesize();
+    this.#availableMemory = options.availableMemory ?? sys.availableMemory;
     this.#features = assumeFeatures(options.restoreInPlace === true);
     const probe = sys.mmap(null, this.pageSize, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
     try {
@@ -294,10 +299,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // Freezing adds up to two mappings per written run. Runs that would take
     // more than half of what the budget has free are joined across their
     // smallest gaps, copying the clean pages between them too, down to an
-    // eighth of it: the copy is memory the machine has, where refusing would
-    // fail a clone that can be done.
+    // eighth of it, where the machine has the memory for that copy (a
+    // quarter of MemAvailable at most, leaving room for what the next rounds
+    // of writes and reads take): a clone that can be done is not refused,
+    // and one that would run the machine out of memory (the kernel's OOM
+    // killer ends the process) is refused with ENOMEM by the budget below.
     const free = this.#budget.limit(2 * dirty.length) - this.#budget.used;
-    if (2 * dirty.length > free / 2) dirty = joinToFit(dirty, Math.floor(free / 8));
+    if (2 * dirty.length > free / 2) {
+      const joined = joinToFit(dirty, Math.floor(free / 8));
+      const extra = (pageCount(joined) - pageCount(dirty)) * this.pageSize;
+      if (extra <= this.#availableMemory() / 4) dirty = joined;
+    }
     this.#ensureRoom(2 * dirty.length, seg.pages);
     freeze(e, seg, dirty, written, (length) => this.#layers.newLayer(length));
     const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, () => ({
@@ -349,10 +361,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   #materializeByCopy(seg: LinuxSegment): void {
     const base = largestLayer(seg.runs);
     const whole: Runs = [{ start: 0, end: seg.pages, layer: base }];
+    const others = seg.runs.filter((r) => r.layer !== base);
+    // Private copies are memory: refused (ENOMEM) rather than run the
+    // machine out of it, where the kernel's OOM killer would end the process.
+    const bytes = pageCount(others) * this.pageSize;
+    if (bytes > this.#availableMemory() / 2) {
+      throw systemError('mmap', sys.ENOMEM, `mapping this segment needs ${seg.runs.length} mappings or ${bytes} bytes of copies; the machine has neither free`);
+    }
     // Safety: MAP_FIXED over the segment's own reservation, which no view aliases yet.
     mapRuns(this.pageSize, seg.addr, whole, seg.length);
     try {
-      readRuns(this.pageSize, seg.addr, seg.runs.filter((r) => r.layer !== base));
+      readRuns(this.pageSize, seg.addr, others);
     } catch (err) {
       reserve(seg.addr, seg.length);
       throw err;
