@@ -9,21 +9,7 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
-
-interface Line {
-  path: string;
-  source: 'buffer' | 'view';
-  end: 'close' | 'gc';
-  outcome: 'refused' | 'copied' | 'moved';
-  error?: string;
-  originFirst: number;
-  originLength: number;
-  segmentIntact: boolean;
-  aliases?: boolean;
-  originAfter?: number;
-  resultFirst?: number;
-  resultLength?: number;
-}
+import type { Line } from './fixtures/transfers.ts';
 
 const FILL = 0x5a;
 const nodeMajor = Number.parseInt(process.versions.node, 10);

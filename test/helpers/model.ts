@@ -229,6 +229,12 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
     l.written.fill(0);
     l.writtenCount = 0;
   };
+  /** The live segment a write or bulk operation picks, with its length and write pages; undefined when there is none to write to. */
+  const pickWritable = (index: number): { l: Live; n: number; pages: number } | undefined => {
+    const l = live.length > 0 ? live[index % live.length]! : undefined;
+    const n = l?.model.byteLength ?? 0;
+    return l === undefined || n === 0 ? undefined : { l, n, pages: Math.ceil(n / wpage) };
+  };
   const closeLive = (i: number): void => {
     const [l] = live.splice(i, 1);
     l!.seg.close();
@@ -420,13 +426,12 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
             break;
           }
           case 'write': {
-            const l = live.length > 0 ? live[op.seg % live.length]! : undefined;
-            const n = l?.model.byteLength ?? 0;
-            if (l === undefined || n === 0) {
+            const target = pickWritable(op.seg);
+            if (target === undefined) {
               ran = undefined;
               break;
             }
-            const pages = Math.ceil(n / wpage);
+            const { l, n, pages } = target;
             let off: number;
             let len: number;
             if (op.how === 'pages') {
@@ -451,13 +456,12 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
             break;
           }
           case 'bulk': {
-            const l = live.length > 0 ? live[op.seg % live.length]! : undefined;
-            const n = l?.model.byteLength ?? 0;
-            if (l === undefined || n === 0) {
+            const target = pickWritable(op.seg);
+            if (target === undefined) {
               ran = undefined;
               break;
             }
-            const pages = Math.ceil(n / wpage);
+            const { l, n, pages } = target;
             const mem = new Uint8Array(l.buffer);
             // One byte in each chosen page (a different one per page), or whole pages for runs.
             const touch = (p: number, v: number): void => {
