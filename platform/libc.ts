@@ -84,9 +84,12 @@ interface Bindings {
 
 let bindings: Bindings | undefined;
 
+/** The C library, loaded once for every binding. */
+let library: ReturnType<typeof koffi.load> | undefined;
+
 function libc(): Bindings {
   if (bindings !== undefined) return bindings;
-  const lib = koffi.load('libc.so.6');
+  const lib = (library ??= koffi.load('libc.so.6'));
   bindings = {
     memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
     ftruncate: lib.func('int ftruncate(int fd, int64_t length)'),
@@ -125,7 +128,8 @@ let getdents: GetDents | null | undefined;
 function getdents64(): GetDents | null {
   if (getdents === undefined) {
     try {
-      getdents = koffi.load('libc.so.6').func('intptr_t getdents64(int fd, _Out_ uint8_t *dirp, size_t count)') as unknown as GetDents;
+      libc();
+      getdents = library!.func('intptr_t getdents64(int fd, _Out_ uint8_t *dirp, size_t count)') as unknown as GetDents;
     } catch {
       getdents = null;
     }
