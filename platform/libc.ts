@@ -19,6 +19,8 @@ export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MADV_DONTNEED = 4;
+/** Linux 5.14+: fault the range in as if written (private copies of file pages), bytes unchanged. */
+export const MADV_POPULATE_WRITE = 23;
 export const MREMAP_MAYMOVE = 1;
 export const MREMAP_FIXED = 2;
 export const MREMAP_DONTUNMAP = 4;

@@ -84,6 +84,12 @@ export function differing<L>(a: readonly Run<L>[], b: readonly Run<L>[]): Range[
   return out;
 }
 
+/** The pages both of sorted, disjoint `a` and `b` are in: sorted, disjoint. */
+export function intersect(a: readonly Range[], b: readonly Range[]): Range[] {
+  if (a.length === 0 || b.length === 0) return [];
+  return subtract(a, subtract(a, b));
+}
+
 /** Sorted, disjoint `a` minus sorted, disjoint `b`. */
 export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
   const out: Range[] = [];
@@ -244,6 +250,20 @@ export class RefCounts {
       if (i < this.spans.length && this.spans[i]!.start < r.end) return true;
     }
     return false;
+  }
+
+  /** The counts over sorted, disjoint `ranges`: their parts with a count above zero, clipped to them, in order. One sweep. */
+  spansIn(ranges: readonly Range[]): { start: number; end: number; count: number }[] {
+    const out: { start: number; end: number; count: number }[] = [];
+    let i = 0;
+    for (const r of ranges) {
+      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
+      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
+        const sp = this.spans[j]!;
+        out.push({ start: Math.max(sp.start, r.start), end: Math.min(sp.end, r.end), count: sp.count });
+      }
+    }
+    return out;
   }
 
   /** For each of the sorted, disjoint `ranges`: its pages whose count is exactly `count`. One sweep. */

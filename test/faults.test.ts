@@ -157,6 +157,44 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'clone() after writes to pages a mapped snapshot shares (it takes private copies of them, then they are frozen in place)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      void c.buffer; // mapped
+      write(a, page, [1, 3, 5, 12], 2);
+      return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() of a snapshot with pinned pages (private copies over a layer rewritten since)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      void c.buffer;
+      write(a, page, [1, 3, 5, 12], 2);
+      a.clone().close(); // c's pages 1, 3, 5 and 12 are pinned now
+      write(c, page, [5, 6], 3);
+      return { segs: [a, c], op: () => c.clone(), result: (b) => b[1]! };
+    },
+  },
+  {
+    name: 'restore() of a snapshot with pinned pages from one sharing its run list (fast path: the pinned pages read back)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      const u = a.clone(); // the same run list as c, never mapped
+      const want = new Uint8Array(c.buffer).slice(); // mapped
+      write(a, page, [1, 3, 5, 12], 2);
+      a.clone().close(); // c's pages 1, 3, 5 and 12 are pinned now
+      write(c, page, [0, 3, 7, 12], 4);
+      return { segs: [a, c, u], op: () => c.restore(u), after: (b) => [b[0]!, want, b[2]!] };
+    },
+  },
+  {
     name: 'clone() after writes to pages no other segment maps, on a layer with page tables moved aside (copied through that mapping)',
     setup: (page) => {
       const n = (2 << 20) / page;

@@ -259,36 +259,39 @@ describe('a snapshot too fragmented for the mapping budget, read', { skip: linux
 });
 
 describe('scattered writes with every snapshot kept and read', { skip: linuxOnly }, () => {
-  it('never exhaust a small mapping budget: written runs too many for it are frozen joined, and every snapshot reads what it was cloned from', () => {
-    withLinux({ mapBudget: 256 }, (b) => {
-      const pages = 4096;
-      const seg = Segment.create(pages * 4096);
-      const kept: { snap: Segment; round: number }[] = [];
-      // Each round writes every 8th page (512 runs, too far apart to join
-      // for free, where the budget is 256 mappings), shifted, and keeps a
-      // mapped snapshot.
-      for (let round = 1; round <= 6; round++) {
-        writePages(seg, round % 8, 8, round);
-        const snap = seg.clone();
-        void snap.buffer;
-        kept.push({ snap, round });
-        assert.ok(b.memory().mappings <= b.mapBudget, `round ${round}: ${b.memory().mappings} mappings, budget ${b.mapBudget}`);
-      }
-      const want = (round: number, p: number): number => {
-        for (let r = round; r >= 1; r--) if (p % 8 === r % 8) return r;
-        return 0;
-      };
-      for (const { snap, round } of [...kept, { snap: seg, round: 6 }]) {
-        const bytes = new Uint8Array(snap.buffer);
-        for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], want(round, p), `snapshot of round ${round}, page ${p}`);
-      }
-      for (const { snap } of kept) snap.close();
-      seg.close();
+  for (const privatize of [true, false]) {
+    it(`never exhaust a small mapping budget: ${privatize ? 'snapshots take private copies of the pages written under them' : 'written runs too many for it are frozen joined'}, and every snapshot reads what it was cloned from`, () => {
+      withLinux({ mapBudget: 256, privatize }, (b) => {
+        const pages = 4096;
+        const seg = Segment.create(pages * 4096);
+        const kept: { snap: Segment; round: number }[] = [];
+        // Each round writes every 8th page (512 runs, too far apart to join
+        // for free, where the budget is 256 mappings), shifted, and keeps a
+        // mapped snapshot.
+        for (let round = 1; round <= 6; round++) {
+          writePages(seg, round % 8, 8, round);
+          const snap = seg.clone();
+          void snap.buffer;
+          kept.push({ snap, round });
+          assert.ok(b.memory().mappings <= b.mapBudget, `round ${round}: ${b.memory().mappings} mappings, budget ${b.mapBudget}`);
+        }
+        const want = (round: number, p: number): number => {
+          for (let r = round; r >= 1; r--) if (p % 8 === r % 8) return r;
+          return 0;
+        };
+        for (const { snap, round } of [...kept, { snap: seg, round: 6 }]) {
+          const bytes = new Uint8Array(snap.buffer);
+          for (let p = 0; p < pages; p++) assert.equal(bytes[p * 4096], want(round, p), `snapshot of round ${round}, page ${p}`);
+        }
+        for (const { snap } of kept) snap.close();
+        seg.close();
+      });
     });
-  });
+  }
 
   it('are refused with ENOMEM, every segment intact, where joining them would copy more than the machine has free', () => {
-    withLinux({ mapBudget: 256, availableMemory: () => 0 }, () => {
+    // Without pinned pages: the snapshot's copies would take no budget at all.
+    withLinux({ mapBudget: 256, availableMemory: () => 0, privatize: false }, () => {
       const pages = 4096;
       const seg = Segment.create(pages * 4096);
       writePages(seg, 0, 1, 1);

@@ -7,6 +7,7 @@ import { merge, RefCounts, type Range, type Run } from '../src/runs.ts';
 import {
   chargeMapping,
   COMPACT_WINDOWS,
+  COPIES_PER_MAPPING,
   compactionFor,
   COPY_COST,
   duplicateLimit,
@@ -16,6 +17,7 @@ import {
   largestLayer,
   MAP_COST,
   plan,
+  privatizeWorth,
   restoreRunsTooMany,
   restoreCopyPays,
   RESTORE_COPY_SHARE,
@@ -310,5 +312,44 @@ describe('joinToFit()', () => {
         assert.equal(added, least);
       }),
     );
+  });
+});
+
+describe('privatizeWorth()', () => {
+  /** Sorted, disjoint spans with counts (the writer among them: at least 2 where anyone else shows the page). */
+  const spansArb = fc
+    .array(fc.record({ gap: fc.nat(3), len: fc.integer({ min: 1, max: 40 }), count: fc.integer({ min: 2, max: 40 }) }), { maxLength: 16 })
+    .map((parts) => {
+      const out: { start: number; end: number; count: number }[] = [];
+      let at = 0;
+      for (const p of parts) {
+        const start = at + p.gap;
+        out.push({ start, end: start + p.len, count: p.count });
+        at = start + p.len;
+      }
+      return out;
+    });
+
+  it('takes exactly the pages whose private copies cost no more than the two mappings of a new run, merged', () => {
+    fc.assert(
+      fc.property(spansArb, (spans) => {
+        const out = privatizeWorth(spans);
+        const taken = new Set<number>();
+        for (const r of out) for (let p = r.start; p < r.end; p++) taken.add(p);
+        for (const s of spans) {
+          const worth = (s.count - 1) * (s.end - s.start) <= 2 * COPIES_PER_MAPPING;
+          for (let p = s.start; p < s.end; p++) assert.equal(taken.has(p), worth, `page ${p} of a span of ${s.end - s.start} shown by ${s.count}`);
+        }
+        let covered = 0;
+        for (const s of spans) covered += s.end - s.start;
+        assert.ok(taken.size <= covered);
+        for (let i = 1; i < out.length; i++) assert.ok(out[i - 1]!.end < out[i]!.start, 'sorted, disjoint, touching ranges merged');
+      }),
+    );
+  });
+
+  it('privatizes a single page shown by one other segment, and never a long run shown by many', () => {
+    assert.deepEqual(privatizeWorth([{ start: 5, end: 6, count: 2 }]), [{ start: 5, end: 6 }]);
+    assert.deepEqual(privatizeWorth([{ start: 0, end: 512, count: 3 }]), []);
   });
 });

@@ -32,7 +32,8 @@ type SizedCase = BackendCase & {
 
 /**
  * The backends that load, plus Linux with budgets so small that freezing,
- * compaction and layer reuse run all the time, and Linux with 2 MiB segments
+ * compaction and layer reuse run all the time (and pages written under a
+ * mapped segment always go to new runs), and Linux with 2 MiB segments
  * only (first clones move page tables aside, and pages frozen in place are
  * written through the moved mapping).
  */
@@ -41,8 +42,8 @@ const cases: SizedCase[] = [
   ...(linuxBackends.length > 0
     ? [
         {
-          name: 'linux (tight budgets, restore in place, freezing through moved-aside mappings)',
-          make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true, windowCopy: true }),
+          name: 'linux (tight budgets, restore in place, freezing through moved-aside mappings, no pinned pages)',
+          make: () => new LinuxBackend({ maxRuns: 8, mapBudget: 256, fdBudget: 6, restoreInPlace: true, windowCopy: true, privatize: false }),
           tight: true,
         },
         {

@@ -7,6 +7,7 @@ import {
   clip,
   coalesce,
   differing,
+  intersect,
   layerAt,
   merge,
   overlay,
@@ -218,6 +219,22 @@ describe('subtract()', () => {
   });
 });
 
+describe('intersect()', () => {
+  it('gives the pages in both a and b, as sorted disjoint ranges', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, (a, b) => {
+        const out = intersect(a, b);
+        const bp = pagesOf(b);
+        const want = [...pagesOf(a)].filter((p) => bp.has(p)).sort((x, y) => x - y);
+        assert.deepEqual([...pagesOf(out)].sort((x, y) => x - y), want);
+        assertSortedDisjoint(out);
+        assert.equal(pageCount(out), want.length);
+      }),
+      opts,
+    );
+  });
+});
+
 describe('coalesce()', () => {
   /** Sorted by start; may overlap and touch. */
   const sortedRangesArb = fc
@@ -314,6 +331,32 @@ describe('RefCounts', () => {
     }
     return out;
   }
+
+  it('spansIn() gives each page of the ranges with a count above zero once, with its count, in order', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }), rangesArb, (adds, ranges) => {
+        const rc = new RefCounts();
+        const model: number[] = new Array(2 * SPAN + 16).fill(0);
+        for (const [x, y, delta] of adds) {
+          const start = Math.min(x, y);
+          const end = Math.max(x, y);
+          rc.add(start, end, delta);
+          for (let p = start; p < end; p++) model[p]! += delta;
+        }
+        const seen: [number, number][] = [];
+        let last = -1;
+        for (const sp of rc.spansIn(ranges)) {
+          assert.ok(sp.start < sp.end && sp.start >= last, 'in order, not empty, not overlapping');
+          last = sp.end;
+          for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
+        }
+        const want: [number, number][] = [];
+        for (const p of [...pagesOf(ranges)].sort((x, y) => x - y)) if (model[p]! > 0) want.push([p, model[p]!]);
+        assert.deepEqual(seen, want);
+      }),
+      opts,
+    );
+  });
 
   it('agrees with per-page counts through any sequence of adds and releases', () => {
     fc.assert(

@@ -7,7 +7,7 @@ import { LinuxBackend } from '../platform/linux/index.ts';
 import { Segment, SegmentError, backend } from '../src/index.ts';
 import { setBackend } from '../src/segment.ts';
 import { assertBytes } from './backends.ts';
-import { kbField, layerMapsCount, linuxOnly, mapsLines, processMemory } from './helpers/proc.ts';
+import { anonymousIn, kbField, layerMapsCount, linuxOnly, mapsLines, processMemory } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
 
 const PAGE = 4096;
@@ -68,8 +68,10 @@ describe('mapping budget', { skip: linuxOnly }, () => {
   it('a chain of kept snapshots, one page written at random per link, is flattened at its tip, not link by link', () => {
     // Under a budget of B mappings, N segments that all differ by scattered
     // pages need about N²·S/B bytes of copies; forcing old links flat one by
-    // one (the budget's last resort) costs about a segment per link.
-    withLinux({ mapBudget: 6000 }, (b) => {
+    // one (the budget's last resort) costs about a segment per link. Without
+    // pinned pages: each link's written page goes to a new run, so the
+    // mapping counts show where compaction flattened (next test: with them).
+    withLinux({ mapBudget: 6000, privatize: false }, (b) => {
       const pages = 1024;
       const random = rng(11);
       const chain = [Segment.create(pages * PAGE)];
@@ -103,6 +105,34 @@ describe('mapping budget', { skip: linuxOnly }, () => {
       const copies = chain.length * pages * PAGE;
       assert.ok(peakLayerBytes < copies / 8, `layers held ${peakLayerBytes} bytes, copies would take ${copies}`);
       assert.ok(b.memory().mappings <= b.mapBudget);
+      for (const s of chain) s.close();
+    });
+  });
+
+  it('a chain of kept snapshots, one page written at random per link, with pinned pages: within the budget, a fraction of the copies in memory, every link right', () => {
+    withLinux({ mapBudget: 6000 }, (b) => {
+      const pages = 1024;
+      const random = rng(11);
+      const chain = [Segment.create(pages * PAGE)];
+      new Uint8Array(chain[0]!.buffer).fill(1);
+      const models = [new Uint8Array(pages * PAGE).fill(1)];
+      for (let i = 0; i < 300; i++) {
+        const next = chain[chain.length - 1]!.clone();
+        const m = models[models.length - 1]!.slice();
+        const at = Math.floor(random() * pages) * PAGE;
+        new Uint8Array(next.buffer)[at] = (i % 250) + 2;
+        m[at] = (i % 250) + 2;
+        chain.push(next);
+        models.push(m);
+        assert.ok(b.memory().mappings <= b.mapBudget, `link ${i}: ${b.memory().mappings} mappings`);
+      }
+      for (const [i, s] of chain.entries()) assertBytes(new Uint8Array(s.buffer), models[i]!, `link ${i}`);
+      // What memfork holds: its layers, and the segments' private pages
+      // (written, and pinned copies).
+      let held = b.memory().layerBytes;
+      for (const s of chain) held += anonymousIn(s.address, s.byteLength);
+      const copies = chain.length * pages * PAGE;
+      assert.ok(held < copies / 8, `memfork holds ${held} bytes, copies would take ${copies}`);
       for (const s of chain) s.close();
     });
   });
@@ -298,7 +328,7 @@ describe('freezing in place', { skip: linuxOnly }, () => {
   // 2 MiB: the first layer has the segment's page tables moved aside, and
   // (windowCopy) is written through that mapping where written in place.
   for (const pages of [32, (2 << 20) / PAGE]) {
-    it(`pages a live segment still maps are never written in place: it keeps its bytes (${pages} pages)`, () => {
+    it(`pages a live segment still maps are rewritten in place only once it holds private copies of them: it keeps its bytes (${pages} pages)`, () => {
       withLinux({ windowCopy: true }, () => {
         const a = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(a.buffer);
@@ -306,7 +336,7 @@ describe('freezing in place', { skip: linuxOnly }, () => {
         const old = a.clone(); // shares every page of the first layer
         bytes.fill(2, 0, 10 * PAGE);
         a.clone().close(); // pages 0–9 go to a new layer, used by a alone once this clone is gone
-        // 5–9: a's alone (written in place); 10–14: shared with `old` (a new layer).
+        // 5–9: a's alone (written in place); 10–14: shared with `old`, which takes private copies first.
         bytes.fill(3, 5 * PAGE, 15 * PAGE);
         const now = a.clone();
         const want = new Uint8Array(pages * PAGE).fill(1);

@@ -74,6 +74,12 @@ export interface LinuxOptions {
   zeroPage?: boolean;
   /** Bytes of memory the machine has free for copies (default: MemAvailable; tests pass their own). */
   availableMemory?: () => number;
+  /**
+   * Whether a segment frozen in place may have other mapped segments take
+   * private copies of the layer pages it rewrites (pinned pages, default),
+   * or maps those pages from a new layer instead (tests cover that path alone with it).
+   */
+  privatize?: boolean;
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
   /**
@@ -137,6 +143,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       segments: this.#segments,
       zeroPage: this.zeroPage,
       windowCopy: options.windowCopy ?? true,
+      privatize: options.privatize ?? true,
+      availableMemory: () => this.#availableMemory(),
       ensureRoom: (needed, pages) => this.#ensureRoom(needed, pages),
       prepare: (seg) => this.#prepare(seg),
     };
@@ -169,7 +177,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#layers.close(layer);
       throw err;
     }
-    const seg: LinuxSegment = { addr, length, pages, mapped: true, shared: layer, runs: [], debt: 0, scanned: 0, released: false };
+    const seg: LinuxSegment = { addr, length, pages, mapped: true, shared: layer, runs: [], maps: [], debt: 0, scanned: 0, released: false };
     setRuns(this.#engine, seg, [{ start: 0, end: pages, layer }]);
     this.#segments.add(seg);
     return seg;
@@ -189,6 +197,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       pages: source.pages,
       shared: null,
       runs: [],
+      maps: [],
       debt: source.debt,
       scanned: 0,
       released: false,
@@ -243,7 +252,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
         shared += r.end - r.start - alone[i]!;
       });
     }
-    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.mapped ? seg.runs.length : 1 };
+    return { privateBytes: priv * this.pageSize, sharedBytes: shared * this.pageSize, mappings: seg.mapped ? seg.maps.length : 1 };
   }
 
   memory(): BackendMemory {
@@ -342,6 +351,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       throw err;
     }
     seg.mapped = true;
+    seg.maps = seg.runs;
     this.#budget.segments += seg.runs.length - 1;
     for (const [layer, ranges] of rangesByLayer(seg.runs)) layer.mapped.addAll(ranges, 1);
     seg.debt = chargeMapping(seg);

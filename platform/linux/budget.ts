@@ -13,7 +13,8 @@ import type { Windows } from './move-aside.ts';
 /** What room-making needs of a segment. */
 interface Compactable {
   readonly mapped: boolean;
-  readonly runs: readonly unknown[];
+  /** What its mappings show: one mapping each. */
+  readonly maps: readonly unknown[];
 }
 
 /** The mappings one backend's segments use, against its budget. */
@@ -22,7 +23,7 @@ export class MapBudget {
   readonly #fixed: number | undefined;
   readonly #process: ProcessMapBudget | undefined;
   /**
-   * Mappings all live segments use: the sum of the run counts of the mapped
+   * Mappings all live segments use: the sum of the mapping counts of the mapped
    * ones, and one reservation for each one not mapped.
    */
   segments = 0;
@@ -69,7 +70,7 @@ export class MapBudget {
     let allowance = Math.max(pages, duplicateLimit(pages));
     // First the cheap way: a few windows off the main layer; then flatten.
     for (const windows of [COMPACT_WINDOWS, 0]) {
-      const bySize = [...segments].filter((s) => s.mapped && s.runs.length > 2 * windows + 1).sort((a, b) => b.runs.length - a.runs.length);
+      const bySize = [...segments].filter((s) => s.mapped && s.maps.length > 2 * windows + 1).sort((a, b) => b.maps.length - a.maps.length);
       for (const seg of bySize) {
         allowance -= compact(seg, windows, allowance);
         if (this.fits(needed)) return;

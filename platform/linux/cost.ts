@@ -2,7 +2,7 @@
 // runs into one new layer (compaction) pays for itself, and which pages it
 // rewrites. Pure functions over run lists and reference counts, free of
 // system calls, so they are property-tested apart from the kernel.
-import { pageCount, type Range, type RefCounts, type Run } from '../../src/runs.ts';
+import { coalesce, pageCount, type Range, type RefCounts, type Run } from '../../src/runs.ts';
 
 /** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
 export interface Counted {
@@ -38,6 +38,25 @@ export const FLATTEN_EARLY = 4;
 export const HOLE_MIN_PAGES = 512;
 /** Most holes a first clone maps anonymously: each costs up to two mappings in every clone that inherits them. */
 export const MAX_HOLES = 32;
+
+/**
+ * Private copies (pages) one mapping is worth, where a segment frozen in
+ * place rewrites layer pages other mapped segments show: they take private
+ * copies of those pages (pinned pages), or the segment maps them from a new
+ * layer instead, a run costing two mappings, in it and in every clone
+ * that inherits its run list.
+ */
+export const COPIES_PER_MAPPING = 16;
+
+/**
+ * Of `spans` (layer pages, each with how many mapped segments show it, the
+ * one writing included), those the other segments should take private
+ * copies of: where the copies, one per other segment and page, come to no
+ * more than the two mappings a new run would cost. Sorted, disjoint, merged.
+ */
+export function privatizeWorth(spans: readonly { start: number; end: number; count: number }[]): Range[] {
+  return coalesce(spans.filter((s) => (s.count - 1) * (s.end - s.start) <= 2 * COPIES_PER_MAPPING));
+}
 
 /** A compaction: the page ranges to rewrite, and how many pages another segment still holds among them. */
 export interface Plan {

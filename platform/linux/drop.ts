@@ -1,6 +1,8 @@
 // Dropping a segment's private pages (madvise(2) MADV_DONTNEED), so each
 // reads its layer's contents again: by ranges in one process_madvise(2) call
-// where the kernel takes it, else the caller falls back to madvise.
+// where the kernel takes it, else the caller falls back to madvise. And the
+// reverse, making pages private copies without changing a byte
+// (MADV_POPULATE_WRITE), so the layer under them can be rewritten.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
 import type { Range } from '../../src/runs.ts';
@@ -48,12 +50,9 @@ export class Dropper {
    */
   ranges(base: bigint, ranges: readonly Range[]): boolean {
     if (!this.#features.vectorAdvise) return false;
-    const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
     for (let from = 0; from < ranges.length; from += UIO_MAXIOV) {
-      const batch = ranges.slice(from, from + UIO_MAXIOV);
-      const bytes = fillRanges(iov, base, batch, this.#pageSize);
       try {
-        if (sys.processMadvise(iov, batch.length, sys.MADV_DONTNEED) !== bytes) return false;
+        if (!this.#advise(base, ranges.slice(from, from + UIO_MAXIOV), sys.MADV_DONTNEED)) return false;
       } catch (err) {
         // Before Linux 6.15 (no PIDFD_SELF) or 6.13 (no MADV_DONTNEED here):
         // stop trying. Any other failure: the caller decides.
@@ -62,5 +61,55 @@ export class Dropper {
       }
     }
     return true;
+  }
+
+  /**
+   * Makes every page under `ranges` of the segment at `base` a private copy
+   * of what it reads now, bytes unchanged: a write fault on each
+   * (MADV_POPULATE_WRITE), by ranges in one process_madvise(2) call where
+   * the kernel takes it, else one madvise(2) per range, else (before Linux
+   * 5.14) by writing each page's first byte back. Throws SegmentError
+   * (ENOMEM where the memory is not there); pages made private before the
+   * failure stay so, which changes no byte.
+   */
+  privatize(base: bigint, ranges: readonly Range[]): void {
+    const page = this.#pageSize;
+    let from = 0;
+    while (from < ranges.length && this.#features.vectorPopulate) {
+      const batch = ranges.slice(from, from + UIO_MAXIOV);
+      try {
+        // A short count: the rest of this batch goes one range at a time.
+        if (!this.#advise(base, batch, sys.MADV_POPULATE_WRITE)) break;
+      } catch (err) {
+        if (!UNSUPPORTED.has(errnoOf(err))) throw err;
+        this.#features.vectorPopulate = false;
+        break;
+      }
+      from += batch.length;
+    }
+    for (const r of ranges.slice(from)) {
+      const at = base + BigInt(r.start * page);
+      const length = (r.end - r.start) * page;
+      if (this.#features.populate) {
+        try {
+          sys.madvise(at, length, sys.MADV_POPULATE_WRITE);
+          continue;
+        } catch (err) {
+          if (errnoOf(err) !== sys.EINVAL) throw err;
+          this.#features.populate = false;
+        }
+      }
+      // Safety: the range lies inside the segment's own mapping; each byte is
+      // written with the value it holds, so only the page's ownership changes.
+      const bytes = new Uint8Array(sys.view(at, length));
+      for (let off = 0; off < length; off += page) bytes[off] = bytes[off]!;
+    }
+  }
+
+  /** One process_madvise(2) call over `batch` (at most UIO_MAXIOV ranges); false if the kernel stopped short. */
+  #advise(base: bigint, batch: readonly Range[], advice: number): boolean {
+    const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
+    const bytes = fillRanges(iov, base, batch, this.#pageSize);
+    return sys.processMadvise(iov, batch.length, advice) === bytes;
   }
 }

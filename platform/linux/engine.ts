@@ -2,7 +2,7 @@
 // parts every operation uses (wired together by LinuxBackend), and the
 // bookkeeping that keeps run lists, reference counts and the mapping count
 // consistent.
-import { overlay, type Range } from '../../src/runs.ts';
+import { differing, overlay, type Range } from '../../src/runs.ts';
 import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
@@ -34,6 +34,17 @@ export interface LinuxSegment {
    */
   runs: Runs;
   /**
+   * Which layer each of its mappings shows, while `mapped`: the same as
+   * `runs` (the same array) except at pinned pages. A page is pinned where
+   * the layer its mapping shows was rewritten under it after the segment
+   * made a private copy of the page (a neighbour frozen in place, freeze.ts):
+   * the private copy holds what `runs` says, and the mapping would show
+   * something else. So a pinned page is never dropped (madvise DONTNEED),
+   * only overwritten (restore refills it from `runs`) or remapped. Pinning
+   * costs the segment no mapping, where remapping each page would cost two.
+   */
+  maps: Runs;
+  /**
    * Estimated µs spent mapping runs beyond the first few since this run list
    * was last compacted, shared along clones of it. When it exceeds what a
    * compaction would cost, compaction pays for itself (ski rental).
@@ -63,6 +74,10 @@ export interface Engine {
   readonly zeroPage: boolean;
   /** Whether pages frozen in place in a layer with a window are written through it (Writer.toWindow). */
   readonly windowCopy: boolean;
+  /** Whether other mapped segments may take private copies of pages a segment rewrites in place (freeze.ts). */
+  readonly privatize: boolean;
+  /** Bytes of memory the machine has free for copies (MemAvailable, or a test's figure). */
+  availableMemory(): number;
   /** Makes room for `needed` more mappings, compacting other segments; throws ENOMEM when it cannot. */
   ensureRoom(needed: number, pages: number): void;
   /** Brings `seg` to the state a clone or restore can share: private, its written pages in a layer (LinuxBackend). */
@@ -79,18 +94,34 @@ export function scanWritten(e: Engine, seg: LinuxSegment): Range[] {
   return e.scanner.written(seg.addr, seg.pages);
 }
 
-/** Gives `seg` a new run list, keeping reference counts and the mapping count. */
-export function setRuns(e: Engine, seg: LinuxSegment, runs: Runs): void {
+/**
+ * Gives `seg` a new run list, keeping reference counts and the mapping
+ * count; `maps` is what its mappings then show (default: the run list,
+ * as after mapping it whole).
+ */
+export function setRuns(e: Engine, seg: LinuxSegment, runs: Runs, maps: Runs = runs): void {
   const old = seg.runs;
   const mapped = seg.mapped;
   e.layers.ref(runs, 1, mapped);
   seg.runs = runs;
-  if (mapped) e.budget.segments += runs.length - old.length;
+  if (mapped) e.budget.segments += maps.length - seg.maps.length;
+  seg.maps = maps;
   e.layers.ref(old, -1, mapped);
 }
 
-/** Records that `ranges` of `seg` are now mapped from `layer`. */
+/** Records that `ranges` of `seg` are now mapped from `layer`: pages there are no longer pinned. */
 export function replace(e: Engine, seg: LinuxSegment, ranges: readonly Range[], layer: Layer | null): void {
-  setRuns(e, seg, overlay(seg.runs, ranges, layer));
+  const runs = overlay(seg.runs, ranges, layer);
+  let maps = runs;
+  if (seg.maps !== seg.runs) {
+    maps = overlay(seg.maps, ranges, layer);
+    if (differing(maps, runs).length === 0) maps = runs;
+  }
+  setRuns(e, seg, runs, maps);
   if (layer !== null && layer.refs.empty) e.layers.close(layer);
+}
+
+/** The pinned pages of `seg` (see LinuxSegment.maps): sorted, disjoint. */
+export function pinned(seg: LinuxSegment): Range[] {
+  return seg.maps === seg.runs || !seg.mapped ? [] : differing(seg.maps, seg.runs);
 }

@@ -13,6 +13,10 @@ export interface Features {
   fileCopy: boolean;
   /** process_madvise(2) takes MADV_DONTNEED for this process (Linux 6.15+). Learned by dropRanges (drop.ts). */
   vectorAdvise: boolean;
+  /** process_madvise(2) takes MADV_POPULATE_WRITE for this process. Learned by Dropper.privatize (drop.ts). */
+  vectorPopulate: boolean;
+  /** madvise(2) takes MADV_POPULATE_WRITE (Linux 5.14+). Learned by Dropper.privatize (drop.ts). */
+  populate: boolean;
   /** mremap can move several mappings in one call (Linux 6.17+). Learned by restore (restore.ts), or off by option. */
   multiMove: boolean;
   /** mremap moves a shared mapping with MREMAP_DONTUNMAP (Linux 5.13+). Learned by moveAside (move-aside.ts). */
@@ -21,5 +25,5 @@ export interface Features {
 
 /** Every capability assumed until refused; `multiMove` off when restores are to map in place. */
 export function assumeFeatures(restoreInPlace: boolean): Features {
-  return { noexecSeal: true, splice: true, fileCopy: true, vectorAdvise: true, multiMove: !restoreInPlace, moveAside: true };
+  return { noexecSeal: true, splice: true, fileCopy: true, vectorAdvise: true, vectorPopulate: true, populate: true, multiMove: !restoreInPlace, moveAside: true };
 }

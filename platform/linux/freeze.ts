@@ -5,13 +5,16 @@
 // evicted to a history layer for the run lists that still need them; the rest
 // are written into a new (or reused) layer and remapped from it.
 import * as sys from '../libc.ts';
-import { coalesce, overlay, select, subtract, type Range, type Run } from '../../src/runs.ts';
-import { worthwhileHoles } from './cost.ts';
-import { replace, type Engine, type LinuxSegment } from './engine.ts';
+import { coalesce, overlay, pageCount, select, subtract, type Range, type Run } from '../../src/runs.ts';
+import { privatizeWorth, worthwhileHoles } from './cost.ts';
+import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
 import { copyFileToFile } from './writer.ts';
+
+/** Bytes of private copies made without asking the machine how much memory it has free (/proc/meminfo). */
+const UNCHECKED_COPY = 16 * 2 ** 20;
 
 /** Clean runs at least this long are copied file to file when freezing; shorter ones through memory. */
 const FILE_COPY_MIN = 1;
@@ -97,24 +100,38 @@ export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: re
  * Safe because a private mapping shows a file change only at pages it has
  * not copied, and the segment has copied exactly these; no other mapping
  * of these layer pages exists. Returns the written ranges left over (on
- * anonymous runs, or on layer pages another segment shares).
+ * anonymous runs, pinned, or on layer pages another segment shares and
+ * that could not be moved out of its way).
  *
  * A failure leaves the segment reading as before: its private copies stay
  * until dropped, and the layer pages changed are its alone.
  */
 export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Range[] {
   if (dirty.length === 0) return dirty;
+  // A pinned page's mapping shows another layer than its run list: dropping
+  // its private copy would show that one. freeze() remaps it instead.
+  const candidates = seg.maps === seg.runs ? dirty : subtract(dirty, pinned(seg));
   const owned: Range[] = [];
-  for (const [layer, ranges] of rangesByLayer(select(seg.runs, dirty))) {
+  for (const [layer, ranges] of rangesByLayer(select(seg.runs, candidates))) {
     let alone = layer.refs.rangesWithCount(ranges, 1);
-    // Pages other segments use but only `seg` maps: their contents move to
-    // a history layer, with those segments' run lists, and then they are
-    // `seg`'s alone. The segment keeps its one mapping however scattered
-    // its writes; the old contents are copied once, as fork() would.
+    // Pages other segments use: their old contents move to a history layer,
+    // with those segments' run lists, and then they are `seg`'s alone. The
+    // segment keeps its one mapping however scattered its writes; the old
+    // contents are copied once, as fork() would. Segments that map those
+    // pages take a private copy of each first (pinned pages, engine.ts),
+    // where the copies cost less than the mappings a new run would
+    // (privatizeWorth, cost.ts); the other pages go to a new layer (freeze).
     const shared = subtract(ranges, alone);
-    const unmappedSharers = shared.length === 0 ? [] : layer.mapped.rangesWithCount(shared, 1);
-    if (unmappedSharers.length > 0 && evict(e, seg, layer, unmappedSharers)) {
-      alone = coalesce([...alone, ...unmappedSharers].sort((a, b) => a.start - b.start));
+    if (shared.length > 0 && e.features.fileCopy) {
+      const unmappedOnly = layer.mapped.rangesWithCount(shared, 1);
+      const mappedToo = e.privatize ? privatizeWorth(layer.mapped.spansIn(subtract(shared, unmappedOnly))) : [];
+      let movable = unmappedOnly;
+      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) {
+        movable = coalesce([...unmappedOnly, ...mappedToo].sort((a, b) => a.start - b.start));
+      }
+      if (movable.length > 0 && evict(e, seg, layer, movable)) {
+        alone = coalesce([...alone, ...movable].sort((a, b) => a.start - b.start));
+      }
     }
     // Safety: only `seg` maps these layer pages, and it holds private copies of them.
     if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, alone);
@@ -131,12 +148,45 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
 }
 
 /**
+ * Makes every mapped segment other than `seg` whose run list has `layer`
+ * under `ranges` take a private copy of those pages (Dropper.privatize), so
+ * the layer can be rewritten under them. False, where the copies would take
+ * more than a quarter of the memory the machine has free, or the kernel
+ * refused them (some may have been made: they change no byte).
+ */
+function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
+  const targets: { addr: bigint; ranges: Range[] }[] = [];
+  const byRuns = new Map<Runs, Range[]>();
+  let pages = 0;
+  for (const other of e.segments) {
+    if (other === seg || other.released || !other.mapped) continue;
+    let on = byRuns.get(other.runs);
+    if (on === undefined) {
+      on = select(other.runs, ranges).filter((r) => r.layer === layer);
+      byRuns.set(other.runs, on);
+    }
+    if (on.length === 0) continue;
+    targets.push({ addr: other.addr, ranges: on });
+    pages += pageCount(on);
+  }
+  const bytes = pages * e.pageSize;
+  if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
+  try {
+    for (const t of targets) e.dropper.privatize(t.addr, t.ranges);
+  } catch {
+    return false;
+  }
+  return true;
+}
+
+/**
  * Copies `layer`'s pages under `ranges` into a history layer, file to
  * file, and points every segment other than `seg` that uses them there.
- * Only for pages no segment but `seg` maps: the others are run lists, so
- * re-pointing them is bookkeeping. Afterwards only `seg` uses the pages.
- * Returns false, changing nothing, where the kernel will not copy between
- * memory files; a failure also changes nothing.
+ * Segments not mapped are run lists, so re-pointing them is bookkeeping;
+ * mapped ones hold private copies of these pages (privatizeSharers), which
+ * are pinned from then on: their mappings still show `layer`. Afterwards
+ * only `seg` uses the pages. Returns false, changing nothing, where the
+ * kernel will not copy between memory files; a failure also changes nothing.
  */
 function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
   if (!e.features.fileCopy) return false;
@@ -159,25 +209,29 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   }
   // Segments sharing one run list get one new run list. Only references
   // move, from `layer` to `history` over the same pages, so the counts are
-  // changed by that difference alone (the segments are not mapped: no
-  // mapping counts change).
-  const moved = new Map<Runs, { runs: Runs; onLayer: Range[]; users: number }>();
+  // changed by that difference alone; mappings do not change.
+  const moved = new Map<Runs, { runs: Runs; onLayer: Range[]; users: number; mapped: number }>();
   for (const other of e.segments) {
     if (other === seg || other.released) continue;
     let entry = moved.get(other.runs);
     if (entry === undefined) {
       const onLayer: Range[] = select(other.runs, ranges).filter((r) => r.layer === layer);
-      entry = { runs: onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history), onLayer, users: 0 };
+      entry = { runs: onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history), onLayer, users: 0, mapped: 0 };
       moved.set(other.runs, entry);
     }
     if (entry.onLayer.length === 0) continue;
     entry.users++;
     other.runs = entry.runs;
+    if (other.mapped) entry.mapped++;
+    else other.maps = entry.runs;
   }
-  for (const { onLayer, users } of moved.values()) {
+  for (const { onLayer, users, mapped } of moved.values()) {
     if (users === 0) continue;
     history.refs.addAll(onLayer, users);
     layer.refs.addAll(onLayer, -users);
+    if (mapped === 0) continue;
+    history.mapped.addAll(onLayer, mapped);
+    layer.mapped.addAll(onLayer, -mapped);
   }
   if (history.refs.empty) e.layers.close(history);
   return true;

@@ -8,13 +8,13 @@
 // way, a failure leaves the target reading as it did.
 import * as sys from '../libc.ts';
 import { SegmentError, errnoOf } from '../../src/errors.ts';
-import { coalesce, differing, pageCount, select } from '../../src/runs.ts';
+import { coalesce, differing, intersect, pageCount, select, subtract, type Range } from '../../src/runs.ts';
 import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
-import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
+import { pinned, scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
 import type { Layer, Runs } from './layers.ts';
 import { mapRuns, mapShared } from './mapper.ts';
-import { readRuns, UIO_MAXIOV } from './writer.ts';
+import { readAside, readRuns, UIO_MAXIOV } from './writer.ts';
 
 /** Fast restores drop every page, not only the written ones, once their scans have walked this many times the pages in memory. */
 const DROP_ALL_AFTER = 64;
@@ -30,8 +30,7 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
   if (target.shared === null && target.runs === source.runs) {
     // Same run list: target differs from source only in the pages it wrote
     // since. Dropping them reverts each to its layer's contents.
-    dropWritten(e, target);
-    return;
+    if (dropWritten(e, target)) return;
   }
   if (restoreByCopy(e, target, source)) return;
   if (e.features.multiMove) {
@@ -105,8 +104,11 @@ function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): b
     readRuns(page, target.addr, select(source.runs, diff));
   } catch (err) {
     // Only the target's private copies of `diff` changed: dropping them
-    // reverts those pages to its run list, which is what it read before.
-    for (const r of diff) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+    // reverts those pages to its run list, which is what it read before;
+    // pinned ones are read back from it instead.
+    const pins = intersect(diff, pinned(target));
+    for (const r of subtract(diff, pins)) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+    readRuns(page, target.addr, select(target.runs, pins));
     throw err;
   }
   return true;
@@ -115,10 +117,14 @@ function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): b
 /**
  * Drops the pages `seg` wrote since its run list was set (madvise(2),
  * MADV_DONTNEED): each private page then reads its layer's contents again.
+ * False, changing nothing, where it has more pinned pages than a restore
+ * reads aside (dropPinned).
  */
-function dropWritten(e: Engine, seg: LinuxSegment): void {
+function dropWritten(e: Engine, seg: LinuxSegment): boolean {
   const { written, present } = e.scanner.forDrop(seg.addr, seg.pages);
-  if (written.length === 0) return;
+  if (written.length === 0) return true;
+  const pins = pinned(seg);
+  if (pins.length > 0) return dropPinned(e, seg, written, pins);
   // Dropping only the written pages keeps the pages read since mapped, so
   // reading them again costs nothing; but each scan walks every page in
   // memory, and those pile up. Once the scans since the last full drop
@@ -130,9 +136,36 @@ function dropWritten(e: Engine, seg: LinuxSegment): void {
   const all = seg.scanned >= DROP_ALL_AFTER * present;
   // Dropping is idempotent, and every private page of the segment is to go:
   // a vectored call that fails or stops midway is redone over the whole range.
-  if (!all && written.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, written)) return;
+  if (!all && written.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, written)) return true;
   sys.madvise(seg.addr, seg.length, sys.MADV_DONTNEED);
   seg.scanned = 0;
+  return true;
+}
+
+/** Most bytes of pinned pages a fast restore reads aside; beyond, restore maps the source instead. */
+const PINNED_ASIDE = 256 * 2 ** 20;
+
+/**
+ * dropWritten for a segment with pinned pages (engine.ts), which must not be
+ * dropped: the others are, and the pinned ones are given back what their
+ * run list holds, read aside first (pread) so that a failed read changes
+ * nothing. False, changing nothing, beyond PINNED_ASIDE bytes of them.
+ */
+function dropPinned(e: Engine, seg: LinuxSegment, written: readonly Range[], pins: readonly Range[]): boolean {
+  const page = e.pageSize;
+  if (pageCount(pins) * page > PINNED_ASIDE) return false;
+  const aside = select(seg.runs, pins).map((r) => {
+    const bytes = new Uint8Array((r.end - r.start) * page);
+    if (r.layer !== null) readAside(r.layer.fd, bytes, r.start * page);
+    return { at: seg.addr + BigInt(r.start * page), bytes };
+  });
+  const drop = subtract(written, pins);
+  if (!(drop.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, drop))) {
+    for (const r of drop) sys.madvise(seg.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+  }
+  // Safety: the pinned pages lie inside the segment's own mapping.
+  for (const { at, bytes } of aside) new Uint8Array(sys.view(at, bytes.length)).set(bytes);
+  return true;
 }
 
 /** restore() where mremap cannot move several mappings: map over the target, putting it back on failure. */
@@ -145,7 +178,7 @@ function restoreInPlace(e: Engine, target: LinuxSegment, source: LinuxSegment): 
     e.ensureRoom(2 * dirty.length, target.pages);
     freeze(e, target, dirty, dirty, (length) => e.layers.newLayer(length));
   }
-  e.ensureRoom(source.runs.length - target.runs.length, target.pages);
+  e.ensureRoom(source.runs.length - target.maps.length, target.pages);
   const old = target.runs;
   const oldShared = target.shared;
   // A MAP_FIXED mmap that fails leaves the old mapping in place, so the

@@ -98,6 +98,15 @@ export function readInto(fd: number, at: bigint, length: number, offset: number)
   }
 }
 
+/** Reads `into.length` bytes of file `fd` at `offset` into `into`, through short reads. */
+export function readAside(fd: number, into: Uint8Array, offset: number): void {
+  for (let done = 0; done < into.length; ) {
+    const n = sys.pread(fd, into.subarray(done), into.length - done, offset + done);
+    if (n <= 0) throw systemError('pread', sys.EIO, 'short read of a memory file');
+    done += n;
+  }
+}
+
 /** Most bytes zeroed through one view (below every runtime's largest ArrayBuffer). */
 const ZERO_CHUNK = 2 ** 30;
 

@@ -254,3 +254,16 @@ export function fullGc(): void {
   }
   gcFn();
 }
+
+/** Private (anonymous) bytes of this process's mappings inside [addr, addr + length), from /proc/self/smaps. */
+export function anonymousIn(addr: bigint, length: number): number {
+  const end = addr + BigInt(length);
+  let total = 0;
+  for (const block of readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+    const dash = block.indexOf('-');
+    const start = BigInt(`0x${block.slice(0, dash)}`);
+    if (start < addr || start >= end) continue;
+    total += kbField(block, 'Anonymous');
+  }
+  return total;
+}

@@ -1,0 +1,184 @@
+// Pinned pages (platform/linux/engine.ts, freeze.ts): a segment being written
+// keeps freezing in place, into its one layer, while snapshots that map that
+// layer hold private copies of the pages rewritten under them. Behaviour
+// only: bytes, mappings and private memory, never time.
+import { describe, it } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { LinuxBackend } from '../platform/linux/index.ts';
+import { clearFaults, callCounts, EINVAL, injectFault } from '../platform/libc.ts';
+import { Segment } from '../src/index.ts';
+import { setBackend } from '../src/segment.ts';
+import { anonymousIn, linuxOnly } from './helpers/proc.ts';
+import { rng } from './helpers/model.ts';
+
+const PAGE = 4096;
+
+function withLinux<T>(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => T): T {
+  const b = new LinuxBackend(options);
+  setBackend(b);
+  try {
+    return fn(b);
+  } finally {
+    clearFaults();
+    setBackend(new LinuxBackend());
+  }
+}
+
+/** The pages a round writes: every `stride`th from `shift`, or `count` at random. */
+function pagesOf(pattern: 'stride' | 'random', pages: number, round: number, random: () => number): number[] {
+  if (pattern === 'stride') {
+    const out: number[] = [];
+    for (let p = round % 3; p < pages; p += 8) out.push(p);
+    return out;
+  }
+  const set = new Set<number>();
+  while (set.size < pages / 10) set.add(Math.floor(random() * pages));
+  return [...set];
+}
+
+/**
+ * Rounds of writes and clones, every snapshot mapped and read at once and
+ * kept; checks every snapshot's bytes after every round. Returns the backend's
+ * mappings and each snapshot's mapping count.
+ */
+function keptAndRead(pattern: 'stride' | 'random', pages: number, rounds: number) {
+  const random = rng(11);
+  const seg = Segment.create(pages * PAGE);
+  const bytes = new Uint8Array(seg.buffer);
+  bytes.fill(1);
+  const kept: { snap: Segment; want: Uint8Array }[] = [];
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const written = pagesOf(pattern, pages, round, random);
+      for (const p of written) bytes[p * PAGE + (round % PAGE)] = round + 2;
+      const snap = seg.clone();
+      kept.push({ snap, want: bytes.slice() });
+      assert.deepEqual(new Uint8Array(snap.buffer), bytes, `round ${round}: the new snapshot reads what was cloned`);
+      for (const [i, k] of kept.entries()) {
+        assert.ok(Buffer.from(k.snap.buffer).equals(Buffer.from(k.want)), `round ${round}: snapshot ${i} changed`);
+      }
+      assert.equal(seg.stats().mappings, 1, `round ${round}: the segment written keeps one mapping`);
+      assert.equal(seg.stats().privateBytes, 0, `round ${round}: its writes all went into its layer`);
+    }
+    return { snapshots: kept.map((k) => k.snap.stats()) };
+  } finally {
+    for (const k of kept) k.snap.close();
+    seg.close();
+  }
+}
+
+describe('pinned pages', { skip: linuxOnly }, () => {
+  for (const pattern of ['stride', 'random'] as const) {
+    it(`kept snapshots that are read keep one mapping each while the segment freezes in place under them (${pattern} writes)`, () => {
+      withLinux({}, () => {
+        const { snapshots } = keptAndRead(pattern, 512, 8);
+        for (const [i, s] of snapshots.entries()) assert.equal(s.mappings, 1, `snapshot ${i}: ${s.mappings} mappings`);
+        // Each older snapshot holds private copies of the pages rewritten
+        // under it: its own, as fork()'s child would share them.
+        assert.ok(snapshots[0]!.privateBytes > 0, 'the oldest snapshot holds private copies');
+        assert.equal(snapshots[snapshots.length - 1]!.privateBytes, 0, 'the newest holds none');
+      });
+    });
+  }
+
+  it('a snapshot holds private copies of exactly the pages rewritten under it, and they are its bytes', () => {
+    withLinux({}, () => {
+      const pages = 64;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(7);
+      const snap = seg.clone();
+      const view = new Uint8Array(snap.buffer); // mapped
+      assert.equal(snap.stats().privateBytes, 0);
+      const written = [1, 2, 9, 40, 63];
+      for (const p of written) bytes[p * PAGE] = 8;
+      seg.clone().close();
+      assert.equal(anonymousIn(snap.address, snap.byteLength), written.length * PAGE, 'private copies of the pages rewritten, and only those');
+      assert.equal(snap.stats().mappings, 1);
+      assert.ok(view.every((x) => x === 7));
+      snap.close();
+      seg.close();
+    });
+  });
+
+  it('a snapshot with pinned pages, written, cloned and restored, reads right every way', () => {
+    withLinux({}, () => {
+      const pages = 96;
+      const random = rng(3);
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      const snap = seg.clone();
+      const twin = seg.clone(); // shares snap's run list, never mapped
+      const original = new Uint8Array(snap.buffer).slice();
+      for (let p = 0; p < pages; p += 3) bytes[p * PAGE] = 2;
+      seg.clone().close(); // every 3rd page pinned in snap
+      const view = new Uint8Array(snap.buffer);
+      assert.deepEqual(view, original);
+      // Written over pinned pages and others, then cloned.
+      for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 5] = 9;
+      const written = view.slice();
+      const copy = snap.clone();
+      assert.deepEqual(new Uint8Array(copy.buffer), written);
+      assert.deepEqual(view, written);
+      // Restored from the twin (same run list: the fast path reads pinned pages back).
+      for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 6] = 10;
+      snap.restore(twin);
+      assert.deepEqual(view, original);
+      // The segment restored from the snapshot, the snapshot from the copy.
+      seg.restore(snap);
+      assert.deepEqual(bytes, original);
+      snap.restore(copy);
+      assert.deepEqual(view, written);
+      for (const s of [copy, twin, snap, seg]) s.close();
+    });
+  });
+
+  it('without process_madvise, and without MADV_POPULATE_WRITE, pages are made private by touching them: bytes unchanged', () => {
+    withLinux({}, () => {
+      const pages = 64;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p;
+      const snap = seg.clone();
+      const want = new Uint8Array(snap.buffer).slice();
+      for (let p = 0; p < pages; p += 2) bytes[p * PAGE] = 200;
+      injectFault('process_madvise', 1, EINVAL, true);
+      injectFault('madvise', 1, EINVAL);
+      callCounts(true);
+      const next = seg.clone();
+      const calls = callCounts();
+      assert.ok((calls.get('madvise') ?? 0) >= 2, 'madvise tried for populating, then used for dropping');
+      assert.deepEqual(new Uint8Array(snap.buffer), want);
+      assert.equal(anonymousIn(snap.address, snap.byteLength), (pages / 2) * PAGE, 'the pages rewritten under it are its private copies');
+      assert.equal(snap.stats().mappings, 1);
+      assert.deepEqual(new Uint8Array(next.buffer), bytes);
+      // Learned: the next round goes straight to touching.
+      for (let p = 1; p < pages; p += 2) bytes[p * PAGE] = 201;
+      callCounts(true);
+      const third = seg.clone();
+      assert.deepEqual(new Uint8Array(snap.buffer), want);
+      assert.deepEqual(new Uint8Array(next.buffer).subarray(PAGE, PAGE + 1)[0], 1);
+      assert.deepEqual(new Uint8Array(third.buffer), bytes);
+      for (const s of [third, next, snap, seg]) s.close();
+    });
+  });
+
+  it('where private copies would take more than a quarter of the memory free, the written pages go to a new layer instead', () => {
+    // 8,192 pages (32 MiB) to privatize: past the size made without asking.
+    withLinux({ availableMemory: () => 64 * 2 ** 20 }, () => {
+      const pages = 8192;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(3);
+      const snap = seg.clone();
+      void snap.buffer;
+      for (let p = 0; p < pages; p++) bytes[p * PAGE] = 4;
+      const next = seg.clone();
+      assert.equal(anonymousIn(snap.address, snap.byteLength), 0, 'the snapshot made no private copies');
+      assert.ok(new Uint8Array(snap.buffer).every((x) => x === 3));
+      assert.deepEqual(new Uint8Array(next.buffer), bytes);
+      for (const s of [next, snap, seg]) s.close();
+    });
+  });
+});
