@@ -5,21 +5,10 @@ import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { Segment, SegmentError, memoryStats } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
-import { LinuxBackend } from '../platform/linux/index.ts';
-import { useBackend } from './backends.ts';
+import { withLinux } from './helpers/linux.ts';
 
 const linuxOnly = process.platform !== 'linux' && 'Linux only';
 
-/** Runs `fn` with a Linux backend made with `options`, then a default one again. */
-function withLinux(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => void): void {
-  const b = new LinuxBackend(options);
-  useBackend(b);
-  try {
-    fn(b);
-  } finally {
-    useBackend(new LinuxBackend());
-  }
-}
 
 /** Writes `value` into byte 0 of every `stride`-th page from `first`. */
 function writePages(seg: Segment, first: number, stride: number, value: number): void {

@@ -4,25 +4,14 @@
 // only: bytes, mappings and private memory, never time.
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { LinuxBackend } from '../platform/linux/index.ts';
-import { clearFaults, callCounts, EINVAL, injectFault } from '../platform/libc.ts';
+import { callCounts, EINVAL, injectFault } from '../platform/libc.ts';
 import { Segment } from '../src/index.ts';
-import { setBackend } from '../src/segment.ts';
 import { anonymousIn, linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
+import { withLinux } from './helpers/linux.ts';
 
 const PAGE = 4096;
 
-function withLinux<T>(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => T): T {
-  const b = new LinuxBackend(options);
-  setBackend(b);
-  try {
-    return fn(b);
-  } finally {
-    clearFaults();
-    setBackend(new LinuxBackend());
-  }
-}
 
 /** The pages a round writes: every `stride`th from `shift`, or `count` at random. */
 function pagesOf(pattern: 'stride' | 'random', pages: number, round: number, random: () => number): number[] {

@@ -5,25 +5,37 @@ import * as assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { LinuxBackend } from '../platform/linux/index.ts';
 import { Segment, SegmentError, backend } from '../src/index.ts';
-import { setBackend } from '../src/segment.ts';
 import { assertBytes } from './backends.ts';
 import { anonymousIn, kbField, layerMapsCount, linuxOnly, mapsLines, processMemory } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
+import { withLinux } from './helpers/linux.ts';
 
 const PAGE = 4096;
 const GiB = 2 ** 30;
 
-/** Runs `fn` with a Linux backend of its own, then puts the default one back. */
-function withLinux<T>(options: ConstructorParameters<typeof LinuxBackend>[0], fn: (b: LinuxBackend) => T): T {
-  const b = new LinuxBackend(options);
-  setBackend(b);
-  try {
-    return fn(b);
-  } finally {
-    setBackend(new LinuxBackend());
+/**
+ * A chain of `links` clones of a segment of `pages` pages, each clone of the
+ * one before with one page written at random; `onLink` sees each link right
+ * after it was cloned. Checks every link's bytes at the end; returns them all.
+ */
+function growChain(pages: number, links: number, onLink: (link: Segment, i: number) => void): Segment[] {
+  const random = rng(11);
+  const chain = [Segment.create(pages * PAGE)];
+  new Uint8Array(chain[0]!.buffer).fill(1);
+  const models = [new Uint8Array(pages * PAGE).fill(1)];
+  for (let i = 0; i < links; i++) {
+    const next = chain[chain.length - 1]!.clone();
+    onLink(chain[chain.length - 1]!, i);
+    const m = models[models.length - 1]!.slice();
+    const at = Math.floor(random() * pages) * PAGE;
+    new Uint8Array(next.buffer)[at] = (i % 250) + 2;
+    m[at] = (i % 250) + 2;
+    chain.push(next);
+    models.push(m);
   }
+  for (const [i, s] of chain.entries()) assertBytes(new Uint8Array(s.buffer), models[i]!, `link ${i}`);
+  return chain;
 }
-
 
 describe('mapping budget', { skip: linuxOnly }, () => {
   it('a 300-deep chain with scattered writes stays within the budget, reads right, and never copies the segment over and over', () => {
@@ -73,26 +85,14 @@ describe('mapping budget', { skip: linuxOnly }, () => {
     // mapping counts show where compaction flattened (next test: with them).
     withLinux({ mapBudget: 6000, privatize: false }, (b) => {
       const pages = 1024;
-      const random = rng(11);
-      const chain = [Segment.create(pages * PAGE)];
-      new Uint8Array(chain[0]!.buffer).fill(1);
-      const models = [new Uint8Array(pages * PAGE).fill(1)];
       // Each link's mappings once it has been cloned (it is frozen then, and
       // stays as it is unless something compacts it later).
       const frozen: number[] = [];
       let peakLayerBytes = 0;
-      for (let i = 0; i < 300; i++) {
-        const next = chain[chain.length - 1]!.clone();
-        frozen.push(chain[chain.length - 1]!.stats().mappings);
-        const m = models[models.length - 1]!.slice();
-        const at = Math.floor(random() * pages) * PAGE;
-        new Uint8Array(next.buffer)[at] = (i % 250) + 2;
-        m[at] = (i % 250) + 2;
-        chain.push(next);
-        models.push(m);
+      const chain = growChain(pages, 300, (link) => {
+        frozen.push(link.stats().mappings);
         peakLayerBytes = Math.max(peakLayerBytes, b.memory().layerBytes);
-      }
-      for (const [i, s] of chain.entries()) assertBytes(new Uint8Array(s.buffer), models[i]!, `link ${i}`);
+      });
       // Where: links flattened as the tip (one mapping when cloned), their
       // clones starting again from one run, a few times along the chain; and
       // no link compacted after it was left behind.
@@ -112,21 +112,9 @@ describe('mapping budget', { skip: linuxOnly }, () => {
   it('a chain of kept snapshots, one page written at random per link, with pinned pages: within the budget, a fraction of the copies in memory, every link right', () => {
     withLinux({ mapBudget: 6000 }, (b) => {
       const pages = 1024;
-      const random = rng(11);
-      const chain = [Segment.create(pages * PAGE)];
-      new Uint8Array(chain[0]!.buffer).fill(1);
-      const models = [new Uint8Array(pages * PAGE).fill(1)];
-      for (let i = 0; i < 300; i++) {
-        const next = chain[chain.length - 1]!.clone();
-        const m = models[models.length - 1]!.slice();
-        const at = Math.floor(random() * pages) * PAGE;
-        new Uint8Array(next.buffer)[at] = (i % 250) + 2;
-        m[at] = (i % 250) + 2;
-        chain.push(next);
-        models.push(m);
+      const chain = growChain(pages, 300, (_, i) => {
         assert.ok(b.memory().mappings <= b.mapBudget, `link ${i}: ${b.memory().mappings} mappings`);
-      }
-      for (const [i, s] of chain.entries()) assertBytes(new Uint8Array(s.buffer), models[i]!, `link ${i}`);
+      });
       // What memfork holds: its layers, and the segments' private pages
       // (written, and pinned copies).
       let held = b.memory().layerBytes;
