@@ -64,6 +64,16 @@ export class Dropper {
   }
 
   /**
+   * Drops the private pages under `ranges` of the segment at `base`, and only
+   * those: by ranges() where the kernel takes it, else one madvise(2) a range.
+   */
+  rangesEach(base: bigint, ranges: readonly Range[]): void {
+    if (this.ranges(base, ranges)) return;
+    const page = this.#pageSize;
+    for (const r of ranges) sys.madvise(base + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+  }
+
+  /**
    * Makes every page under `ranges` of the segment at `base` a private copy
    * of what it reads now, bytes unchanged: a write fault on each
    * (MADV_POPULATE_WRITE), by ranges in one process_madvise(2) call where

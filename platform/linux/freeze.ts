@@ -4,7 +4,6 @@
 // whose layer page nobody else maps are written in place, their old contents
 // evicted to a history layer for the run lists that still need them; the rest
 // are written into a new (or reused) layer and remapped from it.
-import * as sys from '../libc.ts';
 import { coalesce, overlay, pageCount, select, subtract, type Range, type Run } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
@@ -140,10 +139,8 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
   }
   if (owned.length === 0) return dirty;
   owned.sort((a, b) => a.start - b.start);
-  if (!e.dropper.ranges(seg.addr, owned)) {
-    // Only these ranges may go: the segment's other private pages are not in any layer yet.
-    for (const r of owned) sys.madvise(seg.addr + BigInt(r.start * e.pageSize), (r.end - r.start) * e.pageSize, sys.MADV_DONTNEED);
-  }
+  // Only these ranges may go: the segment's other private pages are not in any layer yet.
+  e.dropper.rangesEach(seg.addr, owned);
   return subtract(dirty, owned);
 }
 

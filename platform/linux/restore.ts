@@ -159,10 +159,7 @@ function dropPinned(e: Engine, seg: LinuxSegment, written: readonly Range[], pin
     if (r.layer !== null) readAside(r.layer.fd, bytes, r.start * page);
     return { at: seg.addr + BigInt(r.start * page), bytes };
   });
-  const drop = subtract(written, pins);
-  if (!(drop.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, drop))) {
-    for (const r of drop) sys.madvise(seg.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
-  }
+  e.dropper.rangesEach(seg.addr, subtract(written, pins));
   // Safety: the pinned pages lie inside the segment's own mapping.
   for (const { at, bytes } of aside) new Uint8Array(sys.view(at, bytes.length)).set(bytes);
   return true;
