@@ -242,6 +242,46 @@ export class RefCounts {
     return freed;
   }
 
+  /**
+   * Adds `sign` times each part's own `count` over it (`parts` sorted and
+   * disjoint, as spansIn gives them); returns the ranges whose count fell
+   * to zero. One sweep over the old spans and the parts together.
+   */
+  addEach(parts: readonly { start: number; end: number; count: number }[], sign: 1 | -1): Range[] {
+    const spans = this.spans;
+    const next: { start: number; end: number; count: number }[] = [];
+    const freed: Range[] = [];
+    let i = 0;
+    let j = 0;
+    let at = Math.min(spans[0]?.start ?? Infinity, parts[0]?.start ?? Infinity);
+    while (at !== Infinity) {
+      while (i < spans.length && spans[i]!.end <= at) i++;
+      while (j < parts.length && parts[j]!.end <= at) j++;
+      const s = spans[i];
+      const p = parts[j];
+      const inSpan = s !== undefined && s.start <= at;
+      const inPart = p !== undefined && p.start <= at;
+      let to = Infinity;
+      if (s !== undefined) to = inSpan ? s.end : s.start;
+      if (p !== undefined) to = Math.min(to, inPart ? p.end : p.start);
+      const old = inSpan ? s.count : 0;
+      const count = old + (inPart ? sign * p.count : 0);
+      if (count < 0) throw new Error('reference count below zero');
+      if (count > 0) {
+        const last = next[next.length - 1];
+        if (last !== undefined && last.end === at && last.count === count) last.end = to;
+        else next.push({ start: at, end: to, count });
+      } else if (old > 0) {
+        const last = freed[freed.length - 1];
+        if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
+        else freed.push({ start: at, end: to });
+      }
+      at = to;
+    }
+    this.spans = next;
+    return freed;
+  }
+
   /** Whether any page of the sorted, disjoint `ranges` has a count above zero. */
   overlaps(ranges: readonly Range[]): boolean {
     let i = 0;

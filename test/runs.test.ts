@@ -358,6 +358,50 @@ describe('RefCounts', () => {
     );
   });
 
+  it('addEach() moves each part by its own count, as spansIn() gives them, and reports the pages that fall to zero', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }),
+        rangesArb,
+        fc.integer({ min: 0, max: 3 }),
+        fc.boolean(),
+        (adds, ranges, keep, up) => {
+          const rc = new RefCounts();
+          const model: number[] = new Array(2 * SPAN + 16).fill(0);
+          for (const [x, y, delta] of adds) {
+            const start = Math.min(x, y);
+            const end = Math.max(x, y);
+            rc.add(start, end, delta);
+            for (let p = start; p < end; p++) model[p]! += delta;
+          }
+          // What evict() does: every count under the ranges but `keep` moves
+          // away (down), or the same parts arrive elsewhere (up).
+          const parts = rc
+            .spansIn(ranges)
+            .filter((sp) => sp.count > keep)
+            .map((sp) => ({ start: sp.start, end: sp.end, count: sp.count - keep }));
+          const before = [...model];
+          for (const sp of parts) for (let p = sp.start; p < sp.end; p++) model[p]! += up ? sp.count : -sp.count;
+          const freed = rc.addEach(parts, up ? 1 : -1);
+          const after: number[] = new Array(model.length).fill(0);
+          for (const sp of spansOf(rc)) {
+            assert.ok(sp.count > 0 && sp.start < sp.end);
+            for (let p = sp.start; p < sp.end; p++) after[p] = sp.count;
+          }
+          assert.deepEqual(after, model);
+          assert.deepEqual(freed, zeroRuns(before, model));
+          const spans = spansOf(rc);
+          for (let k = 1; k < spans.length; k++) {
+            const a = spans[k - 1]!;
+            const b = spans[k]!;
+            assert.ok(a.end <= b.start && !(a.end === b.start && a.count === b.count), 'spans sorted, disjoint and merged');
+          }
+        },
+      ),
+      opts,
+    );
+  });
+
   it('agrees with per-page counts through any sequence of adds and releases', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 40 }), fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 4 })), { minLength: 3, maxLength: 3 }), (ops, probes) => {

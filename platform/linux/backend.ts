@@ -37,12 +37,13 @@ import { MapBudget } from './budget.ts';
 import { compact } from './compact.ts';
 import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit, largestLayer } from './cost.ts';
 import { Dropper } from './drop.ts';
-import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
+import { LinuxSegment, scanWritten, setRuns, type Engine } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
-import { LayerStore, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
+import { LayerStore, rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
 import { spanFor, Windows } from './move-aside.ts';
+import { Moves } from './moves.ts';
 import { restore } from './restore.ts';
 import { Scanner, type ScanMethod } from './scan.ts';
 import { readRuns, Writer } from './writer.ts';
@@ -102,6 +103,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly maxRuns: number;
 
   readonly #segments = new Set<LinuxSegment>();
+  readonly #moves = new Moves<Layer | null>();
   readonly #features: Features;
   readonly #windows = new Windows();
   readonly #scanner: Scanner;
@@ -141,6 +143,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       dropper: new Dropper(this.pageSize, this.#features),
       scanner: this.#scanner,
       segments: this.#segments,
+      moves: this.#moves,
       zeroPage: this.zeroPage,
       windowCopy: options.windowCopy ?? true,
       privatize: options.privatize ?? true,
@@ -177,7 +180,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#layers.close(layer);
       throw err;
     }
-    const seg: LinuxSegment = { addr, length, pages, mapped: true, shared: layer, runs: [], maps: [], debt: 0, scanned: 0, released: false };
+    const seg = new LinuxSegment(addr, length, this.pageSize, true, this.#moves);
+    seg.shared = layer;
     setRuns(this.#engine, seg, [{ start: 0, end: pages, layer }]);
     this.#segments.add(seg);
     return seg;
@@ -190,18 +194,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // restored from, or never looked at, costs no mapping.
     this.#ensureRoom(1, 0);
     const addr = reserve(null, source.length);
-    const seg: LinuxSegment = {
-      addr,
-      mapped: false,
-      length: source.length,
-      pages: source.pages,
-      shared: null,
-      runs: [],
-      maps: [],
-      debt: source.debt,
-      scanned: 0,
-      released: false,
-    };
+    const seg = new LinuxSegment(addr, source.length, this.pageSize, false, this.#moves);
+    seg.debt = source.debt;
     this.#budget.segments++;
     setRuns(this.#engine, seg, source.runs);
     this.#segments.add(seg);

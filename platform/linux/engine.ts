@@ -7,12 +7,13 @@ import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
 import type { Layer, LayerStore, Runs } from './layers.ts';
+import type { Moves } from './moves.ts';
 import type { Windows } from './move-aside.ts';
 import type { Scanner } from './scan.ts';
 import type { Writer } from './writer.ts';
 
 /** The Linux backend's handle for one segment. */
-export interface LinuxSegment {
+export class LinuxSegment {
   /** Start of the mapping; fixed for the segment's life. */
   readonly addr: bigint;
   /**
@@ -26,13 +27,67 @@ export interface LinuxSegment {
   readonly length: number;
   readonly pages: number;
   /** The segment's own layer while it is a fresh MAP_SHARED mapping, never cloned. */
-  shared: Layer | null;
+  shared: Layer | null = null;
+  /**
+   * Estimated µs spent mapping runs beyond the first few since this run list
+   * was last compacted, shared along clones of it. When it exceeds what a
+   * compaction would cost, compaction pays for itself (ski rental).
+   */
+  debt = 0;
+  /**
+   * Pages found in memory by the scans of fast restores since the last one
+   * that dropped every page (see dropWritten, restore.ts).
+   */
+  scanned = 0;
+  released = false;
+  readonly #moves: Moves<Layer | null>;
+  #runs: Runs = [];
+  /** The eviction log's epoch `#runs` was read at (moves.ts). */
+  #epoch: number;
+  #maps: Runs = [];
+
+  constructor(addr: bigint, length: number, pageSize: number, mapped: boolean, moves: Moves<Layer | null>) {
+    this.addr = addr;
+    this.length = length;
+    this.pages = length / pageSize;
+    this.mapped = mapped;
+    this.#moves = moves;
+    this.#epoch = moves.epoch;
+  }
+
   /**
    * Which layer holds each page, covering [0, pages). Treated as immutable:
    * replaced, never edited, so two segments with the same array object are
-   * known to hold the same contents apart from pages written since.
+   * known to hold the same contents apart from pages written since. Pages
+   * another segment has since rewritten in place are re-pointed on reading
+   * (moves.ts); the reference counts already say where they are.
    */
-  runs: Runs;
+  get runs(): Runs {
+    if (this.#epoch !== this.#moves.epoch) {
+      this.#runs = this.#moves.resolve(this.#runs, this.#epoch, this.pages);
+      this.#epoch = this.#moves.epoch;
+    }
+    return this.#runs;
+  }
+
+  set runs(runs: Runs) {
+    this.#runs = runs;
+    this.#epoch = this.#moves.epoch;
+  }
+
+  /** The oldest eviction this segment's run list has not yet been re-pointed past. */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /**
+   * Marks the run list as read after the eviction made at `epoch`, without
+   * re-pointing it: the segment that evicts keeps its pages where they are.
+   */
+  passed(epoch: number): void {
+    if (this.#epoch === epoch) this.#epoch = epoch + 1;
+  }
+
   /**
    * Which layer each of its mappings shows, while `mapped`: the same as
    * `runs` (the same array) except at pinned pages. A page is pinned where
@@ -42,20 +97,15 @@ export interface LinuxSegment {
    * something else. So a pinned page is never dropped (madvise DONTNEED),
    * only overwritten (restore refills it from `runs`) or remapped. Pinning
    * costs the segment no mapping, where remapping each page would cost two.
+   * Not mapped: the run list.
    */
-  maps: Runs;
-  /**
-   * Estimated µs spent mapping runs beyond the first few since this run list
-   * was last compacted, shared along clones of it. When it exceeds what a
-   * compaction would cost, compaction pays for itself (ski rental).
-   */
-  debt: number;
-  /**
-   * Pages found in memory by the scans of fast restores since the last one
-   * that dropped every page (see dropWritten, restore.ts).
-   */
-  scanned: number;
-  released: boolean;
+  get maps(): Runs {
+    return this.mapped ? this.#maps : this.runs;
+  }
+
+  set maps(maps: Runs) {
+    this.#maps = maps;
+  }
 }
 
 /** The parts of one Linux backend, as its operations use them. */
@@ -70,6 +120,8 @@ export interface Engine {
   readonly scanner: Scanner;
   /** Every live segment. */
   readonly segments: ReadonlySet<LinuxSegment>;
+  /** The evictions run lists are re-pointed from when next read. */
+  readonly moves: Moves<Layer | null>;
   /** Whether anonymous memory reads as the shared zero page. */
   readonly zeroPage: boolean;
   /** Whether pages frozen in place in a layer with a window are written through it (Writer.toWindow). */

@@ -4,7 +4,7 @@
 // whose layer page nobody else maps are written in place, their old contents
 // evicted to a history layer for the run lists that still need them; the rest
 // are written into a new (or reused) layer and remapped from it.
-import { coalesce, overlay, pageCount, select, subtract, type Range, type Run } from '../../src/runs.ts';
+import { coalesce, pageCount, select, subtract, type Range, type RefCounts, type Run } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -204,34 +204,34 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     undo();
     throw err;
   }
-  // Segments sharing one run list get one new run list. Only references
-  // move, from `layer` to `history` over the same pages, so the counts are
-  // changed by that difference alone; mappings do not change.
-  const moved = new Map<Runs, { runs: Runs; onLayer: Range[]; users: number; mapped: number }>();
-  for (const other of e.segments) {
-    if (other === seg || other.released) continue;
-    let entry = moved.get(other.runs);
-    if (entry === undefined) {
-      const onLayer: Range[] = select(other.runs, ranges).filter((r) => r.layer === layer);
-      entry = { runs: onLayer.length === 0 ? other.runs : overlay(other.runs, onLayer, history), onLayer, users: 0, mapped: 0 };
-      moved.set(other.runs, entry);
-    }
-    if (entry.onLayer.length === 0) continue;
-    entry.users++;
-    other.runs = entry.runs;
-    if (other.mapped) entry.mapped++;
-    else other.maps = entry.runs;
-  }
-  for (const { onLayer, users, mapped } of moved.values()) {
-    if (users === 0) continue;
-    history.refs.addAll(onLayer, users);
-    layer.refs.addAll(onLayer, -users);
-    if (mapped === 0) continue;
-    history.mapped.addAll(onLayer, mapped);
-    layer.mapped.addAll(onLayer, -mapped);
+  // Every user of these pages but `seg` moves to `history`: their counts
+  // move at once, by span, and their run lists when next read (moves.ts).
+  // Mapped segments' mappings do not change (their copies are pinned).
+  const users = othersIn(layer.refs, ranges);
+  const mapped = othersIn(layer.mapped, ranges);
+  history.refs.addEach(users, 1);
+  layer.refs.addEach(users, -1);
+  history.mapped.addEach(mapped, 1);
+  layer.mapped.addEach(mapped, -1);
+  if (users.length > 0) {
+    const epoch = e.moves.epoch;
+    // `seg` reads its run list now, before the entry that must not apply to it.
+    void seg.runs;
+    e.moves.push(layer, history, coalesce(users));
+    seg.passed(epoch);
+    let oldest = e.moves.epoch;
+    for (const other of e.segments) if (!other.released) oldest = Math.min(oldest, other.epoch);
+    e.moves.trim(oldest);
   }
   if (history.refs.empty) e.layers.close(history);
   return true;
+}
+
+/** The counts over `ranges` less the one segment that evicts: what moves. */
+function othersIn(counts: RefCounts, ranges: readonly Range[]): { start: number; end: number; count: number }[] {
+  const out: { start: number; end: number; count: number }[] = [];
+  for (const sp of counts.spansIn(ranges)) if (sp.count > 1) out.push({ start: sp.start, end: sp.end, count: sp.count - 1 });
+  return out;
 }
 
 /**

@@ -1,0 +1,201 @@
+// The eviction log (platform/linux/moves.ts), checked against a per-page
+// model: each page's layer, each entry applied to the pages it names.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { merge, type Range, type Run } from '../src/runs.ts';
+import { applyByPage, applyEach, byPageCheaper, Moves, type Move } from '../platform/linux/moves.ts';
+import { memoryStats, Segment } from '../src/index.ts';
+import { linuxOnly } from './helpers/proc.ts';
+import { rng } from './helpers/model.ts';
+import { withLinux } from './helpers/linux.ts';
+
+interface Layer {
+  readonly name: string;
+}
+type L = Layer | null;
+
+const PAGES = 48;
+const named: Layer[] = ['a', 'b', 'c', 'd'].map((name) => ({ name }));
+const layers: L[] = [null, ...named];
+const opts = { numRuns: 1000 };
+
+/** Runs covering [0, PAGES), merged, as a segment's run list is. */
+const runsArb: fc.Arbitrary<Run<L>[]> = fc
+  .array(fc.tuple(fc.integer({ min: 1, max: 12 }), fc.constantFrom(...layers)), { minLength: 1, maxLength: 16 })
+  .map((parts) => {
+    const out: Run<L>[] = [];
+    let at = 0;
+    for (const [len, layer] of parts) {
+      if (at >= PAGES) break;
+      out.push({ start: at, end: Math.min(PAGES, at + len), layer });
+      at += len;
+    }
+    if (at < PAGES) out.push({ start: at, end: PAGES, layer: parts[0]![1] });
+    return merge(out);
+  });
+
+/** Sorted, disjoint ranges inside [0, PAGES), not empty. */
+const rangesArb: fc.Arbitrary<Range[]> = fc
+  .array(fc.tuple(fc.nat(5), fc.integer({ min: 1, max: 6 })), { minLength: 1, maxLength: 10 })
+  .map((parts) => {
+    const out: Range[] = [];
+    let at = 0;
+    for (const [gap, len] of parts) {
+      const start = at + gap;
+      if (start >= PAGES) break;
+      out.push({ start, end: Math.min(PAGES, start + len) });
+      at = start + len;
+    }
+    return out.length > 0 ? out : [{ start: 0, end: 1 }];
+  });
+
+const moveArb: fc.Arbitrary<Move<L>> = fc
+  .tuple(fc.constantFrom(...layers), fc.constantFrom(...named), rangesArb)
+  .filter(([from, to]) => from !== to)
+  .map(([from, to, ranges]) => ({ from, to, ranges, pages: ranges.reduce((n, r) => n + r.end - r.start, 0) }));
+
+function pagesOf(runs: readonly Run<L>[]): L[] {
+  const out: L[] = [];
+  for (const r of runs) for (let p = r.start; p < r.end; p++) out[p] = r.layer;
+  return out;
+}
+
+function modelApply(model: L[], m: Move<L>): void {
+  for (const g of m.ranges) for (let p = g.start; p < g.end; p++) if (model[p] === m.from) model[p] = m.to;
+}
+
+function assertMerged(runs: readonly Run<L>[]): void {
+  for (let i = 1; i < runs.length; i++) {
+    assert.equal(runs[i - 1]!.end, runs[i]!.start, 'runs cover the pages without gaps');
+    assert.notEqual(runs[i - 1]!.layer, runs[i]!.layer, 'touching runs of one layer are merged');
+  }
+}
+
+describe('eviction log', () => {
+  it('re-pointing page by page gives the same run list as entry by entry, and as the per-page model', () => {
+    fc.assert(
+      fc.property(runsArb, fc.array(moveArb, { maxLength: 8 }), (runs, moves) => {
+        const model = pagesOf(runs);
+        for (const m of moves) modelApply(model, m);
+        const each = applyEach(runs, moves);
+        const byPage = applyByPage(runs, moves, PAGES);
+        assert.deepEqual(pagesOf(each), model);
+        assert.deepEqual(byPage, each);
+        assertMerged(byPage);
+      }),
+      opts,
+    );
+  });
+
+  it('chooses one pass over the pages only for many entries over long run lists', () => {
+    const one: Move<L>[] = [{ from: null, to: named[0]!, ranges: [{ start: 0, end: 1 }], pages: 1 }];
+    assert.equal(byPageCheaper(100_000, 1 << 20, one), false, 'one entry: select and overlay');
+    const many = Array.from({ length: 50 }, () => ({ from: null, to: named[0]!, ranges: [{ start: 0, end: 1000 }], pages: 1000 }));
+    assert.equal(byPageCheaper(60_000, 65_536, many), true, '50 entries over 60,000 runs: by page');
+    assert.equal(byPageCheaper(3, 1 << 20, many.slice(0, 2)), false, 'short run lists on large segments: entry by entry');
+  });
+
+  it('resolves run lists read at any epoch to what they read now, the same array for the same list and epoch', () => {
+    // A scenario: run lists taken at various points while entries are
+    // logged; each, read later, must read as the model applied since.
+    const stepArb = fc.oneof(
+      fc.record({ kind: fc.constant('take' as const), runs: runsArb }),
+      fc.record({ kind: fc.constant('move' as const), move: moveArb }),
+      fc.record({ kind: fc.constant('read' as const), which: fc.nat() }),
+    );
+    fc.assert(
+      fc.property(fc.array(stepArb, { maxLength: 30 }), (steps) => {
+        const log = new Moves<L>();
+        const held: { runs: readonly Run<L>[]; epoch: number; model: L[] }[] = [];
+        for (const s of steps) {
+          if (s.kind === 'take') {
+            held.push({ runs: s.runs, epoch: log.epoch, model: pagesOf(s.runs) });
+          } else if (s.kind === 'move') {
+            log.push(s.move.from, s.move.to, s.move.ranges);
+            for (const h of held) modelApply(h.model, s.move);
+          } else if (held.length > 0) {
+            const h = held[s.which % held.length]!;
+            const now = log.resolve(h.runs, h.epoch, PAGES);
+            assert.deepEqual(pagesOf(now), h.model);
+            assertMerged(now);
+            assert.equal(log.resolve(h.runs, h.epoch, PAGES), now, 'the same list at the same epoch: the same array');
+            h.runs = now;
+            h.epoch = log.epoch;
+          }
+        }
+        for (const h of held) assert.deepEqual(pagesOf(log.resolve(h.runs, h.epoch, PAGES)), h.model);
+        // Entries no run list needs any longer can go; the lists still read right.
+        const oldest = held.reduce((m, h) => Math.min(m, h.epoch), log.epoch);
+        log.trim(oldest);
+        assert.equal(log.length, log.epoch - oldest);
+        for (const h of held) assert.deepEqual(pagesOf(log.resolve(h.runs, h.epoch, PAGES)), h.model);
+      }),
+      opts,
+    );
+  });
+
+  it('refuses to resolve a run list older than the entries it kept', () => {
+    const log = new Moves<L>();
+    const runs: Run<L>[] = [{ start: 0, end: PAGES, layer: named[0]! }];
+    log.push(named[0]!, named[1]!, [{ start: 0, end: 4 }]);
+    log.trim(1);
+    assert.throws(() => log.resolve(runs, 0, PAGES), /older than the eviction log/);
+  });
+});
+
+describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
+  const PAGE = 4096;
+  const pages = 256;
+
+  for (const privatize of [true, false]) {
+    it(`read, cloned, restored from, measured or closed after many rounds of random writes, every snapshot reads what it was cloned from${privatize ? '' : ' (no pinned pages)'}`, () => {
+      withLinux({ privatize }, () => {
+        const random = rng(5);
+        const seg = Segment.create(pages * PAGE);
+        const bytes = new Uint8Array(seg.buffer);
+        bytes.fill(1);
+        const kept: { snap: Segment; want: Uint8Array }[] = [];
+        const check = (k: { snap: Segment; want: Uint8Array }, what: string) =>
+          assert.ok(Buffer.from(k.snap.buffer).equals(k.want), `${what}: reads what it was cloned from`);
+        try {
+          for (let round = 0; round < 40; round++) {
+            for (let i = 0; i < pages / 10; i++) bytes[Math.floor(random() * pages) * PAGE + (round % PAGE)] = round + 2;
+            kept.push({ snap: seg.clone(), want: bytes.slice() });
+            // Now and then: an old snapshot read (mapped from then on), one
+            // closed unread, one measured, one cloned, the segment restored
+            // from one and written again; each long after it was made.
+            const old = kept[Math.floor(random() * kept.length)]!;
+            switch (round % 5) {
+              case 1:
+                check(old, `round ${round}, an old snapshot read`);
+                break;
+              case 2: {
+                const i = kept.indexOf(old);
+                if (i !== kept.length - 1) kept.splice(i, 1)[0]!.snap.close();
+                break;
+              }
+              case 3:
+                assert.equal(old.snap.stats().byteLength, pages * PAGE);
+                break;
+              case 4: {
+                const copy = old.snap.clone();
+                kept.push({ snap: copy, want: old.want });
+                seg.restore(old.snap);
+                assert.ok(Buffer.from(bytes).equals(old.want), `round ${round}: restored from an old snapshot`);
+                break;
+              }
+            }
+          }
+          for (const [i, k] of kept.entries()) check(k, `snapshot ${i}`);
+        } finally {
+          for (const k of kept) k.snap.close();
+          seg.close();
+        }
+        const after = memoryStats();
+        assert.equal(after.segments, 0);
+        assert.equal(after.layers, 0, 'every layer closed with the last segment using it');
+      });
+    });
+  }
+});
