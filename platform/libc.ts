@@ -283,17 +283,34 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
 }
 
 /**
+ * Offsets handed to copy_file_range and splice, made once: a typed array
+ * handed to native code for the first time costs microseconds (its memory
+ * leaves the JavaScript heap), more than the call itself for one page.
+ */
+const offsets = { in: new BigInt64Array(1), out: new BigInt64Array(1) };
+
+/**
  * Copies `length` bytes of file `from` at `offset` to file `to` at the same
  * offset, inside the kernel (copy_file_range(2)): no page of either file needs
- * mapping, or touching through a mapping, to be copied.
+ * mapping, or touching through a mapping, to be copied. Written out, not
+ * through transferAll: it runs once a page for scattered pages.
  */
 export function copyFileRange(from: number, to: number, offset: number, length: number): void {
-  const offIn = new BigInt64Array(1);
-  const offOut = new BigInt64Array(1);
-  transferAll('copy_file_range', length, `copy ${length} bytes between memory files`, EIO, (done, n) => {
+  const offIn = offsets.in;
+  const offOut = offsets.out;
+  for (let done = 0; done < length; ) {
+    const fake = injected('copy_file_range');
+    if (fake !== 0) fail('copy_file_range', fake, `cannot copy ${length} bytes between memory files`);
     offIn[0] = offOut[0] = BigInt(offset + done);
-    return Number(libc().copy_file_range(from, offIn, to, offOut, n, 0));
-  });
+    const w = Number(libc().copy_file_range(from, offIn, to, offOut, Math.min(length - done, MAX_IO), 0));
+    if (w === -1) {
+      const errno = koffi.errno();
+      if (errno !== EINTR) fail('copy_file_range', errno, `cannot copy ${length} bytes between memory files`);
+      continue;
+    }
+    if (w === 0) fail('copy_file_range', EIO, `copy ${length} bytes between memory files: stopped after ${done} bytes`);
+    done += w;
+  }
 }
 
 const O_NONBLOCK = 0x800;
@@ -325,7 +342,7 @@ export function vmsplice(fd: number, iov: BigUint64Array, count: number): number
 
 /** splice(2): moves `length` bytes from pipe `from` into file `to` at `offset`, all of them. */
 export function spliceAll(from: number, to: number, offset: number, length: number): void {
-  const off = new BigInt64Array(1);
+  const off = offsets.out;
   transferAll('splice', length, `write ${length} bytes to a memory file`, EIO, (done, n) => {
     off[0] = BigInt(offset + done);
     return Number(libc().splice(from, null, to, off, n, SPLICE_F_NONBLOCK));
