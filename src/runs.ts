@@ -13,6 +13,11 @@ export interface Run<L> extends Range {
   readonly layer: L;
 }
 
+/** A page range and a count for each of its pages (RefCounts). */
+export interface Span extends Range {
+  readonly count: number;
+}
+
 /**
  * Merges adjacent runs of the same layer. Page i lives at offset i in every
  * layer, so two touching runs of one layer are one contiguous file range.
@@ -155,6 +160,20 @@ export function layerAt<L>(runs: readonly Run<L>[], page: number): L | undefined
  * page of one layer. Invariant: `spans` is sorted, disjoint, every count > 0,
  * and touching spans have different counts.
  */
+/** The pages where the sorted, disjoint spans `a` and `b` have the same count (above zero): sorted, disjoint, merged. One sweep. */
+export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
+  const out: Range[] = [];
+  let j = 0;
+  for (const x of a) {
+    while (j < b.length && b[j]!.end <= x.start) j++;
+    for (let k = j; k < b.length && b[k]!.start < x.end; k++) {
+      const y = b[k]!;
+      if (y.count === x.count) appendRange(out, Math.max(x.start, y.start), Math.min(x.end, y.end));
+    }
+  }
+  return out;
+}
+
 export class RefCounts {
   private spans: { start: number; end: number; count: number }[] = [];
 

@@ -4,7 +4,7 @@
 // only: bytes, mappings and private memory, never time.
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { callCounts, EINVAL, injectFault } from '../platform/libc.ts';
+import { callCounts, EINVAL, EIO, injectFault } from '../platform/libc.ts';
 import { Segment } from '../src/index.ts';
 import { anonymousIn, linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
@@ -90,38 +90,45 @@ describe('pinned pages', { skip: linuxOnly }, () => {
     });
   });
 
-  it('a snapshot with pinned pages, written, cloned and restored, reads right every way', () => {
-    withLinux({}, () => {
-      const pages = 96;
-      const random = rng(3);
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      bytes.fill(1);
-      const snap = seg.clone();
-      const twin = seg.clone(); // shares snap's run list, never mapped
-      const original = new Uint8Array(snap.buffer).slice();
-      for (let p = 0; p < pages; p += 3) bytes[p * PAGE] = 2;
-      seg.clone().close(); // every 3rd page pinned in snap
-      const view = new Uint8Array(snap.buffer);
-      assert.deepEqual(view, original);
-      // Written over pinned pages and others, then cloned.
-      for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 5] = 9;
-      const written = view.slice();
-      const copy = snap.clone();
-      assert.deepEqual(new Uint8Array(copy.buffer), written);
-      assert.deepEqual(view, written);
-      // Restored from the twin (same run list: the fast path reads pinned pages back).
-      for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 6] = 10;
-      snap.restore(twin);
-      assert.deepEqual(view, original);
-      // The segment restored from the snapshot, the snapshot from the copy.
-      seg.restore(snap);
-      assert.deepEqual(bytes, original);
-      snap.restore(copy);
-      assert.deepEqual(view, written);
-      for (const s of [copy, twin, snap, seg]) s.close();
+  for (const twinMapped of [false, true]) {
+    it(`a snapshot with pinned pages, written, cloned and restored, reads right every way (${twinMapped ? 'every sharer mapped: the old pages kept in their copies alone' : 'a sharer never mapped: the old pages copied to history'})`, () => {
+      withLinux({}, (b) => {
+        const pages = 96;
+        const random = rng(3);
+        const seg = Segment.create(pages * PAGE);
+        const bytes = new Uint8Array(seg.buffer);
+        bytes.fill(1);
+        const snap = seg.clone();
+        const twin = seg.clone(); // shares snap's run list
+        const original = new Uint8Array(snap.buffer).slice();
+        if (twinMapped) assert.deepEqual(new Uint8Array(twin.buffer), original);
+        const layerBytes = b.memory().layerBytes;
+        for (let p = 0; p < pages; p += 3) bytes[p * PAGE] = 2;
+        seg.clone().close(); // every 3rd page pinned in snap
+        const history = b.memory().layerBytes - layerBytes;
+        if (twinMapped) assert.equal(history, 0, 'no history layer: the old pages are in the snapshots alone');
+        else assert.equal(history, (pages / 3) * PAGE, 'the old pages copied once, into history');
+        const view = new Uint8Array(snap.buffer);
+        assert.deepEqual(view, original);
+        // Written over pinned pages and others, then cloned.
+        for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 5] = 9;
+        const written = view.slice();
+        const copy = snap.clone();
+        assert.deepEqual(new Uint8Array(copy.buffer), written);
+        assert.deepEqual(view, written);
+        // Restored from the twin (same run list: the fast path reads pinned pages back).
+        for (let k = 0; k < 20; k++) view[Math.floor(random() * pages) * PAGE + 6] = 10;
+        snap.restore(twin);
+        assert.deepEqual(view, original);
+        // The segment restored from the snapshot, the snapshot from the copy.
+        seg.restore(snap);
+        assert.deepEqual(bytes, original);
+        snap.restore(copy);
+        assert.deepEqual(view, written);
+        for (const s of [copy, twin, snap, seg]) s.close();
+      });
     });
-  });
+  }
 
   it('without process_madvise, and without MADV_POPULATE_WRITE, pages are made private by touching them: bytes unchanged', () => {
     withLinux({}, () => {
@@ -168,6 +175,42 @@ describe('pinned pages', { skip: linuxOnly }, () => {
       assert.ok(new Uint8Array(snap.buffer).every((x) => x === 3));
       assert.deepEqual(new Uint8Array(next.buffer), bytes);
       for (const s of [next, snap, seg]) s.close();
+    });
+  });
+
+  it('a target whose pinned pages are held in it alone, restored by copy, reads as before when a read fails', () => {
+    withLinux({ mapBudget: 48 }, (b) => {
+      const pages = 256;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p & 0xff;
+      const every4th = Array.from({ length: pages / 4 }, (_, i) => i * 4);
+      // `old`, never mapped: its pages under every 4th go to history, one run each.
+      const old = seg.clone();
+      const oldBytes = bytes.slice();
+      for (const p of every4th) bytes[p * PAGE] = 100;
+      seg.clone().close();
+      // `snap`, mapped: the same pages rewritten under it again, which only it
+      // uses now, so they are kept in its memory alone (a virtual layer).
+      const snap = seg.clone();
+      const view = new Uint8Array(snap.buffer);
+      for (const p of every4th) bytes[p * PAGE] = 200;
+      const layerBytes = b.memory().layerBytes;
+      seg.clone().close();
+      assert.equal(b.memory().layerBytes, layerBytes, 'no history copy');
+      for (const p of [0, 4, 8]) view[p * PAGE + 9] = 77; // written over pinned pages
+      const want = view.slice();
+      // Restoring from `old`, 128 runs, copies the pages that differ (the
+      // budget has room for fewer runs), once the target's own pages,
+      // pinned ones too, are in a layer; the second read fails.
+      injectFault('pread', 2, EIO);
+      callCounts(true);
+      assert.throws(() => snap.restore(old), (err: Error) => (err as { code?: string }).code === 'EIO');
+      assert.ok((callCounts().get('pread') ?? 0) >= 2, 'restored by copy');
+      assert.ok(Buffer.from(view).equals(Buffer.from(want)), 'the target reads as before, its pinned pages too');
+      snap.restore(old);
+      assert.ok(Buffer.from(view).equals(Buffer.from(oldBytes)));
+      for (const s of [old, snap, seg]) s.close();
     });
   });
 });

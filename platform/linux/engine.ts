@@ -81,11 +81,12 @@ export class LinuxSegment {
   }
 
   /**
-   * Marks the run list as read after the eviction made at `epoch`, without
-   * re-pointing it: the segment that evicts keeps its pages where they are.
+   * Marks the run list, read at `epoch`, as read now, without re-pointing it
+   * past the evictions made since: the segment that evicts keeps its pages
+   * where they are.
    */
   passed(epoch: number): void {
-    if (this.#epoch === epoch) this.#epoch = epoch + 1;
+    if (this.#epoch === epoch) this.#epoch = this.#moves.epoch;
   }
 
   /**

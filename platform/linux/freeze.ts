@@ -4,10 +4,10 @@
 // whose layer page nobody else maps are written in place, their old contents
 // evicted to a history layer for the run lists that still need them; the rest
 // are written into a new (or reused) layer and remapped from it.
-import { coalesce, pageCount, select, subtract, type Range, type RefCounts, type Run } from '../../src/runs.ts';
+import { coalesce, pageCount, RefCounts, sameCounts, select, subtract, type Range, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
-import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
+import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
 import { copyFileToFile } from './writer.ts';
@@ -177,59 +177,78 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
 }
 
 /**
- * Copies `layer`'s pages under `ranges` into a history layer, file to
- * file, and points every segment other than `seg` that uses them there.
- * Segments not mapped are run lists, so re-pointing them is bookkeeping;
- * mapped ones hold private copies of these pages (privatizeSharers), which
- * are pinned from then on: their mappings still show `layer`. Afterwards
- * only `seg` uses the pages. Returns false, changing nothing, where the
- * kernel will not copy between memory files; a failure also changes nothing.
+ * Points every segment other than `seg` that uses `layer`'s pages under
+ * `ranges` elsewhere, so that afterwards only `seg` uses them. Where some
+ * of those segments are not mapped (run lists only), the old contents are
+ * copied into a history layer, file to file, and they are pointed there.
+ * Where every one of them is mapped, each holds a private copy of these
+ * pages (privatizeSharers), pinned from then on (their mappings still show
+ * `layer`): those copies are the old contents, and they are pointed at a
+ * virtual layer, a name for them with no file (Layer.virtual). Returns
+ * false, changing nothing, where the kernel will not copy between memory
+ * files; a failure also changes nothing.
  */
 function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
   if (!e.features.fileCopy) return false;
-  const reused = e.layers.reusable(layer.length, ranges);
-  const history = reused ?? e.layers.newLayer(layer.length);
-  const undo = () => {
-    if (reused === undefined) e.layers.close(history);
-    else for (const r of ranges) e.layers.punch(history, r);
-  };
-  try {
-    for (const r of ranges) {
-      if (!copyFileToFile(e.features, layer.fd, history.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
-        undo();
-        return false;
-      }
-    }
-  } catch (err) {
-    undo();
-    throw err;
-  }
-  // Every user of these pages but `seg` moves to `history`: their counts
-  // move at once, by span, and their run lists when next read (moves.ts).
-  // Mapped segments' mappings do not change (their copies are pinned).
+  // Every user of these pages but `seg` moves: their counts move at once,
+  // by span, and their run lists when next read (moves.ts).
   const users = othersIn(layer.refs, ranges);
   const mapped = othersIn(layer.mapped, ranges);
-  history.refs.addEach(users, 1);
+  const virtualRanges = sameCounts(users, mapped);
+  const real = subtract(ranges, virtualRanges);
+  const reused = real.length === 0 ? undefined : e.layers.reusable(layer.length, real);
+  const history = real.length === 0 ? null : (reused ?? e.layers.newLayer(layer.length));
+  if (history !== null) {
+    const undo = () => {
+      if (reused === undefined) e.layers.close(history);
+      else for (const r of real) e.layers.punch(history, r);
+    };
+    try {
+      for (const r of real) {
+        if (!copyFileToFile(e.features, layer.fd, history.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
+          undo();
+          return false;
+        }
+      }
+    } catch (err) {
+      undo();
+      throw err;
+    }
+  }
+  const before = e.moves.epoch;
+  // `seg` reads its run list now, before the entries that must not apply to it.
+  void seg.runs;
+  const moveTo = (to: Layer, within: readonly Range[]) => {
+    const movedUsers = clipSpans(users, within);
+    if (movedUsers.length === 0) return;
+    to.refs.addEach(movedUsers, 1);
+    to.mapped.addEach(clipSpans(mapped, within), 1);
+    e.moves.push(layer, to, coalesce(movedUsers));
+  };
+  if (history !== null) moveTo(history, real);
+  if (virtualRanges.length > 0) moveTo(Layer.virtual(layer.length), virtualRanges);
   layer.refs.addEach(users, -1);
-  history.mapped.addEach(mapped, 1);
   layer.mapped.addEach(mapped, -1);
-  if (users.length > 0) {
-    const epoch = e.moves.epoch;
-    // `seg` reads its run list now, before the entry that must not apply to it.
-    void seg.runs;
-    e.moves.push(layer, history, coalesce(users));
-    seg.passed(epoch);
+  if (e.moves.epoch !== before) {
+    seg.passed(before);
     let oldest = e.moves.epoch;
     for (const other of e.segments) if (!other.released) oldest = Math.min(oldest, other.epoch);
     e.moves.trim(oldest);
   }
-  if (history.refs.empty) e.layers.close(history);
+  if (history !== null && history.refs.empty) e.layers.close(history);
   return true;
 }
 
+/** The parts of the sorted, disjoint `spans` inside the sorted, disjoint `ranges`. */
+function clipSpans(spans: readonly Span[], ranges: readonly Range[]): Span[] {
+  const counts = new RefCounts();
+  counts.addEach(spans, 1);
+  return counts.spansIn(ranges);
+}
+
 /** The counts over `ranges` less the one segment that evicts: what moves. */
-function othersIn(counts: RefCounts, ranges: readonly Range[]): { start: number; end: number; count: number }[] {
-  const out: { start: number; end: number; count: number }[] = [];
+function othersIn(counts: RefCounts, ranges: readonly Range[]): Span[] {
+  const out: Span[] = [];
   for (const sp of counts.spansIn(ranges)) if (sp.count > 1) out.push({ start: sp.start, end: sp.end, count: sp.count - 1 });
   return out;
 }
@@ -244,7 +263,8 @@ function othersIn(counts: RefCounts, ranges: readonly Range[]): { start: number;
 function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range[], written: readonly Range[]): void {
   const fromLayers = e.features.fileCopy
     ? select(seg.runs, subtract(ranges, written)).filter(
-        (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.end - r.start >= FILE_COPY_MIN,
+        // A virtual layer has no file: its pages are the segment's memory.
+        (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.layer.fd >= 0 && r.end - r.start >= FILE_COPY_MIN,
       )
     : [];
   e.writer.write(layer.fd, seg.addr, subtract(ranges, fromLayers));

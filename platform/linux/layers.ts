@@ -39,6 +39,19 @@ export class Layer {
     this.fd = fd;
     this.length = length;
   }
+
+  /**
+   * A virtual layer: a name, with no file, for the old contents of pages a
+   * segment rewrote in place while every other segment using them mapped
+   * them and held a private copy (evict, freeze.ts). Those copies are the
+   * pages: each such segment is pinned there (LinuxSegment.maps), so they
+   * are never dropped, and any freeze or restore takes them from memory,
+   * never from this layer. Its counts say who still holds them; it is not
+   * in any store and has no descriptor to close.
+   */
+  static virtual(length: number): Layer {
+    return new Layer(-1, length);
+  }
 }
 
 /** A run list: which layer holds each page range of a segment (null: anonymous memory). */
