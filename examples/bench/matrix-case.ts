@@ -51,6 +51,25 @@ function snapshot() {
   };
 }
 
+/**
+ * Wrong bytes of a kept snapshot. One that was read is read again through its
+ * own views. One never touched is left so: it is restored into a scratch
+ * segment, which is read and closed (a rollback, the use such snapshots are
+ * kept for), where reading each would map it for good: old snapshots of
+ * scattered writes each need their own copy of the pages they differ in to
+ * be read at once (README, limits).
+ */
+function checkKept(snap: Segment, read: boolean, first: Uint8Array, ref: Uint8Array): number {
+  if (read) return new Windows(snap).wrongBytes(first, ref);
+  const scratch = Segment.create(snap.byteLength);
+  try {
+    scratch.restore(snap);
+    return new Windows(scratch).wrongBytes(first, ref);
+  } finally {
+    scratch.close();
+  }
+}
+
 /** A segment's bytes as windows of at most 1 GiB (views detach when it closes). */
 class Windows {
   readonly windows: Uint8Array[] = [];
@@ -278,7 +297,7 @@ export function runCase(spec: CaseSpec) {
         const v = roundValue(r);
         for (let i = 0; i < n; i++) first[list[i]] = v;
         if (r < kept.length) {
-          verify.wrongBytes += new Windows(kept[r]).wrongBytes(first, ref);
+          verify.wrongBytes += checkKept(kept[r], spec.mode === 'read', first, ref);
           verify.checkedBytes += size;
           verify.segments++;
         }

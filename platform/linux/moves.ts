@@ -18,13 +18,6 @@ export interface Move<L> {
   readonly pages: number;
 }
 
-/** A run list as it read at an epoch, and as it reads at a later one. */
-interface Resolved<L> {
-  readonly from: number;
-  to: number;
-  runs: readonly Run<L>[];
-}
-
 /**
  * `runs` with `moves` applied in order, one at a time: select and overlay
  * per entry that finds its layer. Cost: the run list's length per entry.
@@ -104,8 +97,6 @@ export class Moves<L extends object | null> {
   /** Entries from epoch `#base` on. */
   #entries: Move<L>[] = [];
   #base = 0;
-  /** The last resolution of each run list, by the epoch it was read at. */
-  readonly #resolved = new WeakMap<readonly Run<L>[], Resolved<L>>();
 
   /** The epoch now: the number of entries ever made. A run list read now is current at it. */
   get epoch(): number {
@@ -131,24 +122,17 @@ export class Moves<L extends object | null> {
   }
 
   /**
-   * `runs`, read at `epoch`, as it reads now. Run lists read at the same
-   * epoch (segments sharing one) resolve to the same array, so that sharing
-   * a run list still means holding the same contents.
+   * `runs`, read at `epoch`, as it reads now. Not cached: two segments that
+   * shared a run list may resolve to two equal arrays, which only costs a
+   * restore between them its fast path (restore.ts), where a cache keyed by
+   * run list would keep every version of a mapped segment's run list alive
+   * through its `maps`.
    */
   resolve(runs: readonly Run<L>[], epoch: number, pages: number): readonly Run<L>[] {
     const now = this.epoch;
     if (epoch === now) return runs;
     if (epoch < this.#base) throw new Error('run list older than the eviction log');
-    let done = this.#resolved.get(runs);
-    if (done === undefined || done.from !== epoch) {
-      done = { from: epoch, to: epoch, runs };
-      this.#resolved.set(runs, done);
-    }
-    if (done.to < now) {
-      const moves = this.#entries.slice(done.to - this.#base);
-      done.runs = byPageCheaper(done.runs.length, pages, moves) ? applyByPage(done.runs, moves, pages) : applyEach(done.runs, moves);
-      done.to = now;
-    }
-    return done.runs;
+    const moves = this.#entries.slice(epoch - this.#base);
+    return byPageCheaper(runs.length, pages, moves) ? applyByPage(runs, moves, pages) : applyEach(runs, moves);
   }
 }
