@@ -174,6 +174,23 @@ export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
   return out;
 }
 
+/**
+ * One step of a sweep over reference counts: [at, to) had `before` and now
+ * has `after`. Appends it to the new spans `next` (merging with the last
+ * where the count is the same), or to `freed` where it fell to zero.
+ */
+function sweep(next: { start: number; end: number; count: number }[], freed: Range[], at: number, to: number, before: number, after: number): void {
+  if (after > 0) {
+    const last = next[next.length - 1];
+    if (last !== undefined && last.end === at && last.count === after) last.end = to;
+    else next.push({ start: at, end: to, count: after });
+  } else if (before > 0) {
+    const last = freed[freed.length - 1];
+    if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
+    else freed.push({ start: at, end: to });
+  }
+}
+
 export class RefCounts {
   private spans: { start: number; end: number; count: number }[] = [];
 
@@ -246,15 +263,7 @@ export class RefCounts {
       if (newCount < 0) throw new Error('reference count below zero');
       const to = nextAt();
       if (to === Infinity) break;
-      if (newCount > 0) {
-        const last = next[next.length - 1];
-        if (last !== undefined && last.end === at && last.count === newCount) last.end = to;
-        else next.push({ start: at, end: to, count: newCount });
-      } else if (oldCount > 0) {
-        const last = freed[freed.length - 1];
-        if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
-        else freed.push({ start: at, end: to });
-      }
+      sweep(next, freed, at, to, oldCount, newCount);
       at = to;
     }
     this.spans = next;
@@ -286,15 +295,7 @@ export class RefCounts {
       const old = inSpan ? s.count : 0;
       const count = old + (inPart ? sign * p.count : 0);
       if (count < 0) throw new Error('reference count below zero');
-      if (count > 0) {
-        const last = next[next.length - 1];
-        if (last !== undefined && last.end === at && last.count === count) last.end = to;
-        else next.push({ start: at, end: to, count });
-      } else if (old > 0) {
-        const last = freed[freed.length - 1];
-        if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
-        else freed.push({ start: at, end: to });
-      }
+      sweep(next, freed, at, to, old, count);
       at = to;
     }
     this.spans = next;

@@ -321,6 +321,19 @@ describe('RefCounts', () => {
     return (rc as unknown as { spans: { start: number; end: number; count: number }[] }).spans;
   }
 
+  /** Counts made by `adds` ([x, y, delta]: delta over the pages between x and y), and the same per page. */
+  function countsOf(adds: readonly [number, number, number][]): { rc: RefCounts; model: number[] } {
+    const rc = new RefCounts();
+    const model: number[] = new Array(2 * SPAN + 16).fill(0);
+    for (const [x, y, delta] of adds) {
+      const start = Math.min(x, y);
+      const end = Math.max(x, y);
+      rc.add(start, end, delta);
+      for (let p = start; p < end; p++) model[p]! += delta;
+    }
+    return { rc, model };
+  }
+
   function zeroRuns(before: number[], after: number[]): Range[] {
     const out: Range[] = [];
     for (let p = 0; p < after.length; p++) {
@@ -335,14 +348,7 @@ describe('RefCounts', () => {
   it('spansIn() gives each page of the ranges with a count above zero once, with its count, in order', () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }), rangesArb, (adds, ranges) => {
-        const rc = new RefCounts();
-        const model: number[] = new Array(2 * SPAN + 16).fill(0);
-        for (const [x, y, delta] of adds) {
-          const start = Math.min(x, y);
-          const end = Math.max(x, y);
-          rc.add(start, end, delta);
-          for (let p = start; p < end; p++) model[p]! += delta;
-        }
+        const { rc, model } = countsOf(adds);
         const seen: [number, number][] = [];
         let last = -1;
         for (const sp of rc.spansIn(ranges)) {
@@ -366,14 +372,7 @@ describe('RefCounts', () => {
         fc.integer({ min: 0, max: 3 }),
         fc.boolean(),
         (adds, ranges, keep, up) => {
-          const rc = new RefCounts();
-          const model: number[] = new Array(2 * SPAN + 16).fill(0);
-          for (const [x, y, delta] of adds) {
-            const start = Math.min(x, y);
-            const end = Math.max(x, y);
-            rc.add(start, end, delta);
-            for (let p = start; p < end; p++) model[p]! += delta;
-          }
+          const { rc, model } = countsOf(adds);
           // What evict() does: every count under the ranges but `keep` moves
           // away (down), or the same parts arrive elsewhere (up).
           const parts = rc
