@@ -2,8 +2,9 @@
 // describes its contents and a clone or restore can share them. A fresh
 // segment is first made private (its page tables moved aside); written pages
 // whose layer page nobody else maps are written in place, their old contents
-// evicted to a history layer for the run lists that still need them; the rest
-// are written into a new (or reused) layer and remapped from it.
+// evicted to a history layer for the run lists that still need them (or,
+// where every other user maps them, left in those users' private copies);
+// the rest are written into a new (or reused) layer and remapped from it.
 import { coalesce, pageCount, RefCounts, sameCounts, select, subtract, type Range, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
@@ -119,7 +120,9 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
     // contents are copied once, as fork() would. Segments that map those
     // pages take a private copy of each first (pinned pages, engine.ts),
     // where the copies cost less than the mappings a new run would
-    // (privatizeWorth, cost.ts); the other pages go to a new layer (freeze).
+    // (privatizeWorth, cost.ts); where they are all the users, their
+    // copies are the old contents and nothing is copied to history (evict).
+    // The other pages go to a new layer (freeze).
     const shared = subtract(ranges, alone);
     if (shared.length > 0 && e.features.fileCopy) {
       const unmappedOnly = layer.mapped.rangesWithCount(shared, 1);
