@@ -155,11 +155,6 @@ export function layerAt<L>(runs: readonly Run<L>[], page: number): L | undefined
   return undefined;
 }
 
-/**
- * Reference counts over page ranges: how many runs of live segments use each
- * page of one layer. Invariant: `spans` is sorted, disjoint, every count > 0,
- * and touching spans have different counts.
- */
 /** The pages where the sorted, disjoint spans `a` and `b` have the same count (above zero): sorted, disjoint, merged. One sweep. */
 export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
   const out: Range[] = [];
@@ -191,6 +186,11 @@ function sweep(next: { start: number; end: number; count: number }[], freed: Ran
   }
 }
 
+/**
+ * Reference counts over page ranges: how many runs of live segments use each
+ * page of one layer. Invariant: `spans` is sorted, disjoint, every count > 0,
+ * and touching spans have different counts.
+ */
 export class RefCounts {
   private spans: { start: number; end: number; count: number }[] = [];
 
@@ -275,7 +275,7 @@ export class RefCounts {
    * disjoint, as spansIn gives them); returns the ranges whose count fell
    * to zero. One sweep over the old spans and the parts together.
    */
-  addEach(parts: readonly { start: number; end: number; count: number }[], sign: 1 | -1): Range[] {
+  addEach(parts: readonly Span[], sign: 1 | -1): Range[] {
     const spans = this.spans;
     const next: { start: number; end: number; count: number }[] = [];
     const freed: Range[] = [];
@@ -313,8 +313,8 @@ export class RefCounts {
   }
 
   /** The counts over sorted, disjoint `ranges`: their parts with a count above zero, clipped to them, in order. One sweep. */
-  spansIn(ranges: readonly Range[]): { start: number; end: number; count: number }[] {
-    const out: { start: number; end: number; count: number }[] = [];
+  spansIn(ranges: readonly Range[]): Span[] {
+    const out: Span[] = [];
     let i = 0;
     for (const r of ranges) {
       while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;

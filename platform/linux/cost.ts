@@ -2,7 +2,7 @@
 // runs into one new layer (compaction) pays for itself, and which pages it
 // rewrites. Pure functions over run lists and reference counts, free of
 // system calls, so they are property-tested apart from the kernel.
-import { coalesce, pageCount, type Range, type RefCounts, type Run } from '../../src/runs.ts';
+import { coalesce, pageCount, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
 
 /** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
 export interface Counted {
@@ -54,7 +54,7 @@ export const COPIES_PER_MAPPING = 16;
  * copies of: where the copies, one per other segment and page, come to no
  * more than the two mappings a new run would cost. Sorted, disjoint, merged.
  */
-export function privatizeWorth(spans: readonly { start: number; end: number; count: number }[]): Range[] {
+export function privatizeWorth(spans: readonly Span[]): Range[] {
   return coalesce(spans.filter((s) => (s.count - 1) * (s.end - s.start) <= 2 * COPIES_PER_MAPPING));
 }
 
