@@ -275,26 +275,34 @@ function run(runtime, files, verbose, timeoutMs) {
     });
     running.add(child.pid);
     let out = '';
-    const onData = (stream) => (chunk) => {
-      out += chunk;
-      if (verbose) stream.write(chunk);
-    };
-    child.stdout.on('data', onData(process.stdout));
-    child.stderr.on('data', onData(process.stderr));
     let timedOut = false;
-    const timer = setTimeout(() => {
+    const kill = () => {
       timedOut = true;
       try {
         process.kill(-child.pid, 'SIGKILL');
       } catch {
         // Already gone.
       }
-    }, timeoutMs);
+    };
+    // A hung file is one that stops printing: every runtime reports each
+    // test as it ends. A file that is only slow (a loaded machine, a runtime
+    // slower than the others) keeps printing and runs on, up to a cap.
+    let timer = setTimeout(kill, timeoutMs);
+    const cap = setTimeout(kill, timeoutMs * 4);
+    const onData = (stream) => (chunk) => {
+      out += chunk;
+      if (verbose) stream.write(chunk);
+      clearTimeout(timer);
+      timer = setTimeout(kill, timeoutMs);
+    };
+    child.stdout.on('data', onData(process.stdout));
+    child.stderr.on('data', onData(process.stderr));
     child.on('error', (err) => {
       out += `\n${err.message}\n`;
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      clearTimeout(cap);
       running.delete(child.pid);
       resolve({ code, signal, out, timedOut, seconds: (Date.now() - started) / 1000 });
     });
@@ -388,7 +396,7 @@ async function main() {
       c.failed += part.failed;
       c.skipped += part.skipped;
       let problem;
-      if (res.timedOut) problem = `killed after ${timeoutMs / 1000} s`;
+      if (res.timedOut) problem = `killed after ${res.seconds.toFixed(0)} s (${timeoutMs / 1000} s without output, or ${(timeoutMs * 4) / 1000} s in all)`;
       else if (res.signal) problem = `ended by ${res.signal}`;
       else if (res.code !== 0) problem = `exit code ${res.code}`;
       else if (!part.found) problem = 'no test summary found';
