@@ -66,6 +66,7 @@ interface Bindings {
   mremap: (old: bigint, oldLen: number, newLen: number, flags: number, ...args: unknown[]) => bigint;
   madvise: (addr: bigint, len: number, advice: number) => number;
   pwrite: (fd: number, buf: bigint, n: number, off: number) => number;
+  pwritev: (fd: number, iov: BigUint64Array, count: number, off: number) => number;
   pread: (fd: number, buf: bigint | ArrayBufferView, n: number, off: number) => number;
   fallocate: (fd: number, mode: number, off: number, len: number) => number;
   lseek: (fd: number, off: number, whence: number) => number;
@@ -101,6 +102,7 @@ function libc(): Bindings {
     mremap: lib.func('void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...)'),
     madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
     pwrite: lib.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)'),
+    pwritev: lib.func('intptr_t pwritev(int fd, const void *iov, int iovcnt, int64_t offset)'),
     memcpy: lib.func('void *memcpy(void *dest, const void *src, size_t n)'),
     pread: lib.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)'),
     fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
@@ -283,6 +285,15 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
 }
 
 /**
+ * pwritev(2): writes the memory `iov` names ((address, length) pairs, `count`
+ * of them) one after another into `fd` from `offset`; returns the bytes
+ * written, which may be fewer.
+ */
+export function pwritev(fd: number, iov: BigUint64Array, count: number, offset: number): number {
+  return retry('pwritev', () => Number(libc().pwritev(fd, iov, count, offset)), () => `cannot write ${count} ranges of memory to a memory file`);
+}
+
+/**
  * Offsets handed to copy_file_range and splice, made once: a typed array
  * handed to native code for the first time costs microseconds (its memory
  * leaves the JavaScript heap), more than the call itself for one page.
@@ -290,18 +301,19 @@ export function pwriteAll(fd: number, addr: bigint, length: number, offset: numb
 const offsets = { in: new BigInt64Array(1), out: new BigInt64Array(1) };
 
 /**
- * Copies `length` bytes of file `from` at `offset` to file `to` at the same
- * offset, inside the kernel (copy_file_range(2)): no page of either file needs
+ * Copies `length` bytes of file `from` at `offset` to file `to` at
+ * `toOffset` (the same offset if not given), inside the kernel (copy_file_range(2)): no page of either file needs
  * mapping, or touching through a mapping, to be copied. Written out, not
  * through transferAll: it runs once a page for scattered pages.
  */
-export function copyFileRange(from: number, to: number, offset: number, length: number): void {
+export function copyFileRange(from: number, to: number, offset: number, length: number, toOffset = offset): void {
   const offIn = offsets.in;
   const offOut = offsets.out;
   for (let done = 0; done < length; ) {
     const fake = injected('copy_file_range');
     if (fake !== 0) fail('copy_file_range', fake, `cannot copy ${length} bytes between memory files`);
-    offIn[0] = offOut[0] = BigInt(offset + done);
+    offIn[0] = BigInt(offset + done);
+    offOut[0] = BigInt(toOffset + done);
     const w = Number(libc().copy_file_range(from, offIn, to, offOut, Math.min(length - done, MAX_IO), 0));
     if (w === -1) {
       const errno = koffi.errno();

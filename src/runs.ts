@@ -19,8 +19,10 @@ export interface Span extends Range {
 }
 
 /**
- * Merges adjacent runs of the same layer. Page i lives at offset i in every
- * layer, so two touching runs of one layer are one contiguous file range.
+ * Merges adjacent runs of the same layer. Page i lives at offset i of a
+ * layer, or in a packed one at an offset that grows with i page by page
+ * over the ranges it holds (Packing): either way, two touching runs of one
+ * layer are one contiguous file range.
  */
 export function merge<L>(runs: readonly Run<L>[]): Run<L>[] {
   const out: Run<L>[] = [];
@@ -139,6 +141,87 @@ export function pageCount(ranges: readonly Range[]): number {
   let n = 0;
   for (const r of ranges) n += r.end - r.start;
   return n;
+}
+
+/**
+ * Where a packed layer keeps its pages. A layer file is as long as its
+ * segments and holds page i at offset i, except a packed one, which holds
+ * only the pages it was given, stored one after another: a history layer,
+ * written in one vectored call (freeze.ts). Pages are added in batches, each
+ * batch in page order from a file page on. A batch never touches the pages
+ * held already, so pages that touch in page order are neighbours in the
+ * file: a run on a packed layer, all of whose pages it holds, is one
+ * contiguous range of its file.
+ */
+export class Packing {
+  /** The ranges held, sorted, none touching another. */
+  readonly #starts: Int32Array;
+  readonly #ends: Int32Array;
+  /** The file page of each range's first page. */
+  readonly #firsts: Int32Array;
+  /** Pages held. */
+  readonly pages: number;
+
+  /** `ranges` (sorted and disjoint; touching ones are joined) stored from file page `at`. */
+  constructor(ranges: readonly Range[], at = 0, base?: Packing) {
+    const held = coalesce(ranges);
+    const old = base === undefined ? 0 : base.#starts.length;
+    const n = old + held.length;
+    this.#starts = new Int32Array(n);
+    this.#ends = new Int32Array(n);
+    this.#firsts = new Int32Array(n);
+    let pages = base?.pages ?? 0;
+    // Merged in page order: the old ranges and the new.
+    let i = 0;
+    let j = 0;
+    let file = at;
+    for (let k = 0; k < n; k++) {
+      if (j >= held.length || (i < old && base!.#starts[i]! < held[j]!.start)) {
+        this.#starts[k] = base!.#starts[i]!;
+        this.#ends[k] = base!.#ends[i]!;
+        this.#firsts[k] = base!.#firsts[i]!;
+        i++;
+      } else {
+        const r = held[j++]!;
+        this.#starts[k] = r.start;
+        this.#ends[k] = r.end;
+        this.#firsts[k] = file;
+        file += r.end - r.start;
+        pages += r.end - r.start;
+      }
+    }
+    this.pages = pages;
+  }
+
+  /** These pages held too, stored from file page `at` on: a new Packing. `ranges` must not touch or overlap any held (touchesHeld). */
+  with(ranges: readonly Range[], at: number): Packing {
+    return new Packing(ranges, at, this);
+  }
+
+  /** Whether any of the sorted, disjoint `ranges` overlaps or touches a held range. */
+  touchesHeld(ranges: readonly Range[]): boolean {
+    let i = 0;
+    const n = this.#starts.length;
+    for (const r of ranges) {
+      while (i < n && this.#ends[i]! < r.start) i++;
+      if (i < n && this.#starts[i]! <= r.end) return true;
+    }
+    return false;
+  }
+
+  /** The file page that holds page `page`; throws where the layer does not hold it (a bookkeeping fault, never a user's). */
+  filePage(page: number): number {
+    const starts = this.#starts;
+    let lo = 0;
+    let hi = starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (starts[mid]! <= page) lo = mid;
+      else hi = mid - 1;
+    }
+    if (starts.length === 0 || page < starts[lo]! || page >= this.#ends[lo]!) throw new Error(`memfork internal error: page ${page} is not in this packed layer`);
+    return this.#firsts[lo]! + page - starts[lo]!;
+  }
 }
 
 /** Which layer holds page `page` (binary search). */

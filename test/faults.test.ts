@@ -29,6 +29,7 @@ const errnoFor: Record<CallName, number> = {
   mremap: E.ENOMEM,
   madvise: E.ENOMEM,
   pwrite: E.ENOSPC,
+  pwritev: E.ENOSPC,
   pread: E.EIO,
   fallocate: E.EIO,
   lseek: E.EIO,

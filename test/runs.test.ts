@@ -11,6 +11,7 @@ import {
   layerAt,
   merge,
   overlay,
+  Packing,
   pageCount,
   RefCounts,
   select,
@@ -299,6 +300,67 @@ describe('layerAt()', () => {
         const m = modelOf(runs);
         for (let p = 0; p < m.length; p++) assert.equal(layerAt(runs, p), m[p], `page ${p}`);
         assert.equal(layerAt(runs, -1), undefined);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('Packing', () => {
+  it('stores the pages it holds one after another in page order, each once, and refuses the others', () => {
+    fc.assert(
+      fc.property(rangesArb, (ranges) => {
+        const packing = new Packing(ranges);
+        const held = [...pagesOf(ranges)].sort((a, b) => a - b);
+        assert.equal(packing.pages, held.length);
+        // The k-th page held, in page order, is at file page k: every file page used once, none past the end.
+        held.forEach((p, k) => assert.equal(packing.filePage(p), k, `page ${p}`));
+        for (let p = -1; p < 2 * SPAN + 16; p++) {
+          if (!held.includes(p)) assert.throws(() => packing.filePage(p), /not in this packed layer/, `page ${p} is not held`);
+        }
+      }),
+      opts,
+    );
+  });
+
+  it('adds batches that touch no held page after the file end, and keeps every page where it was', () => {
+    fc.assert(
+      fc.property(fc.array(rangesArb, { minLength: 1, maxLength: 5 }), fc.nat(3), (batches, hole) => {
+        let packing = new Packing([]);
+        let end = 0;
+        const where = new Map<number, number>();
+        for (const batch of batches) {
+          if (batch.length === 0) continue;
+          const held = [...where.keys()];
+          const touches = batch.some((r) => held.some((p) => p >= r.start - 1 && p <= r.end));
+          assert.equal(packing.touchesHeld(batch), touches, `touchesHeld(${JSON.stringify(batch)})`);
+          if (touches) continue;
+          // After the end, with a hole left by a failed batch now and then.
+          const at = end + hole;
+          packing = packing.with(batch, at);
+          [...pagesOf(batch)].sort((a, b) => a - b).forEach((p, k) => where.set(p, at + k));
+          end = at + pageCount(batch);
+        }
+        assert.equal(packing.pages, where.size);
+        for (let p = -1; p < 2 * SPAN + 16; p++) {
+          if (where.has(p)) assert.equal(packing.filePage(p), where.get(p), `page ${p}`);
+          else assert.throws(() => packing.filePage(p), /not in this packed layer/);
+        }
+      }),
+      opts,
+    );
+  });
+
+  it('keeps every run of held pages one contiguous range of the file, however its ranges touch', () => {
+    fc.assert(
+      fc.property(rangesArb, rangeArb, (ranges, r) => {
+        const packing = new Packing(ranges);
+        // A run lies inside what the layer holds: here, any stretch of one coalesced range.
+        for (const c of coalesce(ranges)) {
+          const start = Math.max(c.start, r.start);
+          const end = Math.min(c.end, r.end);
+          for (let p = start; p < end; p++) assert.equal(packing.filePage(p), packing.filePage(start) + p - start);
+        }
       }),
       opts,
     );

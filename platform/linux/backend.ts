@@ -35,13 +35,13 @@ import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
 import { MapBudget } from './budget.ts';
 import { compact } from './compact.ts';
-import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit, largestLayer } from './cost.ts';
+import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit } from './cost.ts';
 import { Dropper } from './drop.ts';
 import { LinuxSegment, scanWritten, setRuns, type Engine } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
 import { LayerStore, rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
-import { mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
+import { baseLayer, mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
 import { spanFor, Windows } from './move-aside.ts';
 import { Moves } from './moves.ts';
 import { restore } from './restore.ts';
@@ -363,7 +363,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
    * put back and nothing else has changed.
    */
   #materializeByCopy(seg: LinuxSegment): void {
-    const base = largestLayer(seg.runs);
+    const base = baseLayer(seg.runs);
     const whole: Runs = [{ start: 0, end: seg.pages, layer: base }];
     const others = seg.runs.filter((r) => r.layer !== base);
     // Private copies are memory: refused (ENOMEM) rather than run the

@@ -49,7 +49,7 @@ export function compactUnmapped(e: Engine, seg: LinuxSegment, newLayer: MakeLaye
       const scratch = mapRuns(e.pageSize, null, seg.runs, seg.length);
       try {
         const data = seg.runs.filter((r) => r.layer !== null);
-        e.writer.write(layer.fd, scratch, data);
+        e.writer.write(layer, scratch, data);
       } finally {
         unreserve(scratch, seg.length);
       }
@@ -75,9 +75,11 @@ export const DATA_SCAN_MIN = 256;
 function copyRunsFileToFile(e: Engine, runs: Runs, layer: Layer): boolean {
   for (const r of runs) {
     if (r.layer === null) continue;
-    const data = r.end - r.start < DATA_SCAN_MIN ? [r] : e.layers.dataRanges(r.layer.fd, r.start, r.end);
+    // A packed layer holds only pages in use: no holes to look for.
+    const data = r.end - r.start < DATA_SCAN_MIN || r.layer.packing !== null ? [r] : e.layers.dataRanges(r.layer.fd, r.start, r.end);
     for (const d of data) {
-      if (!copyFileToFile(e.features, r.layer.fd, layer.fd, d.start * e.pageSize, (d.end - d.start) * e.pageSize)) return false;
+      const length = (d.end - d.start) * e.pageSize;
+      if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.layer.filePage(d.start) * e.pageSize, length, d.start * e.pageSize)) return false;
     }
   }
   return true;

@@ -5,7 +5,7 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { coalesce, pageCount, RefCounts, sameCounts, select, subtract, type Range, type Run, type Span } from '../../src/runs.ts';
+import { coalesce, pageCount, RefCounts, sameCounts, select, subtract, type Packing, type Range, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
@@ -137,7 +137,7 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
     }
     // Safety: only `seg` maps these layer pages, and it holds private copies of them.
     if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, alone);
-    else e.writer.write(layer.fd, seg.addr, alone);
+    else e.writer.write(layer, seg.addr, alone);
     for (const r of alone) owned.push(r);
   }
   if (owned.length === 0) return dirty;
@@ -199,24 +199,20 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   const mapped = othersIn(layer.mapped, ranges);
   const virtualRanges = sameCounts(users, mapped);
   const real = subtract(ranges, virtualRanges);
-  const reused = real.length === 0 ? undefined : e.layers.reusable(layer.length, real);
-  const history = real.length === 0 ? null : (reused ?? e.layers.newLayer(layer.length));
-  if (history !== null) {
-    const undo = () => {
-      if (reused === undefined) e.layers.close(history);
-      else for (const r of real) e.layers.punch(history, r);
-    };
+  // Packed: a history layer holds these pages only, one after another,
+  // added to a recent one where they fit (LayerStore.appendable).
+  let history: Layer | null = null;
+  if (real.length > 0) {
+    const reused = e.layers.appendable(layer.length, real);
+    history = reused ?? e.layers.newLayer(layer.length, []);
+    const to = history;
+    let copied = false;
     try {
-      for (const r of real) {
-        if (!copyFileToFile(e.features, layer.fd, history.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
-          undo();
-          return false;
-        }
-      }
-    } catch (err) {
-      undo();
-      throw err;
+      copied = e.layers.append(to, real, (at, packing) => copyOut(e, layer, to.fd, packing, real, at));
+    } finally {
+      if (!copied && reused === undefined) e.layers.close(to);
     }
+    if (!copied) return false;
   }
   const before = e.moves.epoch;
   // `seg` reads its run list now, before the entries that must not apply to it.
@@ -239,6 +235,26 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     e.moves.trim(oldest);
   }
   if (history !== null && history.refs.empty) e.layers.close(history);
+  return true;
+}
+
+/**
+ * Copies the pages under `ranges` of `from` into file `to` from file page
+ * `at` on, one after another, where `packing` says they go. Through
+ * `from`'s moved-aside mapping where the segment writes through it (so the
+ * pages it rewrites have page-table entries there): one vectored write for
+ * up to UIO_MAXIOV ranges (Writer.gather). Otherwise file to file, a call
+ * a range. False, where the kernel will not copy between memory files.
+ */
+function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[], at: number): boolean {
+  const page = e.pageSize;
+  if (from.window !== 0n && e.windowCopy) {
+    e.writer.gather(to, from.window, ranges, at * page);
+    return true;
+  }
+  for (const r of ranges) {
+    if (!copyFileToFile(e.features, from.fd, to, from.filePage(r.start) * page, (r.end - r.start) * page, packing.filePage(r.start) * page)) return false;
+  }
   return true;
 }
 
@@ -270,12 +286,13 @@ function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range
         (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.layer.fd >= 0 && r.end - r.start >= FILE_COPY_MIN,
       )
     : [];
-  e.writer.write(layer.fd, seg.addr, subtract(ranges, fromLayers));
+  e.writer.write(layer, seg.addr, subtract(ranges, fromLayers));
   for (const [i, r] of fromLayers.entries()) {
-    if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.start * e.pageSize, (r.end - r.start) * e.pageSize)) {
+    const length = (r.end - r.start) * e.pageSize;
+    if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.layer.filePage(r.start) * e.pageSize, length, r.start * e.pageSize)) {
       // Refused outright (a kernel or sandbox without it for memory files):
       // the rest goes through memory, now and from then on.
-      e.writer.write(layer.fd, seg.addr, fromLayers.slice(i));
+      e.writer.write(layer, seg.addr, fromLayers.slice(i));
       return;
     }
   }

@@ -6,7 +6,7 @@
 // in turn.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
-import { coalesce, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import { coalesce, Packing, type Range, type Run, RefCounts } from '../../src/runs.ts';
 import { FLOOR, ProcessFdBudget } from './fd-budget.ts';
 import type { Features } from './features.ts';
 import type { Windows } from './move-aside.ts';
@@ -35,9 +35,20 @@ export class Layer {
    * with the layer. 0n: none.
    */
   window = 0n;
-  constructor(fd: number, length: number) {
+  /** Where a packed layer keeps its pages (Packing); null: page i at offset i. */
+  packing: Packing | null;
+  /** A packed layer's file length, in pages: past every page it holds (a failed append may leave a hole after them). */
+  fileEnd = 0;
+  constructor(fd: number, length: number, packing: Packing | null = null) {
     this.fd = fd;
     this.length = length;
+    this.packing = packing;
+    this.fileEnd = packing?.pages ?? 0;
+  }
+
+  /** The page of this layer's file that holds page `page`, which it must hold. */
+  filePage(page: number): number {
+    return this.packing === null ? page : this.packing.filePage(page);
   }
 
   /**
@@ -57,8 +68,8 @@ export class Layer {
 /** A run list: which layer holds each page range of a segment (null: anonymous memory). */
 export type Runs = readonly Run<Layer | null>[];
 
-/** Makes a layer of `length` bytes. */
-export type MakeLayer = (length: number) => Layer;
+/** Makes a layer for segments of `length` bytes: all of them, or packed, only the pages `packed` names. */
+export type MakeLayer = (length: number, packed?: readonly Range[]) => Layer;
 
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
@@ -126,14 +137,14 @@ export class LayerStore {
    * some by compacting the segments that use the most layers, then tries
    * once more.
    */
-  newLayer(length: number): Layer {
+  newLayer(length: number, packed?: readonly Range[]): Layer {
     if (this.#layers.size >= this.fdBudget(1)) this.#reclaimFds();
     let layer: Layer;
     try {
-      layer = this.make(length);
+      layer = this.make(length, packed);
     } catch (err) {
       if (errnoOf(err) !== sys.EMFILE || !this.#reclaimFds()) throw err;
-      layer = this.make(length);
+      layer = this.make(length, packed);
     }
     // A reserve given up earlier (and not re-opened then) is taken back now.
     if (this.#reserveFd < 0) this.#reserveFd = openReserve();
@@ -150,7 +161,7 @@ export class LayerStore {
     if (this.#reserveFd >= 0) sys.closeFd(this.#reserveFd);
     this.#reserveFd = -1;
     try {
-      this.#reclaim((length) => this.make(length));
+      this.#reclaim((length, packed) => this.make(length, packed));
     } finally {
       this.#reserveFd = openReserve();
     }
@@ -158,7 +169,8 @@ export class LayerStore {
   }
 
   /** A new layer, without reclaiming: the memfd, sized and sealed. */
-  make(length: number): Layer {
+  make(length: number, packed?: readonly Range[]): Layer {
+    const packing = packed === undefined ? null : new Packing(packed);
     let fd: number;
     const flags = sys.MFD_CLOEXEC | sys.MFD_ALLOW_SEALING;
     if (this.#features.noexecSeal) {
@@ -174,13 +186,14 @@ export class LayerStore {
       fd = sys.memfdCreate('memfork', flags);
     }
     try {
-      sys.ftruncate(fd, length);
-      sys.addSeals(fd, sys.F_SEAL_GROW | sys.F_SEAL_SHRINK);
+      sys.ftruncate(fd, packing === null ? length : packing.pages * this.#pageSize);
+      // A packed layer grows as pages are added to it (LayerStore.append).
+      sys.addSeals(fd, packing === null ? sys.F_SEAL_GROW | sys.F_SEAL_SHRINK : sys.F_SEAL_SHRINK);
     } catch (err) {
       sys.closeFd(fd);
       throw err;
     }
-    const layer = new Layer(fd, length);
+    const layer = new Layer(fd, length, packing);
     this.#layers.add(layer);
     this.#recent.unshift(layer);
     if (this.#recent.length > REUSE_CANDIDATES) this.#recent.pop();
@@ -197,7 +210,8 @@ export class LayerStore {
   }
 
   /**
-   * A recent layer of this length whose pages under `ranges` nobody uses.
+   * A recent layer of this length whose pages under `ranges` nobody uses
+   * (never a packed one: it has room for its own pages only).
    * Writing those is safe although the layer is mapped private elsewhere: a
    * range no segment references is mapped nowhere, and a private mapping
    * shows file changes only at the offsets it maps. Reuse saves a file
@@ -207,9 +221,46 @@ export class LayerStore {
     let tries = 0;
     for (const layer of this.#recent) {
       if (++tries > REUSE_CANDIDATES) break;
-      if (layer.fd >= 0 && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
+      if (layer.fd >= 0 && layer.packing === null && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
     }
     return undefined;
+  }
+
+  /**
+   * A recent packed layer for segments of this length that `ranges` can be
+   * added to: none of them touches a page it holds (Packing). Adding to one
+   * saves a file descriptor a batch of history.
+   */
+  appendable(length: number, ranges: readonly Range[]): Layer | undefined {
+    let tries = 0;
+    for (const layer of this.#recent) {
+      if (++tries > REUSE_CANDIDATES) break;
+      if (layer.fd >= 0 && layer.packing !== null && layer.length === length && !layer.packing.touchesHeld(ranges)) return layer;
+    }
+    return undefined;
+  }
+
+  /**
+   * Makes room for `pages` more pages at the end of packed `layer`'s file
+   * and returns the file page they start at. The layer holds them once
+   * `write` has filled them (true) and only then; otherwise (false, or a
+   * throw) the room is left a hole, which holds no memory.
+   */
+  append(layer: Layer, ranges: readonly Range[], write: (at: number, packing: Packing) => boolean): boolean {
+    const base = layer.packing!;
+    const at = layer.fileEnd;
+    const pages = ranges.reduce((n, r) => n + r.end - r.start, 0);
+    sys.ftruncate(layer.fd, (at + pages) * this.#pageSize);
+    layer.fileEnd = at + pages;
+    const packing = base.with(ranges, at);
+    let done = false;
+    try {
+      done = write(at, packing);
+    } finally {
+      if (done) layer.packing = packing;
+      else this.#punchFile(layer, at, pages);
+    }
+    return done;
   }
 
   /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
@@ -227,9 +278,13 @@ export class LayerStore {
 
   /** Frees a range of a layer that no mapping uses. */
   punch(layer: Layer, r: Range): void {
-    if (layer.fd < 0) return;
+    if (layer.fd >= 0) this.#punchFile(layer, layer.filePage(r.start), r.end - r.start);
+  }
+
+  /** Frees `pages` pages of `layer`'s file from file page `at`. */
+  #punchFile(layer: Layer, at: number, pages: number): void {
     try {
-      sys.punchHole(layer.fd, r.start * this.#pageSize, (r.end - r.start) * this.#pageSize);
+      sys.punchHole(layer.fd, at * this.#pageSize, pages * this.#pageSize);
     } catch {
       // Only memory is lost if this fails, never data: nothing maps the range.
     }

@@ -42,7 +42,7 @@ export function mapPrivate(at: bigint, length: number, fd: number): bigint {
  * On failure a new mapping is unmapped; a fixed one is left to the caller.
  */
 export function mapRuns(pageSize: number, at: bigint | null, runs: Runs, length: number, onFirstMapped?: () => void): bigint {
-  const base = largestLayer(runs);
+  const base = baseLayer(runs);
   const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (base === null ? sys.MAP_ANONYMOUS : 0);
   const addr = map(at, length, RW, flags, base === null ? -1 : base.fd, 0);
   onFirstMapped?.();
@@ -61,11 +61,20 @@ export function mapRuns(pageSize: number, at: bigint | null, runs: Runs, length:
   return addr;
 }
 
+/**
+ * The layer a run list is mapped over whole, its other runs on top: the one
+ * with the most pages, but never a packed layer (Packing), whose file holds
+ * only its own pages, not page i at offset i.
+ */
+export function baseLayer(runs: Runs): Layer | null {
+  return largestLayer(runs.filter((r) => r.layer === null || r.layer.packing === null));
+}
+
 /** Maps one page range of `layer` (or anonymous memory) at its place in the segment at `base`. */
 export function mapRange(pageSize: number, base: bigint, r: Range, layer: Layer | null): void {
   const off = r.start * pageSize;
   const flags = sys.MAP_PRIVATE | sys.MAP_NORESERVE | (layer === null ? sys.MAP_ANONYMOUS : 0);
-  map(base + BigInt(off), (r.end - r.start) * pageSize, RW, flags, layer === null ? -1 : layer.fd, layer === null ? 0 : off);
+  map(base + BigInt(off), (r.end - r.start) * pageSize, RW, flags, layer === null ? -1 : layer.fd, layer === null ? 0 : layer.filePage(r.start) * pageSize);
 }
 
 /** Maps PROT_NONE reserved address space at `addr` (MAP_FIXED), or anywhere when `addr` is null. */

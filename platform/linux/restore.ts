@@ -156,7 +156,7 @@ function dropPinned(e: Engine, seg: LinuxSegment, written: readonly Range[], pin
   if (pageCount(pins) * page > PINNED_ASIDE) return false;
   const aside = select(seg.runs, pins).map((r) => {
     const bytes = new Uint8Array((r.end - r.start) * page);
-    if (r.layer !== null) readAside(r.layer.fd, bytes, r.start * page);
+    if (r.layer !== null) readAside(r.layer.fd, bytes, r.layer.filePage(r.start) * page);
     return { at: seg.addr + BigInt(r.start * page), bytes };
   });
   e.dropper.rangesEach(seg.addr, subtract(written, pins));

@@ -1,0 +1,99 @@
+// Packed history layers (Packing, src/runs.ts): the old contents of pages a
+// segment rewrites in place are stored one after another, so page i of a
+// history layer is not at offset i. Every path that reads, maps, writes,
+// copies or frees layer pages must find them there: snapshots read and
+// restored from, segments restored onto history pages and written in place
+// again, history evicted to history again, run lists compacted. Each step
+// is checked byte for byte against plain arrays.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { memoryStats, Segment } from '../src/index.ts';
+import * as sys from '../platform/libc.ts';
+import { withLinux } from './helpers/linux.ts';
+import { rng } from './helpers/model.ts';
+
+const linuxOnly = process.platform !== 'linux' && 'Linux backend';
+const PAGE = 4096;
+const pages = 512;
+
+/** The bytes of a segment, compared with what it should hold. */
+function assertHolds(seg: Segment, want: Uint8Array, what: string): void {
+  const got = new Uint8Array(seg.buffer);
+  if (Buffer.from(got).equals(want)) return;
+  let p = 0;
+  while (p < pages && Buffer.from(got.subarray(p * PAGE, (p + 1) * PAGE)).equals(want.subarray(p * PAGE, (p + 1) * PAGE))) p++;
+  assert.fail(`${what}: page ${p} differs (byte 0 is ${got[p * PAGE]}, expected ${want[p * PAGE]})`);
+}
+
+describe('packed history layers', { skip: linuxOnly }, () => {
+  const variants: { name: string; options: ConstructorParameters<typeof import('../platform/linux/index.ts').LinuxBackend>[0] }[] = [
+    { name: 'history written through the moved-aside mapping', options: { windowCopy: true } },
+    { name: 'history copied file to file', options: { windowCopy: false } },
+    { name: 'restores mapped in place', options: { restoreInPlace: true } },
+    { name: 'a run budget that compacts', options: { maxRuns: 8 } },
+    { name: 'no pinned pages', options: { privatize: false } },
+  ];
+  for (const { name, options } of variants) {
+    it(`every segment reads as a plain array through writes, clones, reads, restores and closes (${name})`, () => {
+      withLinux(options, (b) => {
+        const random = rng(11);
+        const seg = Segment.create(pages * PAGE);
+        const model = new Uint8Array(pages * PAGE);
+        const bytes = () => new Uint8Array(seg.buffer);
+        bytes().fill(1);
+        model.fill(1);
+        const kept: { snap: Segment; want: Uint8Array }[] = [];
+        sys.callCounts(true);
+        try {
+          for (let round = 0; round < 60; round++) {
+            // Every other page of a stretch, or pages at random: scattered
+            // writes, whose old contents go to a packed history layer.
+            const view = bytes();
+            const from = Math.floor(random() * pages);
+            for (let p = from; p < pages; p += round % 3 === 0 ? 1 + Math.floor(random() * 3) : 2) {
+              const at = p * PAGE + (round % PAGE);
+              view[at] = model[at] = round + 2;
+            }
+            kept.push({ snap: seg.clone(), want: model.slice() });
+            const old = kept[Math.floor(random() * kept.length)]!;
+            switch (Math.floor(random() * 6)) {
+              case 0:
+                // Read (mapped from then on: its run list, packed runs and all).
+                assertHolds(old.snap, old.want, `round ${round}, an old snapshot read`);
+                break;
+              case 1: {
+                // Restored onto history pages, then written on below, in place.
+                seg.restore(old.snap);
+                model.set(old.want);
+                assertHolds(seg, model, `round ${round}, restored from an old snapshot`);
+                break;
+              }
+              case 2: {
+                const i = kept.indexOf(old);
+                if (kept.length > 1) kept.splice(i, 1)[0]!.snap.close();
+                break;
+              }
+              case 3: {
+                const copy = old.snap.clone();
+                kept.push({ snap: copy, want: old.want });
+                break;
+              }
+              default:
+                break;
+            }
+            assertHolds(seg, model, `round ${round}`);
+          }
+          for (const [i, k] of kept.entries()) assertHolds(k.snap, k.want, `snapshot ${i}`);
+          const calls = sys.callCounts();
+          if (options?.windowCopy === true) assert.ok((calls.get('pwritev') ?? 0) > 0, 'history written with pwritev');
+          if (options?.windowCopy === false) assert.equal(calls.get('pwritev') ?? 0, 0, 'no window, no pwritev');
+        } finally {
+          for (const k of kept) k.snap.close();
+          seg.close();
+        }
+        assert.equal(memoryStats().segments, 0);
+        assert.equal(b.memory().layers, 0, 'every layer closed with the last segment using it');
+      });
+    });
+  }
+});
