@@ -6,7 +6,7 @@
 // in turn.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
-import { coalesce, Packing, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import { coalesce, Packing, pageCount, type Range, type Run, RefCounts } from '../../src/runs.ts';
 import { FLOOR, ProcessFdBudget } from './fd-budget.ts';
 import type { Features } from './features.ts';
 import type { Windows } from './move-aside.ts';
@@ -37,7 +37,7 @@ export class Layer {
   window = 0n;
   /** Where a packed layer keeps its pages (Packing); null: page i at offset i. */
   packing: Packing | null;
-  /** A packed layer's file length, in pages: past every page it holds (a failed append may leave a hole after them). */
+  /** A packed layer's first file page never used: past every page it holds (a failed append leaves a hole before it). */
   fileEnd = 0;
   constructor(fd: number, length: number, packing: Packing | null = null) {
     this.fd = fd;
@@ -186,9 +186,10 @@ export class LayerStore {
       fd = sys.memfdCreate('memfork', flags);
     }
     try {
-      sys.ftruncate(fd, packing === null ? length : packing.pages * this.#pageSize);
-      // A packed layer grows as pages are added to it (LayerStore.append).
-      sys.addSeals(fd, packing === null ? sys.F_SEAL_GROW | sys.F_SEAL_SHRINK : sys.F_SEAL_SHRINK);
+      // A packed layer is as long too: pages are added to it in its holes
+      // (LayerStore.append), which hold no memory, so it never needs to grow.
+      sys.ftruncate(fd, length);
+      sys.addSeals(fd, sys.F_SEAL_GROW | sys.F_SEAL_SHRINK);
     } catch (err) {
       sys.closeFd(fd);
       throw err;
@@ -228,29 +229,32 @@ export class LayerStore {
 
   /**
    * A recent packed layer for segments of this length that `ranges` can be
-   * added to: none of them touches a page it holds (Packing). Adding to one
-   * saves a file descriptor a batch of history.
+   * added to: none of them touches a page it holds (Packing), and its file
+   * has room for them after the pages it used. Adding to one saves a file
+   * descriptor a batch of history.
    */
   appendable(length: number, ranges: readonly Range[]): Layer | undefined {
+    const pages = pageCount(ranges);
     let tries = 0;
     for (const layer of this.#recent) {
       if (++tries > REUSE_CANDIDATES) break;
-      if (layer.fd >= 0 && layer.packing !== null && layer.length === length && !layer.packing.touchesHeld(ranges)) return layer;
+      if (layer.fd < 0 || layer.packing === null || layer.length !== length) continue;
+      if ((layer.fileEnd + pages) * this.#pageSize <= length && !layer.packing.touchesHeld(ranges)) return layer;
     }
     return undefined;
   }
 
   /**
-   * Makes room for `pages` more pages at the end of packed `layer`'s file
-   * and returns the file page they start at. The layer holds them once
-   * `write` has filled them (true) and only then; otherwise (false, or a
-   * throw) the room is left a hole, which holds no memory.
+   * Stores the pages under `ranges` in packed `layer`, after the pages it
+   * used, where `write` (given the first file page and the layer's packing
+   * with them) puts them. The layer holds them once `write` has done so
+   * (true), and only then; otherwise (false, or a throw) that part of the
+   * file is freed again and never used.
    */
   append(layer: Layer, ranges: readonly Range[], write: (at: number, packing: Packing) => boolean): boolean {
     const base = layer.packing!;
     const at = layer.fileEnd;
-    const pages = ranges.reduce((n, r) => n + r.end - r.start, 0);
-    sys.ftruncate(layer.fd, (at + pages) * this.#pageSize);
+    const pages = pageCount(ranges);
     layer.fileEnd = at + pages;
     const packing = base.with(ranges, at);
     let done = false;
