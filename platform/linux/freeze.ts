@@ -16,6 +16,9 @@ import { copyFileToFile } from './writer.ts';
 /** Bytes of private copies made without asking the machine how much memory it has free (/proc/meminfo). */
 const UNCHECKED_COPY = 16 * 2 ** 20;
 
+/** Old contents evicted to history in ranges at least this long are copied file to file; shorter ones through the layer's window (copyOut). */
+const FILE_COPY_LONG = 16;
+
 /** Clean runs at least this long are copied file to file when freezing; shorter ones through memory. */
 const FILE_COPY_MIN = 1;
 
@@ -208,7 +211,7 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     const to = history;
     let copied = false;
     try {
-      copied = e.layers.append(to, real, (at, packing) => copyOut(e, layer, to.fd, packing, real, at));
+      copied = e.layers.append(to, real, (_, packing) => copyOut(e, layer, to.fd, packing, real));
     } finally {
       if (!copied && reused === undefined) e.layers.close(to);
     }
@@ -239,22 +242,39 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
 }
 
 /**
- * Copies the pages under `ranges` of `from` into file `to` from file page
- * `at` on, one after another, where `packing` says they go. Through
+ * Copies the pages under `ranges` of `from` into file `to`, where `packing`
+ * says they go: one after another, in page order. Short ranges go through
  * `from`'s moved-aside mapping where the segment writes through it (so the
- * pages it rewrites have page-table entries there): one vectored write for
- * up to UIO_MAXIOV ranges (Writer.gather). Otherwise file to file, a call
- * a range. False, where the kernel will not copy between memory files.
+ * pages it rewrites have page-table entries there), each stretch of them
+ * between two long ones in one vectored write of up to UIO_MAXIOV ranges
+ * (Writer.gather): a call per page costs more than the copy. Long ranges,
+ * and all of them without a window, go file to file, a call a range: no
+ * page is read through a mapping, where one without a page-table entry
+ * would fault in (a hole of the layer would even be allocated). False,
+ * where the kernel will not copy between memory files and there is no
+ * window.
  */
-function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[], at: number): boolean {
+function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[]): boolean {
   const page = e.pageSize;
-  if (from.window !== 0n && e.windowCopy) {
-    e.writer.gather(to, from.window, ranges, at * page);
-    return true;
-  }
+  const window = e.windowCopy ? from.window : 0n;
+  let stretch: Range[] = [];
+  const flush = () => {
+    if (stretch.length === 0) return;
+    e.writer.gather(to, window, stretch, packing.filePage(stretch[0]!.start) * page);
+    stretch = [];
+  };
   for (const r of ranges) {
-    if (!copyFileToFile(e.features, from.fd, to, from.filePage(r.start) * page, (r.end - r.start) * page, packing.filePage(r.start) * page)) return false;
+    if (window !== 0n && (r.end - r.start < FILE_COPY_LONG || !e.features.fileCopy)) {
+      stretch.push(r);
+      continue;
+    }
+    flush();
+    if (copyFileToFile(e.features, from.fd, to, from.filePage(r.start) * page, (r.end - r.start) * page, packing.filePage(r.start) * page)) continue;
+    if (window === 0n) return false;
+    // Refused (and from then on): through the window.
+    stretch.push(r);
   }
+  flush();
   return true;
 }
 
