@@ -145,16 +145,14 @@ export function pageCount(ranges: readonly Range[]): number {
 
 /**
  * Where a packed layer keeps its pages. A layer file is as long as its
- * segments and holds page i at offset i, except a packed one, which holds
- * only the pages it was given, stored one after another: a history layer,
- * written in one vectored call (freeze.ts). Pages are added in batches, each
- * batch in page order from a file page on. A batch never touches the pages
- * held already, so pages that touch in page order are neighbours in the
- * file: a run on a packed layer, all of whose pages it holds, is one
- * contiguous range of its file.
+ * segments and holds page i at offset i, except a packed one, which stores
+ * only the pages it was given, one after another in page order from a file
+ * page on: a batch of history, written in one vectored call (freeze.ts).
+ * Pages that touch in page order are neighbours in the file, so a run on a
+ * packed layer, all of whose pages it holds, is one contiguous range of its
+ * file.
  */
 export class Packing {
-  /** The ranges held, sorted, none touching another. */
   readonly #starts: Int32Array;
   readonly #ends: Int32Array;
   /** The file page of each range's first page. */
@@ -162,51 +160,20 @@ export class Packing {
   /** Pages held. */
   readonly pages: number;
 
-  /** `ranges` (sorted and disjoint; touching ones are joined) stored from file page `at`. */
-  constructor(ranges: readonly Range[], at = 0, base?: Packing) {
+  /** `ranges` (sorted and disjoint; touching ones are joined) stored from file page `at` on. */
+  constructor(ranges: readonly Range[], at = 0) {
     const held = coalesce(ranges);
-    const old = base === undefined ? 0 : base.#starts.length;
-    const n = old + held.length;
-    this.#starts = new Int32Array(n);
-    this.#ends = new Int32Array(n);
-    this.#firsts = new Int32Array(n);
-    let pages = base?.pages ?? 0;
-    // Merged in page order: the old ranges and the new.
-    let i = 0;
-    let j = 0;
+    this.#starts = new Int32Array(held.length);
+    this.#ends = new Int32Array(held.length);
+    this.#firsts = new Int32Array(held.length);
     let file = at;
-    for (let k = 0; k < n; k++) {
-      if (j >= held.length || (i < old && base!.#starts[i]! < held[j]!.start)) {
-        this.#starts[k] = base!.#starts[i]!;
-        this.#ends[k] = base!.#ends[i]!;
-        this.#firsts[k] = base!.#firsts[i]!;
-        i++;
-      } else {
-        const r = held[j++]!;
-        this.#starts[k] = r.start;
-        this.#ends[k] = r.end;
-        this.#firsts[k] = file;
-        file += r.end - r.start;
-        pages += r.end - r.start;
-      }
+    for (const [i, r] of held.entries()) {
+      this.#starts[i] = r.start;
+      this.#ends[i] = r.end;
+      this.#firsts[i] = file;
+      file += r.end - r.start;
     }
-    this.pages = pages;
-  }
-
-  /** These pages held too, stored from file page `at` on: a new Packing. `ranges` must not touch or overlap any held (touchesHeld). */
-  with(ranges: readonly Range[], at: number): Packing {
-    return new Packing(ranges, at, this);
-  }
-
-  /** Whether any of the sorted, disjoint `ranges` overlaps or touches a held range. */
-  touchesHeld(ranges: readonly Range[]): boolean {
-    let i = 0;
-    const n = this.#starts.length;
-    for (const r of ranges) {
-      while (i < n && this.#ends[i]! < r.start) i++;
-      if (i < n && this.#starts[i]! <= r.end) return true;
-    }
-    return false;
+    this.pages = file - at;
   }
 
   /** The file page that holds page `page`; throws where the layer does not hold it (a bookkeeping fault, never a user's). */

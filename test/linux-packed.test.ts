@@ -11,6 +11,7 @@ import { memoryStats, Segment } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
 import { withLinux } from './helpers/linux.ts';
 import { rng } from './helpers/model.ts';
+import { layerFds } from './helpers/proc.ts';
 
 const linuxOnly = process.platform !== 'linux' && 'Linux backend';
 const PAGE = 4096;
@@ -82,6 +83,7 @@ describe('packed history layers', { skip: linuxOnly }, () => {
                 break;
             }
             assertHolds(seg, model, `round ${round}`);
+            assert.equal(layerFds().length, b.layerCount(), `round ${round}: the descriptors open are the ones counted`);
           }
           for (const [i, k] of kept.entries()) assertHolds(k.snap, k.want, `snapshot ${i}`);
           const calls = sys.callCounts();
@@ -96,4 +98,35 @@ describe('packed history layers', { skip: linuxOnly }, () => {
       });
     });
   }
+
+  it('stores the batches of many clones in one file: a descriptor for all of them, closed with the last', () => {
+    withLinux({}, (b) => {
+      const random = rng(3);
+      const seg = Segment.create(pages * PAGE);
+      const view = new Uint8Array(seg.buffer);
+      view.fill(1);
+      const kept: { snap: Segment; want: Uint8Array }[] = [];
+      try {
+        // 40 batches of at most 8 pages: room for all of them in one file of 512 pages.
+        for (let round = 0; round < 40; round++) {
+          for (let i = 0; i < 8; i++) view[Math.floor(random() * pages) * PAGE + round] = round + 2;
+          kept.push({ snap: seg.clone(), want: view.slice() });
+        }
+        assert.ok(b.layerCount() <= 3, `${b.layerCount()} descriptors for 40 batches of history`);
+        assert.equal(layerFds().length, b.layerCount());
+        for (const [i, k] of kept.entries()) {
+          const got = Buffer.from(new Uint8Array(k.snap.buffer));
+          assert.ok(got.equals(k.want), `snapshot ${i} reads what it was cloned from`);
+        }
+        // Closing the snapshots closes their history layers, the file with the last of them.
+        for (const k of kept.splice(0)) k.snap.close();
+        assert.equal(b.layerCount(), 1, 'only the segment\'s own layer');
+        assert.equal(layerFds().length, 1);
+      } finally {
+        for (const k of kept) k.snap.close();
+        seg.close();
+      }
+      assert.equal(layerFds().length, 0);
+    });
+  });
 });

@@ -251,7 +251,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   memory(): BackendMemory {
     let layerBytes = 0;
-    for (const layer of this.#layers.all()) layerBytes += sys.allocatedBytes(layer.fd);
+    // Packed layers share their file's descriptor: each file once.
+    const fds = new Set<number>();
+    for (const layer of this.#layers.all()) if (layer.fd >= 0) fds.add(layer.fd);
+    for (const fd of fds) layerBytes += sys.allocatedBytes(fd);
     let privateBytes = 0;
     for (const seg of this.#segments) privateBytes += this.stats(seg).privateBytes;
     return { layers: this.#layers.size, layerBytes, privateBytes, mappings: this.#budget.used };

@@ -202,20 +202,12 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   const mapped = othersIn(layer.mapped, ranges);
   const virtualRanges = sameCounts(users, mapped);
   const real = subtract(ranges, virtualRanges);
-  // Packed: a history layer holds these pages only, one after another,
-  // added to a recent one where they fit (LayerStore.appendable).
+  // Packed: a history layer holds these pages only, one after another, in
+  // a recent packed file where they fit (LayerStore.packed).
   let history: Layer | null = null;
   if (real.length > 0) {
-    const reused = e.layers.appendable(layer.length, real);
-    history = reused ?? e.layers.newLayer(layer.length, []);
-    const to = history;
-    let copied = false;
-    try {
-      copied = e.layers.append(to, real, (_, packing) => copyOut(e, layer, to.fd, packing, real));
-    } finally {
-      if (!copied && reused === undefined) e.layers.close(to);
-    }
-    if (!copied) return false;
+    history = e.layers.packed(layer.length, real, (fd, packing) => copyOut(e, layer, fd, packing, real)) ?? null;
+    if (history === null) return false;
   }
   const before = e.moves.epoch;
   // `seg` reads its run list now, before the entries that must not apply to it.

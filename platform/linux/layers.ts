@@ -36,14 +36,14 @@ export class Layer {
    */
   window = 0n;
   /** Where a packed layer keeps its pages (Packing); null: page i at offset i. */
-  packing: Packing | null;
-  /** A packed layer's first file page never used: past every page it holds (a failed append leaves a hole before it). */
-  fileEnd = 0;
-  constructor(fd: number, length: number, packing: Packing | null = null) {
+  readonly packing: Packing | null;
+  /** The file a packed layer shares with the other batches stored in it; null for others. */
+  readonly file: PackedFile | null;
+  constructor(fd: number, length: number, packing: Packing | null = null, file: PackedFile | null = null) {
     this.fd = fd;
     this.length = length;
     this.packing = packing;
-    this.fileEnd = packing?.pages ?? 0;
+    this.file = file;
   }
 
   /** The page of this layer's file that holds page `page`, which it must hold. */
@@ -65,11 +65,25 @@ export class Layer {
   }
 }
 
+/**
+ * A memory file holding packed layers (Packing): one per batch of pages
+ * stored in it, one after another. Each batch is a layer of its own (its own
+ * counts, its own runs), so runs of two batches never merge, whichever pages
+ * they hold; they share the descriptor, closed with the last of them.
+ */
+export interface PackedFile {
+  readonly fd: number;
+  /** The first file page no batch has used (a failed batch leaves a hole before it). */
+  end: number;
+  /** Open layers stored in it. */
+  layers: number;
+}
+
 /** A run list: which layer holds each page range of a segment (null: anonymous memory). */
 export type Runs = readonly Run<Layer | null>[];
 
-/** Makes a layer for segments of `length` bytes: all of them, or packed, only the pages `packed` names. */
-export type MakeLayer = (length: number, packed?: readonly Range[]) => Layer;
+/** Makes a layer of `length` bytes. */
+export type MakeLayer = (length: number) => Layer;
 
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
@@ -100,6 +114,8 @@ export class LayerStore {
    */
   readonly #reclaim: (make: MakeLayer) => void;
   readonly #layers = new Set<Layer>();
+  /** Descriptors open: a layer's each, or one for all the packed layers of a file. */
+  #files = 0;
   /** The newest layers, newest first: where a freeze looks for room to reuse. */
   #recent: Layer[] = [];
   /** A spare descriptor, given up when the process runs out so compaction can proceed. */
@@ -119,12 +135,12 @@ export class LayerStore {
   /** The most layers this store may hold, as it stands for opening `needed` more. */
   fdBudget(needed = 0): number {
     const b = this.#fdBudget;
-    return typeof b === 'number' ? b : b.limit(this.#layers.size, needed);
+    return typeof b === 'number' ? b : b.limit(this.#files, needed);
   }
 
-  /** Live layers. */
+  /** Descriptors the live layers hold. */
   get size(): number {
-    return this.#layers.size;
+    return this.#files;
   }
 
   /** Every live layer. */
@@ -137,18 +153,23 @@ export class LayerStore {
    * some by compacting the segments that use the most layers, then tries
    * once more.
    */
-  newLayer(length: number, packed?: readonly Range[]): Layer {
-    if (this.#layers.size >= this.fdBudget(1)) this.#reclaimFds();
-    let layer: Layer;
+  newLayer(length: number): Layer {
+    return this.#reclaiming(() => this.make(length));
+  }
+
+  /** `open()` (which opens one descriptor), reclaiming descriptors first when over the budget, and once more on EMFILE. */
+  #reclaiming<T>(open: () => T): T {
+    if (this.#files >= this.fdBudget(1)) this.#reclaimFds();
+    let made: T;
     try {
-      layer = this.make(length, packed);
+      made = open();
     } catch (err) {
       if (errnoOf(err) !== sys.EMFILE || !this.#reclaimFds()) throw err;
-      layer = this.make(length, packed);
+      made = open();
     }
     // A reserve given up earlier (and not re-opened then) is taken back now.
     if (this.#reserveFd < 0) this.#reserveFd = openReserve();
-    return layer;
+    return made;
   }
 
   /**
@@ -157,20 +178,31 @@ export class LayerStore {
    * descriptor was freed.
    */
   #reclaimFds(): boolean {
-    const before = this.#layers.size;
+    const before = this.#files;
     if (this.#reserveFd >= 0) sys.closeFd(this.#reserveFd);
     this.#reserveFd = -1;
     try {
-      this.#reclaim((length, packed) => this.make(length, packed));
+      this.#reclaim((length) => this.make(length));
     } finally {
       this.#reserveFd = openReserve();
     }
-    return this.#layers.size < before;
+    return this.#files < before;
   }
 
   /** A new layer, without reclaiming: the memfd, sized and sealed. */
-  make(length: number, packed?: readonly Range[]): Layer {
-    const packing = packed === undefined ? null : new Packing(packed);
+  make(length: number): Layer {
+    return this.#add(new Layer(this.#memfd(length), length));
+  }
+
+  #add(layer: Layer): Layer {
+    this.#layers.add(layer);
+    this.#recent.unshift(layer);
+    if (this.#recent.length > REUSE_CANDIDATES) this.#recent.pop();
+    return layer;
+  }
+
+  /** A memfd of `length` bytes, sealed against growing and shrinking (packed files too: their holes hold no memory). */
+  #memfd(length: number): number {
     let fd: number;
     const flags = sys.MFD_CLOEXEC | sys.MFD_ALLOW_SEALING;
     if (this.#features.noexecSeal) {
@@ -186,28 +218,28 @@ export class LayerStore {
       fd = sys.memfdCreate('memfork', flags);
     }
     try {
-      // A packed layer is as long too: pages are added to it in its holes
-      // (LayerStore.append), which hold no memory, so it never needs to grow.
       sys.ftruncate(fd, length);
       sys.addSeals(fd, sys.F_SEAL_GROW | sys.F_SEAL_SHRINK);
     } catch (err) {
       sys.closeFd(fd);
       throw err;
     }
-    const layer = new Layer(fd, length, packing);
-    this.#layers.add(layer);
-    this.#recent.unshift(layer);
-    if (this.#recent.length > REUSE_CANDIDATES) this.#recent.pop();
-    return layer;
+    this.#files++;
+    return fd;
   }
 
   close(layer: Layer): void {
     if (layer.fd < 0) return;
     if (layer.window !== 0n) this.#windows.drop(layer);
     // Mappings keep the file alive; the fd is only needed to map it again.
-    sys.closeFd(layer.fd);
+    if (layer.file === null || --layer.file.layers === 0) this.#closeFile(layer.fd);
     layer.fd = -1;
     this.#layers.delete(layer);
+  }
+
+  #closeFile(fd: number): void {
+    sys.closeFd(fd);
+    this.#files--;
   }
 
   /**
@@ -228,43 +260,41 @@ export class LayerStore {
   }
 
   /**
-   * A recent packed layer for segments of this length that `ranges` can be
-   * added to: none of them touches a page it holds (Packing), and its file
-   * has room for them after the pages it used. Adding to one saves a file
-   * descriptor a batch of history.
+   * A new packed layer for segments of `length` bytes holding the pages
+   * under `ranges`, in a recent packed file with room for them after the
+   * pages it used (saving a descriptor), or a new one. `write`, given the
+   * layer's Packing and descriptor, puts them there. Returns the layer once
+   * `write` has done so (true), and undefined otherwise (false, or a throw),
+   * when that part of the file is freed again and never used.
    */
-  appendable(length: number, ranges: readonly Range[]): Layer | undefined {
+  packed(length: number, ranges: readonly Range[], write: (fd: number, packing: Packing) => boolean): Layer | undefined {
     const pages = pageCount(ranges);
+    let file: PackedFile | undefined;
     let tries = 0;
     for (const layer of this.#recent) {
       if (++tries > REUSE_CANDIDATES) break;
-      if (layer.fd < 0 || layer.packing === null || layer.length !== length) continue;
-      if ((layer.fileEnd + pages) * this.#pageSize <= length && !layer.packing.touchesHeld(ranges)) return layer;
+      const f = layer.file;
+      if (layer.fd >= 0 && f !== null && layer.length === length && (f.end + pages) * this.#pageSize <= length) {
+        file = f;
+        break;
+      }
     }
-    return undefined;
-  }
-
-  /**
-   * Stores the pages under `ranges` in packed `layer`, after the pages it
-   * used, where `write` (given the first file page and the layer's packing
-   * with them) puts them. The layer holds them once `write` has done so
-   * (true), and only then; otherwise (false, or a throw) that part of the
-   * file is freed again and never used.
-   */
-  append(layer: Layer, ranges: readonly Range[], write: (at: number, packing: Packing) => boolean): boolean {
-    const base = layer.packing!;
-    const at = layer.fileEnd;
-    const pages = pageCount(ranges);
-    layer.fileEnd = at + pages;
-    const packing = base.with(ranges, at);
+    file ??= this.#reclaiming(() => ({ fd: this.#memfd(length), end: 0, layers: 0 }));
+    const at = file.end;
+    file.end = at + pages;
+    const packing = new Packing(ranges, at);
     let done = false;
     try {
-      done = write(at, packing);
+      done = write(file.fd, packing);
     } finally {
-      if (done) layer.packing = packing;
-      else this.#punchFile(layer, at, pages);
+      if (!done) {
+        if (file.layers === 0) this.#closeFile(file.fd);
+        else this.#punchFile(file.fd, at, pages);
+      }
     }
-    return done;
+    if (!done) return undefined;
+    file.layers++;
+    return this.#add(new Layer(file.fd, length, packing, file));
   }
 
   /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
@@ -282,13 +312,13 @@ export class LayerStore {
 
   /** Frees a range of a layer that no mapping uses. */
   punch(layer: Layer, r: Range): void {
-    if (layer.fd >= 0) this.#punchFile(layer, layer.filePage(r.start), r.end - r.start);
+    if (layer.fd >= 0) this.#punchFile(layer.fd, layer.filePage(r.start), r.end - r.start);
   }
 
-  /** Frees `pages` pages of `layer`'s file from file page `at`. */
-  #punchFile(layer: Layer, at: number, pages: number): void {
+  /** Frees `pages` pages of file `fd` from file page `at`. */
+  #punchFile(fd: number, at: number, pages: number): void {
     try {
-      sys.punchHole(layer.fd, at * this.#pageSize, pages * this.#pageSize);
+      sys.punchHole(fd, at * this.#pageSize, pages * this.#pageSize);
     } catch {
       // Only memory is lost if this fails, never data: nothing maps the range.
     }
