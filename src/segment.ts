@@ -22,7 +22,7 @@ export interface SegmentStats {
 export interface MemoryStats {
   /** Live segments. */
   segments: number;
-  /** Backing layers (Linux) or memory objects. */
+  /** Backing layers (Linux: the memory files that hold them) or memory objects. */
   layers: number;
   /** Bytes held in those layers. */
   layerBytes: number;
