@@ -602,7 +602,7 @@ export function printMatrix(r: MatrixResult): void {
   console.log('  case process\'s RssAnon + pages of its memory files; fork: Pss_Anon summed over the peer and its children.');
   console.log('  machine-wide: Shmem + AnonPages from /proc/meminfo, the same way (noisy: other processes count too).');
   console.log('mappings: memoryStats().mappings after the last round (+ /proc/self/maps lines added).');
-  console.log('wrong bytes: every kept snapshot and the segment checked byte for byte against what they must hold (a snapshot never read: through a restore() into a scratch segment, leaving it unread).');
+  console.log('wrong bytes: every kept snapshot and the segment checked byte for byte against what they must hold (a snapshot never read: through a clone of it, read and closed, leaving it unread).');
 }
 
 // ---- chart ------------------------------------------------------------------------------
