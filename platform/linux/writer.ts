@@ -221,11 +221,11 @@ export class Writer {
    * Writes the memory under the sorted `ranges` of pages from `base` into
    * file `fd` one after another from byte `offset`: pwritev(2), up to
    * UIO_MAXIOV ranges a call. For scattered pages, one call a page costs
-   * 2.5 µs on this machine's kernel (pwrite) and 3.3 µs (copy_file_range),
-   * most of it the call; pwritev writes them at 0.8 µs, measured in C,
-   * every 2nd of 65,536 pages. Reading the memory must not fault: through
-   * a mapping without page-table entries for these pages, each read is a
-   * fault (7.7 µs a page).
+   * 2.5 µs (pwrite) or 3.3 µs (copy_file_range), most of it the call;
+   * pwritev writes them at 0.8 µs (measured in C on the bench's VM, every
+   * 2nd of 65,536 pages). Reading the memory should not fault: through a
+   * mapping without page-table entries for these pages, each read is a
+   * fault (7.7 µs a page there).
    */
   gather(fd: number, base: bigint, ranges: readonly Range[], offset: number): void {
     if (ranges.length === 0) return;
