@@ -302,8 +302,9 @@ const offsets = { in: new BigInt64Array(1), out: new BigInt64Array(1) };
 
 /**
  * Copies `length` bytes of file `from` at `offset` to file `to` at
- * `toOffset` (the same offset if not given), inside the kernel (copy_file_range(2)): no page of either file needs
- * mapping, or touching through a mapping, to be copied. Written out, not
+ * `toOffset` (the same offset if not given), inside the kernel
+ * (copy_file_range(2)): no page of either file needs mapping, or touching
+ * through a mapping, to be copied. Written out, not
  * through transferAll: it runs once a page for scattered pages.
  */
 export function copyFileRange(from: number, to: number, offset: number, length: number, toOffset = offset): void {

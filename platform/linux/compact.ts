@@ -7,7 +7,7 @@ import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.t
 import { freeze } from './freeze.ts';
 import type { Layer, MakeLayer, Runs } from './layers.ts';
 import { mapRuns, unreserve } from './mapper.ts';
-import { copyFileToFile } from './writer.ts';
+import { copyPages } from './writer.ts';
 
 /**
  * Rewrites the fragmented parts of `seg` into a new layer, as `plan` (cost.ts)
@@ -78,8 +78,7 @@ function copyRunsFileToFile(e: Engine, runs: Runs, layer: Layer): boolean {
     // A packed layer holds only pages in use: no holes to look for.
     const data = r.end - r.start < DATA_SCAN_MIN || r.layer.packing !== null ? [r] : e.layers.dataRanges(r.layer.fd, r.start, r.end);
     for (const d of data) {
-      const length = (d.end - d.start) * e.pageSize;
-      if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.layer.filePage(d.start) * e.pageSize, length, d.start * e.pageSize)) return false;
+      if (!copyPages(e.features, e.pageSize, r.layer, d, layer.fd, d.start)) return false;
     }
   }
   return true;

@@ -11,7 +11,7 @@ import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
-import { copyFileToFile } from './writer.ts';
+import { copyPages } from './writer.ts';
 
 /** Bytes of private copies made without asking the machine how much memory it has free (/proc/meminfo). */
 const UNCHECKED_COPY = 16 * 2 ** 20;
@@ -261,7 +261,7 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: r
       continue;
     }
     flush();
-    if (copyFileToFile(e.features, from.fd, to, from.filePage(r.start) * page, (r.end - r.start) * page, packing.filePage(r.start) * page)) continue;
+    if (copyPages(e.features, page, from, r, to, packing.filePage(r.start))) continue;
     if (window === 0n) return false;
     // Refused (and from then on): through the window.
     stretch.push(r);
@@ -300,8 +300,7 @@ function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range
     : [];
   e.writer.write(layer, seg.addr, subtract(ranges, fromLayers));
   for (const [i, r] of fromLayers.entries()) {
-    const length = (r.end - r.start) * e.pageSize;
-    if (!copyFileToFile(e.features, r.layer.fd, layer.fd, r.layer.filePage(r.start) * e.pageSize, length, r.start * e.pageSize)) {
+    if (!copyPages(e.features, e.pageSize, r.layer, r, layer.fd, r.start)) {
       // Refused outright (a kernel or sandbox without it for memory files):
       // the rest goes through memory, now and from then on.
       e.writer.write(layer, seg.addr, fromLayers.slice(i));

@@ -91,6 +91,14 @@ export function copyFileToFile(features: Features, from: number, to: number, off
   return true;
 }
 
+/**
+ * copyFileToFile for the pages under `r` of layer `from`, wherever its file
+ * holds them (Layer.filePage), into file `to` from page `toPage` on.
+ */
+export function copyPages(features: Features, pageSize: number, from: Layer, r: Range, to: number, toPage: number): boolean {
+  return copyFileToFile(features, from.fd, to, from.filePage(r.start) * pageSize, (r.end - r.start) * pageSize, toPage * pageSize);
+}
+
 /** Reads `length` bytes of file `fd` at `offset` into memory at `at`, through short reads. */
 export function readInto(fd: number, at: bigint, length: number, offset: number): void {
   for (let done = 0; done < length; ) {
