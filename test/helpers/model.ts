@@ -355,7 +355,9 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
       const rounded = pagesOf(l.model.byteLength) * page;
       all += rounded;
       if (l.fresh) freshBytes += rounded;
-      else mostClean = Math.max(mostClean, rounded - l.writtenCount * page);
+      // A page rewritten in place under a segment is copied into it (pinned):
+      // it counts in its private bytes, and the layer need not hold it.
+      else mostClean = Math.max(mostClean, rounded - Math.max(l.writtenCount * page, s.privateBytes));
     }
     assert.equal(m.privateBytes, priv, `${w}: privateBytes is not the sum of the segments' (${priv})`);
     if (backend.name === 'copy') {
@@ -368,8 +370,8 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
     if (linux !== undefined) {
       assert.ok(m.mappings <= linux.mapBudget, `${w}: over the mapping budget ${linux.mapBudget}`);
       // Layers hold each fresh segment's pages, and every page a non-fresh
-      // segment did not write since its last clone or restore; a page no live
-      // segment maps is punched out.
+      // segment reads from them: neither written since its last clone or
+      // restore nor pinned; a page no live segment maps is punched out.
       assert.ok(m.layerBytes >= freshBytes + mostClean, `${w}: layers hold less than the segments read from them (${freshBytes + mostClean})`);
       // (Unless memory files get huge pages: a few pages written then take 2 MiB.)
       if (!shmemHuge) assert.ok(m.layerBytes <= all, `${w}: layers hold more than all live segments together (${all})`);
