@@ -220,15 +220,59 @@ export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
 }
 
 /**
+ * Spans being built: sorted, disjoint, each count > 0, touching spans with
+ * different counts. Three typed arrays, not an object per span: a layer under
+ * a strided write has a span for every page written, and the counts are
+ * rebuilt on every change.
+ */
+class SpanList {
+  starts: Int32Array;
+  ends: Int32Array;
+  counts: Int32Array;
+  length = 0;
+
+  constructor(capacity: number) {
+    const n = Math.max(4, capacity);
+    this.starts = new Int32Array(n);
+    this.ends = new Int32Array(n);
+    this.counts = new Int32Array(n);
+  }
+
+  /** Appends [start, end) with `count`, merging with the last span where they touch with the same count. */
+  push(start: number, end: number, count: number): void {
+    const n = this.length;
+    if (n > 0 && this.ends[n - 1] === start && this.counts[n - 1] === count) {
+      this.ends[n - 1] = end;
+      return;
+    }
+    if (n === this.starts.length) this.#grow();
+    this.starts[n] = start;
+    this.ends[n] = end;
+    this.counts[n] = count;
+    this.length = n + 1;
+  }
+
+  #grow(): void {
+    const cap = this.starts.length * 2;
+    const grow = (a: Int32Array): Int32Array => {
+      const b = new Int32Array(cap);
+      b.set(a);
+      return b;
+    };
+    this.starts = grow(this.starts);
+    this.ends = grow(this.ends);
+    this.counts = grow(this.counts);
+  }
+}
+
+/**
  * One step of a sweep over reference counts: [at, to) had `before` and now
  * has `after`. Appends it to the new spans `next` (merging with the last
  * where the count is the same), or to `freed` where it fell to zero.
  */
-function sweep(next: { start: number; end: number; count: number }[], freed: Range[], at: number, to: number, before: number, after: number): void {
+function sweep(next: SpanList, freed: Range[], at: number, to: number, before: number, after: number): void {
   if (after > 0) {
-    const last = next[next.length - 1];
-    if (last !== undefined && last.end === at && last.count === after) last.end = to;
-    else next.push({ start: at, end: to, count: after });
+    next.push(at, to, after);
   } else if (before > 0) {
     const last = freed[freed.length - 1];
     if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
@@ -236,23 +280,35 @@ function sweep(next: { start: number; end: number; count: number }[], freed: Ran
   }
 }
 
+/** Page positions above this are refused: counts are kept in 32-bit arrays. */
+const MAX_PAGE = 2 ** 31 - 1;
+
 /**
  * Reference counts over page ranges: how many runs of live segments use each
- * page of one layer. Invariant: `spans` is sorted, disjoint, every count > 0,
- * and touching spans have different counts.
+ * page of one layer. Invariant: the spans are sorted, disjoint, every count
+ * > 0, and touching spans have different counts.
  */
 export class RefCounts {
-  private spans: { start: number; end: number; count: number }[] = [];
+  #spans = new SpanList(0);
 
   /** Pages with a count above zero. */
   get pages(): number {
+    const { starts, ends, length } = this.#spans;
     let n = 0;
-    for (const s of this.spans) n += s.end - s.start;
+    for (let i = 0; i < length; i++) n += ends[i]! - starts[i]!;
     return n;
   }
 
   get empty(): boolean {
-    return this.spans.length === 0;
+    return this.#spans.length === 0;
+  }
+
+  /** Every span, in order. */
+  all(): Span[] {
+    const { starts, ends, counts, length } = this.#spans;
+    const out: Span[] = new Array(length);
+    for (let i = 0; i < length; i++) out[i] = { start: starts[i]!, end: ends[i]!, count: counts[i]! };
+    return out;
   }
 
   /** Adds `delta` over [start, end); returns the ranges whose count fell to zero. */
@@ -272,19 +328,22 @@ export class RefCounts {
     // usual case; sorted apart otherwise, which overlapping ranges allow).
     let m = 0;
     let sorted = true;
-    const starts = new Float64Array(ranges.length);
-    const ends = new Float64Array(ranges.length);
+    const rs = new Int32Array(ranges.length);
+    const re = new Int32Array(ranges.length);
     for (const r of ranges) {
       if (r.start >= r.end) continue;
-      if (m > 0 && (r.start < starts[m - 1]! || r.end < ends[m - 1]!)) sorted = false;
-      starts[m] = r.start;
-      ends[m] = r.end;
+      if (r.start < 0 || r.end > MAX_PAGE) throw new Error(`memfork internal error: page range [${r.start}, ${r.end}) out of reach of the counts`);
+      if (m > 0 && (r.start < rs[m - 1]! || r.end < re[m - 1]!)) sorted = false;
+      rs[m] = r.start;
+      re[m] = r.end;
       m++;
     }
-    const rs = sorted ? starts.subarray(0, m) : starts.subarray(0, m).sort();
-    const re = sorted ? ends.subarray(0, m) : ends.subarray(0, m).sort();
-    const spans = this.spans;
-    const next: { start: number; end: number; count: number }[] = [];
+    if (!sorted) {
+      rs.subarray(0, m).sort();
+      re.subarray(0, m).sort();
+    }
+    const { starts, ends, counts, length: n } = this.#spans;
+    const next = new SpanList(n + 2 * m + 1);
     const freed: Range[] = [];
     let si = 0; // next span whose start is to come
     let ei = 0; // next span whose end is to come
@@ -292,31 +351,30 @@ export class RefCounts {
     let b = 0;
     let oldCount = 0;
     let newCount = 0;
-    const nextAt = (): number =>
-      Math.min(
-        si < spans.length ? spans[si]!.start : Infinity,
-        ei < spans.length ? spans[ei]!.end : Infinity,
-        a < m ? rs[a]! : Infinity,
-        b < m ? re[b]! : Infinity,
-      );
-    for (let at = nextAt(); at !== Infinity; ) {
-      for (; ei < spans.length && spans[ei]!.end === at; ei++) {
-        oldCount -= spans[ei]!.count;
-        newCount -= spans[ei]!.count;
+    const INF = Infinity;
+    let at = Math.min(n > 0 ? starts[0]! : INF, m > 0 ? rs[0]! : INF);
+    while (at !== INF) {
+      for (; ei < n && ends[ei] === at; ei++) {
+        oldCount -= counts[ei]!;
+        newCount -= counts[ei]!;
       }
-      for (; si < spans.length && spans[si]!.start === at; si++) {
-        oldCount += spans[si]!.count;
-        newCount += spans[si]!.count;
+      for (; si < n && starts[si] === at; si++) {
+        oldCount += counts[si]!;
+        newCount += counts[si]!;
       }
       for (; b < m && re[b] === at; b++) newCount -= delta;
       for (; a < m && rs[a] === at; a++) newCount += delta;
       if (newCount < 0) throw new Error('reference count below zero');
-      const to = nextAt();
-      if (to === Infinity) break;
+      let to = INF;
+      if (si < n && starts[si]! < to) to = starts[si]!;
+      if (ei < n && ends[ei]! < to) to = ends[ei]!;
+      if (a < m && rs[a]! < to) to = rs[a]!;
+      if (b < m && re[b]! < to) to = re[b]!;
+      if (to === INF) break;
       sweep(next, freed, at, to, oldCount, newCount);
       at = to;
     }
-    this.spans = next;
+    this.#spans = next;
     return freed;
   }
 
@@ -326,51 +384,64 @@ export class RefCounts {
    * to zero. One sweep over the old spans and the parts together.
    */
   addEach(parts: readonly Span[], sign: 1 | -1): Range[] {
-    const spans = this.spans;
-    const next: { start: number; end: number; count: number }[] = [];
+    const { starts, ends, counts, length: n } = this.#spans;
+    const next = new SpanList(n + 2 * parts.length + 1);
     const freed: Range[] = [];
     let i = 0;
     let j = 0;
-    let at = Math.min(spans[0]?.start ?? Infinity, parts[0]?.start ?? Infinity);
+    let at = Math.min(n > 0 ? starts[0]! : Infinity, parts[0]?.start ?? Infinity);
     while (at !== Infinity) {
-      while (i < spans.length && spans[i]!.end <= at) i++;
+      while (i < n && ends[i]! <= at) i++;
       while (j < parts.length && parts[j]!.end <= at) j++;
-      const s = spans[i];
       const p = parts[j];
-      const inSpan = s !== undefined && s.start <= at;
+      const inSpan = i < n && starts[i]! <= at;
       const inPart = p !== undefined && p.start <= at;
       let to = Infinity;
-      if (s !== undefined) to = inSpan ? s.end : s.start;
+      if (i < n) to = inSpan ? ends[i]! : starts[i]!;
       if (p !== undefined) to = Math.min(to, inPart ? p.end : p.start);
-      const old = inSpan ? s.count : 0;
+      const old = inSpan ? counts[i]! : 0;
       const count = old + (inPart ? sign * p.count : 0);
       if (count < 0) throw new Error('reference count below zero');
       sweep(next, freed, at, to, old, count);
       at = to;
     }
-    this.spans = next;
+    this.#spans = next;
     return freed;
+  }
+
+  /** The first span whose end is past `page` (binary search): where a sweep from `page` starts. */
+  #from(page: number): number {
+    const { ends, length } = this.#spans;
+    let lo = 0;
+    let hi = length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (ends[mid]! <= page) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Whether any page of the sorted, disjoint `ranges` has a count above zero. */
   overlaps(ranges: readonly Range[]): boolean {
-    let i = 0;
+    const { starts, ends, length } = this.#spans;
+    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
-      if (i < this.spans.length && this.spans[i]!.start < r.end) return true;
+      while (i < length && ends[i]! <= r.start) i++;
+      if (i < length && starts[i]! < r.end) return true;
     }
     return false;
   }
 
   /** The counts over sorted, disjoint `ranges`: their parts with a count above zero, clipped to them, in order. One sweep. */
   spansIn(ranges: readonly Range[]): Span[] {
+    const { starts, ends, counts, length } = this.#spans;
     const out: Span[] = [];
-    let i = 0;
+    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
-      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
-        const sp = this.spans[j]!;
-        out.push({ start: Math.max(sp.start, r.start), end: Math.min(sp.end, r.end), count: sp.count });
+      while (i < length && ends[i]! <= r.start) i++;
+      for (let j = i; j < length && starts[j]! < r.end; j++) {
+        out.push({ start: Math.max(starts[j]!, r.start), end: Math.min(ends[j]!, r.end), count: counts[j]! });
       }
     }
     return out;
@@ -378,30 +449,30 @@ export class RefCounts {
 
   /** For each of the sorted, disjoint `ranges`: its pages whose count is exactly `count`. One sweep. */
   countEqualEach(ranges: readonly Range[], count: number): number[] {
+    const { starts, ends, counts, length } = this.#spans;
     const out: number[] = [];
-    let i = 0;
+    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
-      let n = 0;
-      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
-        const sp = this.spans[j]!;
-        if (sp.count === count) n += Math.min(sp.end, r.end) - Math.max(sp.start, r.start);
+      while (i < length && ends[i]! <= r.start) i++;
+      let k = 0;
+      for (let j = i; j < length && starts[j]! < r.end; j++) {
+        if (counts[j] === count) k += Math.min(ends[j]!, r.end) - Math.max(starts[j]!, r.start);
       }
-      out.push(n);
+      out.push(k);
     }
     return out;
   }
 
   /** The parts of the sorted, disjoint `ranges` whose pages have a count of exactly `count` (above zero). One sweep. */
   rangesWithCount(ranges: readonly Range[], count: number): Range[] {
+    const { starts, ends, counts, length } = this.#spans;
     const out: Range[] = [];
-    let i = 0;
+    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < this.spans.length && this.spans[i]!.end <= r.start) i++;
-      for (let j = i; j < this.spans.length && this.spans[j]!.start < r.end; j++) {
-        const sp = this.spans[j]!;
-        if (sp.count !== count) continue;
-        appendRange(out, Math.max(sp.start, r.start), Math.min(sp.end, r.end));
+      while (i < length && ends[i]! <= r.start) i++;
+      for (let j = i; j < length && starts[j]! < r.end; j++) {
+        if (counts[j] !== count) continue;
+        appendRange(out, Math.max(starts[j]!, r.start), Math.min(ends[j]!, r.end));
       }
     }
     return out;

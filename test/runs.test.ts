@@ -362,7 +362,7 @@ describe('RefCounts', () => {
   );
 
   function spansOf(rc: RefCounts): { start: number; end: number; count: number }[] {
-    return (rc as unknown as { spans: { start: number; end: number; count: number }[] }).spans;
+    return rc.all();
   }
 
   /** Counts made by `adds` ([x, y, delta]: delta over the pages between x and y), and the same per page. */
