@@ -5,9 +5,10 @@
 // restored from, segments restored onto history pages and written in place
 // again, history evicted to history again, run lists compacted. Each step
 // is checked byte for byte against plain arrays.
+import { constants } from 'node:os';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { memoryStats, Segment } from '../src/index.ts';
+import { memoryStats, Segment, SegmentError } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
 import { withLinux } from './helpers/linux.ts';
 import { rng } from './helpers/model.ts';
@@ -17,13 +18,18 @@ const linuxOnly = process.platform !== 'linux' && 'Linux backend';
 const PAGE = 4096;
 const pages = 512;
 
-/** The bytes of a segment, compared with what it should hold. */
-function assertHolds(seg: Segment, want: Uint8Array, what: string): void {
+/** The bytes of a segment of `n` pages, compared with what it should hold. */
+function assertBytes(seg: Segment, want: Uint8Array, n: number, what: string): void {
   const got = new Uint8Array(seg.buffer);
   if (Buffer.from(got).equals(want)) return;
   let p = 0;
-  while (p < pages && Buffer.from(got.subarray(p * PAGE, (p + 1) * PAGE)).equals(want.subarray(p * PAGE, (p + 1) * PAGE))) p++;
-  assert.fail(`${what}: page ${p} differs (byte 0 is ${got[p * PAGE]}, expected ${want[p * PAGE]})`);
+  while (p < n && Buffer.from(got.subarray(p * PAGE, (p + 1) * PAGE)).equals(want.subarray(p * PAGE, (p + 1) * PAGE))) p++;
+  assert.fail(`${what}: page ${p} differs`);
+}
+
+/** The bytes of a segment of `pages` pages, compared with what it should hold. */
+function assertHolds(seg: Segment, want: Uint8Array, what: string): void {
+  assertBytes(seg, want, pages, what);
 }
 
 describe('packed history layers', { skip: linuxOnly }, () => {
@@ -94,6 +100,47 @@ describe('packed history layers', { skip: linuxOnly }, () => {
           seg.close();
         }
         assert.equal(memoryStats().segments, 0);
+        assert.equal(b.memory().layers, 0, 'every layer closed with the last segment using it');
+      });
+    });
+  }
+
+  for (const { name, options, call } of [
+    { name: 'through the moved-aside mapping', options: { windowCopy: true }, call: 'pwritev' as const },
+    { name: 'file to file', options: { windowCopy: false }, call: 'copy_file_range' as const },
+  ]) {
+    it(`a history copy that fails part way (${name}) leaves every segment reading as before, and the next clone works`, () => {
+      withLinux(options, (b) => {
+        const n = 4096;
+        const seg = Segment.create(n * PAGE);
+        const model = new Uint8Array(n * PAGE).fill(1);
+        new Uint8Array(seg.buffer).fill(1);
+        const snap = seg.clone();
+        const first = model.slice();
+        try {
+          // 2,048 pages rewritten under a snapshot nobody reads: their old
+          // contents go to history in batches, each settled before the next.
+          const view = new Uint8Array(seg.buffer);
+          for (let p = 0; p < n; p += 2) view[p * PAGE + 7] = model[p * PAGE + 7] = 9;
+          sys.callCounts(true);
+          // The copy stops in the second batch, after the first was settled.
+          sys.injectFault(call, call === 'pwritev' ? 2 : 1500, constants.errno.ENOSPC);
+          assert.throws(
+            () => seg.clone(),
+            (err: unknown) => err instanceof SegmentError && err.code === 'ENOSPC' && err.syscall === call,
+          );
+          sys.clearFaults();
+          assertBytes(seg, model, n, 'the segment after the failed clone');
+          assertBytes(snap, first, n, 'the snapshot after the failed clone');
+          assert.equal(layerFds().length, b.layerCount(), 'the descriptors open are the ones counted');
+          const again = seg.clone();
+          assertBytes(again, model, n, 'the next clone');
+          assertBytes(snap, first, n, 'the snapshot after the next clone');
+          again.close();
+        } finally {
+          snap.close();
+          seg.close();
+        }
         assert.equal(b.memory().layers, 0, 'every layer closed with the last segment using it');
       });
     });

@@ -11,7 +11,7 @@ import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
-import { copyPages } from './writer.ts';
+import { copyPages, UIO_MAXIOV } from './writer.ts';
 
 /** Bytes of private copies made without asking the machine how much memory it has free (/proc/meminfo). */
 const UNCHECKED_COPY = 16 * 2 ** 20;
@@ -116,7 +116,21 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
   const candidates = seg.maps === seg.runs ? dirty : subtract(dirty, pinned(seg));
   const owned: Range[] = [];
   for (const [layer, ranges] of rangesByLayer(select(seg.runs, candidates))) {
-    let alone = layer.refs.rangesWithCount(ranges, 1);
+    // Safety: only `seg` maps these layer pages, and it holds private copies
+    // of them; once written, its private copies may go: each reads the same
+    // from the layer. Only these may go: its other private pages are in no
+    // layer yet.
+    const settle = (rs: readonly Range[]): void => {
+      if (rs.length === 0) return;
+      if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, rs);
+      else e.writer.write(layer, seg.addr, rs);
+      e.dropper.rangesEach(seg.addr, rs);
+      for (const r of rs) owned.push(r);
+    };
+    const alone = layer.refs.rangesWithCount(ranges, 1);
+    // First the pages only `seg` uses: the memory their private copies
+    // free is what the history copies below take next.
+    settle(alone);
     // Pages other segments use: their old contents move to a history layer,
     // with those segments' run lists, and then they are `seg`'s alone. The
     // segment keeps its one mapping however scattered its writes; the old
@@ -134,19 +148,11 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
       if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) {
         movable = coalesce([...unmappedOnly, ...mappedToo].sort((a, b) => a.start - b.start));
       }
-      if (movable.length > 0 && evict(e, seg, layer, movable)) {
-        alone = coalesce([...alone, ...movable].sort((a, b) => a.start - b.start));
-      }
+      if (movable.length > 0) evict(e, seg, layer, movable, settle);
     }
-    // Safety: only `seg` maps these layer pages, and it holds private copies of them.
-    if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, alone);
-    else e.writer.write(layer, seg.addr, alone);
-    for (const r of alone) owned.push(r);
   }
   if (owned.length === 0) return dirty;
   owned.sort((a, b) => a.start - b.start);
-  // Only these ranges may go: the segment's other private pages are not in any layer yet.
-  e.dropper.rangesEach(seg.addr, owned);
   return subtract(dirty, owned);
 }
 
@@ -184,18 +190,27 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
 
 /**
  * Points every segment other than `seg` that uses `layer`'s pages under
- * `ranges` elsewhere, so that afterwards only `seg` uses them. Where some
- * of those segments are not mapped (run lists only), the old contents are
- * copied into a history layer, file to file, and they are pointed there.
- * Where every one of them is mapped, each holds a private copy of these
- * pages (privatizeSharers), pinned from then on (their mappings still show
- * `layer`): those copies are the old contents, and they are pointed at a
- * virtual layer, a name for them with no file (Layer.virtual). Returns
- * false, changing nothing, where the kernel will not copy between memory
- * files; a failure also changes nothing.
+ * `ranges` elsewhere, so that afterwards only `seg` uses them, and hands
+ * them to `settle` as they become its alone. Where some of those segments
+ * are not mapped (run lists only), the old contents are copied into a
+ * history layer, file to file or through the layer's window, and they are
+ * pointed there. Where every one of them is mapped, each holds a private
+ * copy of these pages (privatizeSharers), pinned from then on (their
+ * mappings still show `layer`): those copies are the old contents, and
+ * they are pointed at a virtual layer, a name for them with no file
+ * (Layer.virtual).
+ *
+ * The copies go in batches, each settled before the next is copied: the
+ * memory the segment's private copies free is what the next batch of
+ * history takes, where memory the process never had costs several times
+ * the copy (a hypervisor's first touch of each page). Where the kernel will
+ * not copy between memory files, nothing moves. A failure stops the
+ * copies: what was copied stays moved (its old contents are in history, so
+ * every segment reads as before), the rest stays where it was, and the
+ * failure is thrown.
  */
-function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
-  if (!e.features.fileCopy) return false;
+function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[], settle: (rs: readonly Range[]) => void): void {
+  if (!e.features.fileCopy) return;
   // Every user of these pages but `seg` moves: their counts move at once,
   // by span, and their run lists when next read (moves.ts).
   const users = othersIn(layer.refs, ranges);
@@ -205,10 +220,29 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   // Packed: a history layer holds these pages only, one after another, in
   // a recent packed file where they fit (LayerStore.packed).
   let history: Layer | null = null;
-  if (real.length > 0) {
-    history = e.layers.packed(layer.length, real, (fd, packing) => copyOut(e, layer, fd, packing, real)) ?? null;
-    if (history === null) return false;
+  const copied: Range[] = [];
+  let failure: { err: unknown } | undefined;
+  try {
+    if (real.length > 0) {
+      history =
+        e.layers.packed(layer.length, real, (fd, packing) => {
+          try {
+            copyOut(e, layer, fd, packing, real, (batch) => {
+              for (const r of batch) copied.push(r);
+              settle(batch);
+            });
+          } catch (err) {
+            failure = { err };
+          }
+          return copied;
+        }) ?? null;
+    }
+  } catch (err) {
+    failure ??= { err };
   }
+  // Whatever was copied moves, the virtual ranges too: their other users
+  // hold private copies, whatever happens to the layer.
+  const moved = history !== null ? coalesce([...virtualRanges, ...copied].sort((a, b) => a.start - b.start)) : virtualRanges;
   const before = e.moves.epoch;
   // `seg` reads its run list now, before the entries that must not apply to it.
   void seg.runs;
@@ -219,10 +253,11 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     to.mapped.addEach(clipSpans(mapped, within), 1);
     e.moves.push(layer, to, coalesce(movedUsers));
   };
-  if (history !== null) moveTo(history, real);
+  if (history !== null) moveTo(history, copied);
   if (virtualRanges.length > 0) moveTo(Layer.virtual(layer.length), virtualRanges);
-  layer.refs.addEach(users, -1);
-  layer.mapped.addEach(mapped, -1);
+  const all = moved.length === pageCount(ranges) ? null : moved;
+  layer.refs.addEach(all === null ? users : clipSpans(users, all), -1);
+  layer.mapped.addEach(all === null ? mapped : clipSpans(mapped, all), -1);
   if (e.moves.epoch !== before) {
     seg.passed(before);
     let oldest = e.moves.epoch;
@@ -230,44 +265,85 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
     e.moves.trim(oldest);
   }
   if (history !== null && history.refs.empty) e.layers.close(history);
-  return true;
+  if (failure !== undefined) throw failure.err;
+  // Theirs to rewrite now: no other segment uses them.
+  settle(virtualRanges);
 }
+
+/** Pages of history copied between two settlements (evict): 4 MiB of 4 KiB pages. */
+const BATCH_PAGES = 1024;
 
 /**
  * Copies the pages under `ranges` of `from` into file `to`, where `packing`
- * says they go: one after another, in page order. Short ranges go through
+ * says they go: one after another, in page order, handing each batch of
+ * ranges copied to `copied` in that order. Short ranges go through
  * `from`'s moved-aside mapping where the segment writes through it (so the
  * pages it rewrites have page-table entries there), each stretch of them
  * between two long ones in one vectored write of up to UIO_MAXIOV ranges
  * (Writer.gather): a call per page costs more than the copy. Long ranges,
- * and all of them without a window, go file to file, a call a range: no
- * page is read through a mapping, where one without a page-table entry
- * would fault in (a hole of the layer would even be allocated). False,
- * where the kernel will not copy between memory files and there is no
- * window.
+ * and all of them without a window, go file to file: no page is read
+ * through a mapping, where one without a page-table entry would fault in
+ * (a hole of the layer would even be allocated). Stops early where the
+ * kernel will not copy between memory files and there is no window.
  */
-function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[]): boolean {
+function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[], copied: (batch: Range[]) => void): void {
   const page = e.pageSize;
   const window = e.windowCopy ? from.window : 0n;
+  // Copied, not yet handed on: a batch at a time.
+  let done: Range[] = [];
+  let donePages = 0;
+  const hand = (force: boolean) => {
+    if (done.length === 0 || (!force && done.length < UIO_MAXIOV && donePages < BATCH_PAGES)) return;
+    const batch = done;
+    done = [];
+    donePages = 0;
+    copied(batch);
+  };
+  const copiedOne = (r: Range) => {
+    done.push(r);
+    donePages += r.end - r.start;
+  };
   let stretch: Range[] = [];
+  let stretchPages = 0;
   const flush = () => {
     if (stretch.length === 0) return;
-    e.writer.gather(to, window, stretch, packing.filePage(stretch[0]!.start) * page);
+    const batch = stretch;
     stretch = [];
+    stretchPages = 0;
+    e.writer.gather(to, window, batch, packing.filePage(batch[0]!.start) * page);
+    for (const r of batch) copiedOne(r);
+    hand(false);
   };
+  const viaWindow = (r: Range) => {
+    stretch.push(r);
+    stretchPages += r.end - r.start;
+    if (stretch.length >= UIO_MAXIOV || stretchPages >= BATCH_PAGES) flush();
+  };
+  // A failure throws: what was copied and not handed on is left out, as if
+  // never copied (nothing points to it yet).
   for (const r of ranges) {
     if (window !== 0n && (r.end - r.start < FILE_COPY_LONG || !e.features.fileCopy)) {
-      stretch.push(r);
+      viaWindow(r);
       continue;
     }
     flush();
-    if (copyPages(e.features, page, from, r, to, packing.filePage(r.start))) continue;
-    if (window === 0n) return false;
-    // Refused (and from then on): through the window.
-    stretch.push(r);
+    for (let start = r.start; start < r.end; start += BATCH_PAGES) {
+      const part = { start, end: Math.min(r.end, start + BATCH_PAGES) };
+      if (copyPages(e.features, page, from, part, to, packing.filePage(start))) {
+        copiedOne(part);
+        hand(false);
+        continue;
+      }
+      if (window === 0n) {
+        hand(true);
+        return;
+      }
+      // Refused (and from then on): through the window.
+      viaWindow(part);
+    }
   }
   flush();
-  return true;
+  hand(true);
 }
 
 /** The parts of the sorted, disjoint `spans` inside the sorted, disjoint `ranges`. */

@@ -263,11 +263,13 @@ export class LayerStore {
    * A new packed layer for segments of `length` bytes holding the pages
    * under `ranges`, in a recent packed file with room for them after the
    * pages it used (saving a descriptor), or a new one. `write`, given the
-   * layer's Packing and descriptor, puts them there. Returns the layer once
-   * `write` has done so (true), and undefined otherwise (false, or a throw),
-   * when that part of the file is freed again and never used.
+   * layer's Packing and descriptor, puts them there, in page order, and
+   * returns the ranges it wrote: all of `ranges`, or the first of them
+   * where it stopped. Returns a layer holding those (the rest of its part
+   * of the file freed again and never used), or undefined where `write`
+   * wrote none or threw.
    */
-  packed(length: number, ranges: readonly Range[], write: (fd: number, packing: Packing) => boolean): Layer | undefined {
+  packed(length: number, ranges: readonly Range[], write: (fd: number, packing: Packing) => readonly Range[]): Layer | undefined {
     const pages = pageCount(ranges);
     let file: PackedFile | undefined;
     let tries = 0;
@@ -283,18 +285,19 @@ export class LayerStore {
     const at = file.end;
     file.end = at + pages;
     const packing = new Packing(ranges, at);
-    let done = false;
+    let held = 0;
+    let written: readonly Range[] = [];
     try {
-      done = write(file.fd, packing);
+      written = write(file.fd, packing);
+      held = pageCount(written);
     } finally {
-      if (!done) {
-        if (file.layers === 0) this.#closeFile(file.fd);
-        else this.#punchFile(file.fd, at, pages);
-      }
+      if (held === 0 && file.layers === 0) this.#closeFile(file.fd);
+      else if (held < pages) this.#punchFile(file.fd, at + held, pages - held);
     }
-    if (!done) return undefined;
+    if (held === 0) return undefined;
     file.layers++;
-    return this.#add(new Layer(file.fd, length, packing, file));
+    // The first pages of a packing sit where the whole one puts them.
+    return this.#add(new Layer(file.fd, length, held === pages ? packing : new Packing(written, at), file));
   }
 
   /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
