@@ -93,7 +93,8 @@ describe('packed history layers', { skip: linuxOnly }, () => {
           }
           for (const [i, k] of kept.entries()) assertHolds(k.snap, k.want, `snapshot ${i}`);
           const calls = sys.callCounts();
-          if (options?.windowCopy === true) assert.ok((calls.get('pwritev') ?? 0) > 0, 'history written with pwritev');
+          const gathered = (calls.get('vmsplice') ?? 0) + (calls.get('pwritev') ?? 0);
+          if (options?.windowCopy === true) assert.ok(gathered > 0, 'history gathered from the window');
           if (options?.windowCopy === false) assert.equal(calls.get('pwritev') ?? 0, 0, 'no window, no pwritev');
         } finally {
           for (const k of kept) k.snap.close();
@@ -105,9 +106,18 @@ describe('packed history layers', { skip: linuxOnly }, () => {
     });
   }
 
-  for (const { name, options, call } of [
-    { name: 'through the moved-aside mapping', options: { windowCopy: true }, call: 'pwritev' as const },
-    { name: 'file to file', options: { windowCopy: false }, call: 'copy_file_range' as const },
+  // Each stops in the second batch of 1,024 pages: a pipe of 1 MiB takes
+  // 256 pages a vmsplice and a splice; pwritev takes 1,024 ranges a call.
+  for (const { name, options, call, k, prepare } of [
+    { name: 'gathered through a pipe from the moved-aside mapping', options: { windowCopy: true }, call: 'splice' as const, k: 6 },
+    {
+      name: 'gathered with pwritev, vmsplice refused',
+      options: { windowCopy: true },
+      call: 'pwritev' as const,
+      k: 2,
+      prepare: () => sys.injectFault('vmsplice', 1, constants.errno.ENOSYS),
+    },
+    { name: 'file to file', options: { windowCopy: false }, call: 'copy_file_range' as const, k: 1500 },
   ]) {
     it(`a history copy that fails part way (${name}) leaves every segment reading as before, and the next clone works`, () => {
       withLinux(options, (b) => {
@@ -124,12 +134,15 @@ describe('packed history layers', { skip: linuxOnly }, () => {
           for (let p = 0; p < n; p += 2) view[p * PAGE + 7] = model[p * PAGE + 7] = 9;
           sys.callCounts(true);
           // The copy stops in the second batch, after the first was settled.
-          sys.injectFault(call, call === 'pwritev' ? 2 : 1500, constants.errno.ENOSPC);
+          prepare?.();
+          sys.injectFault(call, k, constants.errno.ENOSPC);
           assert.throws(
             () => seg.clone(),
             (err: unknown) => err instanceof SegmentError && err.code === 'ENOSPC' && err.syscall === call,
           );
           sys.clearFaults();
+          const calls = sys.callCounts();
+          assert.ok((calls.get(call) ?? 0) >= k, `${call} made the copies`);
           assertBytes(seg, model, n, 'the segment after the failed clone');
           assertBytes(snap, first, n, 'the snapshot after the failed clone');
           assert.equal(layerFds().length, b.layerCount(), 'the descriptors open are the ones counted');
