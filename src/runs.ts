@@ -219,6 +219,21 @@ export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
   return out;
 }
 
+/** The parts of the sorted, disjoint `spans` inside the sorted, disjoint `ranges`, with their counts. One sweep. */
+export function clipSpans(spans: readonly Span[], ranges: readonly Range[]): Span[] {
+  const out: Span[] = [];
+  let j = 0;
+  for (const sp of spans) {
+    while (j < ranges.length && ranges[j]!.end <= sp.start) j++;
+    for (let k = j; k < ranges.length && ranges[k]!.start < sp.end; k++) {
+      const r = ranges[k]!;
+      if (r.start <= sp.start && r.end >= sp.end) out.push(sp);
+      else out.push({ start: Math.max(sp.start, r.start), end: Math.min(sp.end, r.end), count: sp.count });
+    }
+  }
+  return out;
+}
+
 /**
  * Spans being built: sorted, disjoint, each count > 0, touching spans with
  * different counts. Three typed arrays, not an object per span: a layer under
@@ -433,15 +448,20 @@ export class RefCounts {
     return false;
   }
 
-  /** The counts over sorted, disjoint `ranges`: their parts with a count above zero, clipped to them, in order. One sweep. */
-  spansIn(ranges: readonly Range[]): Span[] {
+  /**
+   * The counts over sorted, disjoint `ranges`, less `less`: their parts
+   * with a count above `less`, clipped to them, in order, each with its
+   * count less `less`. One sweep.
+   */
+  spansIn(ranges: readonly Range[], less = 0): Span[] {
     const { starts, ends, counts, length } = this.#spans;
     const out: Span[] = [];
     let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
       while (i < length && ends[i]! <= r.start) i++;
       for (let j = i; j < length && starts[j]! < r.end; j++) {
-        out.push({ start: Math.max(starts[j]!, r.start), end: Math.min(ends[j]!, r.end), count: counts[j]! });
+        if (counts[j]! <= less) continue;
+        out.push({ start: Math.max(starts[j]!, r.start), end: Math.min(ends[j]!, r.end), count: counts[j]! - less });
       }
     }
     return out;

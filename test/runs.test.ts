@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
+  clipSpans,
   clip,
   coalesce,
   differing,
@@ -402,6 +403,47 @@ describe('RefCounts', () => {
         }
         const want: [number, number][] = [];
         for (const p of [...pagesOf(ranges)].sort((x, y) => x - y)) if (model[p]! > 0) want.push([p, model[p]!]);
+        assert.deepEqual(seen, want);
+      }),
+      opts,
+    );
+  });
+
+  it('spansIn(ranges, less) gives the pages counted above `less`, each with its count less `less`', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }),
+        rangesArb,
+        fc.integer({ min: 0, max: 4 }),
+        (adds, ranges, less) => {
+          const { rc, model } = countsOf(adds);
+          const seen: [number, number][] = [];
+          for (const sp of rc.spansIn(ranges, less)) for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
+          const want: [number, number][] = [];
+          for (const p of [...pagesOf(ranges)].sort((x, y) => x - y)) if (model[p]! > less) want.push([p, model[p]! - less]);
+          assert.deepEqual(seen, want);
+        },
+      ),
+      opts,
+    );
+  });
+
+  it('clipSpans() keeps each page of the spans inside the ranges, with its count, in order, and no other', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }), rangesArb, (adds, ranges) => {
+        const { rc, model } = countsOf(adds);
+        const spans = rc.all();
+        const clipped = clipSpans(spans, ranges);
+        let last = -1;
+        const seen: [number, number][] = [];
+        for (const sp of clipped) {
+          assert.ok(sp.start < sp.end && sp.start >= last, 'in order, not empty, not overlapping');
+          last = sp.end;
+          for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
+        }
+        const inside = pagesOf(ranges);
+        const want: [number, number][] = [];
+        for (let p = 0; p < model.length; p++) if (model[p]! > 0 && inside.has(p)) want.push([p, model[p]!]);
         assert.deepEqual(seen, want);
       }),
       opts,

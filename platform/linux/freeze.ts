@@ -5,7 +5,7 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { coalesce, pageCount, RefCounts, sameCounts, select, subtract, type Packing, type Range, type Run, type Span } from '../../src/runs.ts';
+import { clipSpans, coalesce, pageCount, sameCounts, select, subtract, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
@@ -346,18 +346,9 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: r
   hand(true);
 }
 
-/** The parts of the sorted, disjoint `spans` inside the sorted, disjoint `ranges`. */
-function clipSpans(spans: readonly Span[], ranges: readonly Range[]): Span[] {
-  const counts = new RefCounts();
-  counts.addEach(spans, 1);
-  return counts.spansIn(ranges);
-}
-
 /** The counts over `ranges` less the one segment that evicts: what moves. */
 function othersIn(counts: RefCounts, ranges: readonly Range[]): Span[] {
-  const out: Span[] = [];
-  for (const sp of counts.spansIn(ranges)) if (sp.count > 1) out.push({ start: sp.start, end: sp.end, count: sp.count - 1 });
-  return out;
+  return counts.spansIn(ranges, 1);
 }
 
 /**
