@@ -65,7 +65,9 @@ export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Ru
     while (i < runs.length && runs[i]!.end <= g.start) i++;
     for (let j = i; j < runs.length && runs[j]!.start < g.end; j++) {
       const r = runs[j]!;
-      out.push({ start: Math.max(r.start, g.start), end: Math.min(r.end, g.end), layer: r.layer });
+      // Ranges are never changed in place: a run wholly inside is shared.
+      if (r.start >= g.start && r.end <= g.end) out.push(r);
+      else out.push({ start: Math.max(r.start, g.start), end: Math.min(r.end, g.end), layer: r.layer });
     }
   }
   return out;
@@ -99,6 +101,7 @@ export function intersect(a: readonly Range[], b: readonly Range[]): Range[] {
 
 /** Sorted, disjoint `a` minus sorted, disjoint `b`. */
 export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
+  if (b.length === 0) return a.slice();
   const out: Range[] = [];
   let j = 0;
   for (const r of a) {
@@ -108,7 +111,7 @@ export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
     while (s < r.end) {
       const cut = b[k];
       if (cut === undefined || cut.start >= r.end) {
-        out.push({ start: s, end: r.end });
+        out.push(s === r.start ? r : { start: s, end: r.end });
         break;
       }
       if (cut.start > s) out.push({ start: s, end: cut.start });

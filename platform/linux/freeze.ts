@@ -242,7 +242,12 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   }
   // Whatever was copied moves, the virtual ranges too: their other users
   // hold private copies, whatever happens to the layer.
-  const moved = history !== null ? coalesce([...virtualRanges, ...copied].sort((a, b) => a.start - b.start)) : virtualRanges;
+  const moved =
+    history === null || copied.length === 0
+      ? virtualRanges
+      : virtualRanges.length === 0
+        ? copied
+        : coalesce([...virtualRanges, ...copied].sort((a, b) => a.start - b.start));
   const before = e.moves.epoch;
   // `seg` reads its run list now, before the entries that must not apply to it.
   void seg.runs;
@@ -255,7 +260,7 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   };
   if (history !== null) moveTo(history, copied);
   if (virtualRanges.length > 0) moveTo(Layer.virtual(layer.length), virtualRanges);
-  const all = moved.length === pageCount(ranges) ? null : moved;
+  const all = pageCount(moved) === pageCount(ranges) ? null : moved;
   layer.refs.addEach(all === null ? users : clipSpans(users, all), -1);
   layer.mapped.addEach(all === null ? mapped : clipSpans(mapped, all), -1);
   if (e.moves.epoch !== before) {
