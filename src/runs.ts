@@ -165,17 +165,33 @@ export class Packing {
 
   /** `ranges` (sorted and disjoint; touching ones are joined) stored from file page `at` on. */
   constructor(ranges: readonly Range[], at = 0) {
-    const held = coalesce(ranges);
-    this.#starts = new Int32Array(held.length);
-    this.#ends = new Int32Array(held.length);
-    this.#firsts = new Int32Array(held.length);
-    let file = at;
-    for (const [i, r] of held.entries()) {
-      this.#starts[i] = r.start;
-      this.#ends[i] = r.end;
-      this.#firsts[i] = file;
-      file += r.end - r.start;
+    // Joined as they are read: touching (or overlapping) ranges are one.
+    let n = 0;
+    let end = -1;
+    for (const r of ranges) {
+      if (r.start > end) n++;
+      end = Math.max(end, r.end);
     }
+    const starts = new Int32Array(n);
+    const ends = new Int32Array(n);
+    const firsts = new Int32Array(n);
+    let i = -1;
+    let file = at;
+    for (const r of ranges) {
+      if (i < 0 || r.start > ends[i]!) {
+        i++;
+        starts[i] = r.start;
+        ends[i] = r.end;
+        firsts[i] = file;
+        file += r.end - r.start;
+      } else if (r.end > ends[i]!) {
+        file += r.end - ends[i]!;
+        ends[i] = r.end;
+      }
+    }
+    this.#starts = starts;
+    this.#ends = ends;
+    this.#firsts = firsts;
     this.pages = file - at;
   }
 
