@@ -104,7 +104,9 @@ async function child(): Promise<void> {
     findings.dropped = {
       released: tries > 0,
       tries,
-      unmapped: !proc.isMapped(addr),
+      // Not mapped by memfork: the runtime may place its own memory in the
+      // hole at once (Bun's allocator did, once in a CI run).
+      unmapped: !(proc.mappingAt(addr)?.includes('memfd:memfork') ?? false),
       layerMapsAlive,
       layerMapsAfter: proc.layerMapsCount(),
     };
@@ -257,7 +259,7 @@ if (CHILD) {
     t.diagnostic(JSON.stringify(f.dropped));
     assert.equal(f.backend, 'linux');
     assert.equal(f.dropped.released, true, `memoryStats().segments did not drop within ${TRIES} gc rounds`);
-    assert.equal(f.dropped.unmapped, true, 'its address is no longer mapped');
+    assert.equal(f.dropped.unmapped, true, 'its address is no longer mapped from a memory file of memfork');
     assert.ok(f.dropped.layerMapsAlive >= 2, 'the segment and its clone mapped their layer');
     assert.equal(f.dropped.layerMapsAfter, f.dropped.layerMapsAlive - 2, '/proc/self/maps lost both mappings');
   });

@@ -62,16 +62,16 @@ export function layerMapsCount(): number {
   return n;
 }
 
-/** Whether any mapping of this process covers `addr`. */
-export function isMapped(addr: bigint): boolean {
+/** The /proc/self/maps line of the mapping that covers `addr`, if any. */
+export function mappingAt(addr: bigint): string | undefined {
   for (const l of mapsLines()) {
     const dash = l.indexOf('-');
     const space = l.indexOf(' ');
     const start = BigInt(`0x${l.slice(0, dash)}`);
     const end = BigInt(`0x${l.slice(dash + 1, space)}`);
-    if (addr >= start && addr < end) return true;
+    if (addr >= start && addr < end) return l;
   }
-  return false;
+  return undefined;
 }
 
 /** A `Name:   N kB` field of a /proc file's text, in bytes. */
