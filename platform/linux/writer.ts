@@ -204,25 +204,12 @@ export class Writer {
       pwriteAll();
       return;
     }
-    const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
     const cursor: Cursor = { index: 0, at: ranges[0]!.start * page };
-    try {
-      while (cursor.index < ranges.length) {
-        // As much as the pipe holds, from the cursor on.
-        const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, pipe.size);
-        const taken = sys.vmsplice(pipe.write, iov, count);
-        if (taken <= 0) throw systemError('vmsplice', sys.EIO, 'the pipe took no pages');
-        for (const [offset, length] of advance(ranges, page, cursor, taken)) sys.spliceAll(pipe.read, fd, fileOffset(offset), length);
-      }
-    } catch (err) {
-      // The pipe may hold pages still: a new one is made next time.
-      this.close();
-      // Refused outright (a sandbox without vmsplice, say): from now on, and
-      // for these ranges too, pwrite. Writing the same bytes again is harmless.
-      if (!NO_FILE_COPY.has(errnoOf(err))) throw err;
-      this.#features.splice = false;
-      pwriteAll();
-    }
+    const done = this.#throughPipe(pipe, base, ranges, cursor, (pieces) => {
+      for (const [offset, length] of pieces) sys.spliceAll(pipe.read, fd, fileOffset(offset), length);
+    });
+    // Refused: these ranges again, all of them (the same bytes twice is harmless).
+    if (!done) pwriteAll();
   }
 
   /**
@@ -247,32 +234,14 @@ export class Writer {
     if (this.#features.splice) {
       this.#pipe ??= openPipe();
       const pipe = this.#pipe;
-      if (pipe !== null) {
-        // Where the last pages written end: a refusal resumes from there.
-        let mark = { index: cursor.index, at: cursor.at, offset: at };
-        try {
-          while (cursor.index < ranges.length) {
-            mark = { index: cursor.index, at: cursor.at, offset: at };
-            const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, pipe.size);
-            const taken = sys.vmsplice(pipe.write, iov, count);
-            if (taken <= 0) throw systemError('vmsplice', sys.EIO, 'the pipe took no pages');
-            advance(ranges, page, cursor, taken);
-            sys.spliceAll(pipe.read, fd, at, taken);
-            at += taken;
-          }
-          return;
-        } catch (err) {
-          // The pipe may hold pages still: a new one is made next time.
-          this.close();
-          if (!NO_FILE_COPY.has(errnoOf(err))) throw err;
-          // Refused outright (a sandbox without vmsplice, say): pwritev from
-          // here on, from the first page not known written.
-          this.#features.splice = false;
-          cursor.index = mark.index;
-          cursor.at = mark.at;
-          at = mark.offset;
-        }
-      }
+      const done =
+        pipe !== null &&
+        this.#throughPipe(pipe, base, ranges, cursor, (_, taken) => {
+          sys.spliceAll(pipe.read, fd, at, taken);
+          at += taken;
+        });
+      if (done) return;
+      // Refused: pwritev from the first page not known written (the cursor and `at`).
     }
     while (cursor.index < ranges.length) {
       const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, GATHER_BYTES);
@@ -280,6 +249,46 @@ export class Writer {
       if (n <= 0) throw systemError('pwritev', sys.EIO, `write to a memory file stopped after ${at - offset} bytes`);
       advance(ranges, page, cursor, n);
       at += n;
+    }
+  }
+
+  /**
+   * Copies the memory under `ranges` from `cursor` on through `pipe`:
+   * vmsplice takes as much as the pipe holds, then `put` empties it (given
+   * the pieces taken, as segment offsets and lengths, and their bytes).
+   * True when all is copied. False where the kernel refuses vmsplice or
+   * splice outright (a sandbox without them, say): from then on this
+   * writer uses none, and `cursor` is back at the first page not put.
+   * Other failures throw. Either way the pipe, which may hold pages still,
+   * is closed (a new one is made next time).
+   */
+  #throughPipe(
+    pipe: { read: number; write: number; size: number },
+    base: bigint,
+    ranges: readonly Range[],
+    cursor: Cursor,
+    put: (pieces: [number, number][], taken: number) => void,
+  ): boolean {
+    const page = this.#pageSize;
+    const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
+    let mark = { index: cursor.index, at: cursor.at };
+    try {
+      while (cursor.index < ranges.length) {
+        mark = { index: cursor.index, at: cursor.at };
+        // As much as the pipe holds, from the cursor on.
+        const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, pipe.size);
+        const taken = sys.vmsplice(pipe.write, iov, count);
+        if (taken <= 0) throw systemError('vmsplice', sys.EIO, 'the pipe took no pages');
+        put(advance(ranges, page, cursor, taken), taken);
+      }
+      return true;
+    } catch (err) {
+      this.close();
+      if (!NO_FILE_COPY.has(errnoOf(err))) throw err;
+      this.#features.splice = false;
+      cursor.index = mark.index;
+      cursor.at = mark.at;
+      return false;
     }
   }
 
