@@ -44,8 +44,12 @@ export interface Backend<H = unknown> {
   restore(target: H, source: H): void;
   /** Unmaps the memory. On failure it throws and may be called again. */
   release(handle: H): void;
-  /** Start address of the memory. */
-  address(handle: H): bigint;
+  /**
+   * Start address of the memory, mapped and ready for other FFI code to
+   * read and write; with `use` false only to be shown (inspect), where
+   * nothing need be mapped for it.
+   */
+  address(handle: H, use?: boolean): bigint;
   /** An ArrayBuffer aliasing `length` bytes at `offset`. */
   view(handle: H, offset: number, length: number): ArrayBuffer;
   stats(handle: H): BackendStats;

@@ -468,7 +468,10 @@ export class Segment implements Disposable {
       const seg = this as Segment;
       const name = seg.#backend.name;
       if (seg.closed) return `Segment <closed> { byteLength: ${seg.#byteLength}, backend: '${name}' }`;
-      return `Segment { byteLength: ${seg.#byteLength}, closed: false, backend: '${name}', address: 0x${seg.address.toString(16)}n }`;
+      // Shown, not handed out: an unmapped clone stays unmapped.
+      const handle = seg.#core!.handle;
+      const address = handle === undefined ? 0n : seg.#backend.address(handle, false);
+      return `Segment { byteLength: ${seg.#byteLength}, closed: false, backend: '${name}', address: 0x${address.toString(16)}n }`;
     }
     for (const key of [Symbol.for('nodejs.util.inspect.custom'), Symbol.for('Deno.customInspect')]) {
       Object.defineProperty(this.prototype, key, { value: inspect, writable: true, configurable: true });

@@ -220,7 +220,10 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     if (this.#windows.strays) this.#windows.unmapStrays();
   }
 
-  address(seg: LinuxSegment): bigint {
+  address(seg: LinuxSegment, use = true): bigint {
+    // An address is handed out to be read or written through by other FFI
+    // code: a clone's reservation (PROT_NONE) would fault there.
+    if (use) this.#materialize(seg);
     return seg.addr;
   }
 
