@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import type { Range } from '../src/runs.ts';
 import { advance, fillIovec, type Cursor } from '../platform/linux/writer.ts';
+import { iovecSetter, offsetReader } from '../platform/linux/words.ts';
 import { fillRanges } from '../platform/linux/drop.ts';
 
 /** Sorted ranges, not touching (as coalesced written pages are). */
@@ -99,7 +100,61 @@ describe('fillIovec() and advance()', () => {
   });
 });
 
+describe('iovecSetter()', () => {
+  it('stores each pair exactly, for addresses and lengths past 32 bits and bases past what a number holds exactly', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(fc.bigInt({ min: 0n, max: 1n << 47n }), fc.bigInt({ min: (1n << 52n) - 4096n, max: (1n << 63n) - 1n }), fc.constant(0xffff_f000n)),
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 2 ** 44 }), fc.integer({ min: 0, max: 2 ** 40 })), { minLength: 1, maxLength: 8 }),
+        (base, pairs) => {
+          const iov = new BigUint64Array(pairs.length * 2 + 2).fill(7n);
+          const set = iovecSetter(iov, base);
+          pairs.forEach(([offset, length], i) => set(i, offset, length));
+          pairs.forEach(([offset, length], i) => {
+            assert.equal(iov[2 * i], BigInt.asUintN(64, base + BigInt(offset)));
+            assert.equal(iov[2 * i + 1], BigInt(length));
+          });
+          assert.deepEqual([...iov.subarray(pairs.length * 2)], [7n, 7n], 'wrote past its pairs');
+        },
+      ),
+    );
+  });
+});
+
+describe('offsetReader()', () => {
+  it('reads each word as its exact distance from the base, past 32 bits and for bases past what a number holds exactly', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(fc.bigInt({ min: 0n, max: 1n << 47n }), fc.bigInt({ min: (1n << 52n) - 4096n, max: (1n << 62n) }), fc.constant(0xffff_f000n)),
+        fc.array(fc.integer({ min: 0, max: 2 ** 46 }), { minLength: 1, maxLength: 8 }),
+        (base, offsets) => {
+          const words = BigUint64Array.from(offsets, (o) => base + BigInt(o));
+          const read = offsetReader(words, base);
+          offsets.forEach((o, i) => assert.equal(read(i), o));
+        },
+      ),
+    );
+  });
+});
+
 describe('fillRanges()', () => {
+  it('fills from index `from` to `to` only, from the first pair', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.nat(), fc.nat(), (ranges, a, b) => {
+        const from = a % (ranges.length + 1);
+        const to = from + (b % (ranges.length - from + 1));
+        const iov = new BigUint64Array(ranges.length * 2);
+        const base = 1n << 44n;
+        const bytes = fillRanges(iov, base, ranges, 4096, from, to);
+        for (let i = from; i < to; i++) {
+          assert.equal(iov[(i - from) * 2], base + BigInt(ranges[i]!.start * 4096));
+          assert.equal(iov[(i - from) * 2 + 1], BigInt((ranges[i]!.end - ranges[i]!.start) * 4096));
+        }
+        assert.equal(bytes, ranges.slice(from, to).reduce((n, r) => n + (r.end - r.start) * 4096, 0));
+      }),
+    );
+  });
+
   it('names each range by address and length, and returns their bytes', () => {
     fc.assert(
       fc.property(rangesArb, fc.constantFrom(4096, 16384), fc.bigInt({ min: 0n, max: 1n << 46n }), (ranges, page, base) => {

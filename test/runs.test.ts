@@ -14,6 +14,7 @@ import {
   overlay,
   Packing,
   pageCount,
+  rangesUnder,
   RefCounts,
   select,
   subtract,
@@ -189,6 +190,38 @@ describe('select()', () => {
         const want = modelOf(runs).map((l, p) => (under.has(p) ? l : undefined));
         assert.deepEqual(modelOf(out), want);
         assertSortedDisjoint(out);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('rangesUnder()', () => {
+  it('gives the pages under the ranges by layer, as select() does, passing on the ranges wholly inside a run', () => {
+    fc.assert(
+      fc.property(runsArb, rangesArb, (runs, ranges) => {
+        const out = rangesUnder(runs, ranges);
+        const want = new Map<Layer, Range[]>();
+        for (const r of select(runs, ranges)) {
+          const list = want.get(r.layer) ?? [];
+          list.push({ start: r.start, end: r.end });
+          want.set(r.layer, list);
+        }
+        assert.deepEqual(
+          [...out.keys()].sort(),
+          [...want.keys()].sort(),
+        );
+        for (const [layer, list] of out) {
+          assert.deepEqual(
+            list.map((r) => ({ start: r.start, end: r.end })),
+            want.get(layer),
+          );
+          assertSortedDisjoint(list);
+        }
+        for (const g of ranges) {
+          const whole = runs.find((r) => r.start <= g.start && r.end >= g.end);
+          if (whole !== undefined) assert.ok(out.get(whole.layer)!.includes(g), 'a range inside one run was copied');
+        }
       }),
       opts,
     );
@@ -405,6 +438,28 @@ describe('RefCounts', () => {
         for (const p of [...pagesOf(ranges)].sort((x, y) => x - y)) if (model[p]! > 0) want.push([p, model[p]!]);
         assert.deepEqual(seen, want);
       }),
+      opts,
+    );
+  });
+
+  it('rangesWithCount() gives exactly the pages of the ranges with that count, merged', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 8 }),
+        rangesArb,
+        fc.integer({ min: 1, max: 4 }),
+        (adds, ranges, count) => {
+          const { rc, model } = countsOf(adds);
+          const out = rc.rangesWithCount(ranges, count);
+          const under = pagesOf(ranges);
+          assert.deepEqual(
+            [...pagesOf(out)].sort((a, b) => a - b),
+            model.flatMap((c, p) => (c === count && under.has(p) ? [p] : [])),
+          );
+          assertSortedDisjoint(out);
+          for (let i = 1; i < out.length; i++) assert.ok(out[i]!.start > out[i - 1]!.end, 'touching ranges not merged');
+        },
+      ),
       opts,
     );
   });

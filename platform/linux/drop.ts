@@ -8,20 +8,23 @@ import { errnoOf } from '../../src/errors.ts';
 import type { Range } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import { UIO_MAXIOV } from './writer.ts';
+import { iovecSetter } from './words.ts';
 
 /** How a kernel without process_madvise(MADV_DONTNEED) on itself refuses it. */
 const UNSUPPORTED = new Set([sys.EBADF, sys.EINVAL, sys.ENOSYS, sys.EPERM]);
 
 /**
  * Fills `iov` with an (address, length) pair for each page range of
- * `ranges` in the segment at `base`; returns their total bytes.
+ * `ranges` from index `from` to `to` in the segment at `base`; returns
+ * their total bytes.
  */
-export function fillRanges(iov: BigUint64Array, base: bigint, ranges: readonly Range[], pageSize: number): number {
+export function fillRanges(iov: BigUint64Array, base: bigint, ranges: readonly Range[], pageSize: number, from = 0, to = ranges.length): number {
   let bytes = 0;
-  for (const [i, r] of ranges.entries()) {
+  const set = iovecSetter(iov, base);
+  for (let i = from; i < to; i++) {
+    const r = ranges[i]!;
     const length = (r.end - r.start) * pageSize;
-    iov[i * 2] = base + BigInt(r.start * pageSize);
-    iov[i * 2 + 1] = BigInt(length);
+    set(i - from, r.start * pageSize, length);
     bytes += length;
   }
   return bytes;
@@ -52,7 +55,7 @@ export class Dropper {
     if (!this.#features.vectorAdvise) return false;
     for (let from = 0; from < ranges.length; from += UIO_MAXIOV) {
       try {
-        if (!this.#advise(base, ranges.slice(from, from + UIO_MAXIOV), sys.MADV_DONTNEED)) return false;
+        if (!this.#advise(base, ranges, from, Math.min(ranges.length, from + UIO_MAXIOV), sys.MADV_DONTNEED)) return false;
       } catch (err) {
         // Before Linux 6.15 (no PIDFD_SELF) or 6.13 (no MADV_DONTNEED here):
         // stop trying. Any other failure: the caller decides.
@@ -86,16 +89,16 @@ export class Dropper {
     const page = this.#pageSize;
     let from = 0;
     while (from < ranges.length && this.#features.vectorPopulate) {
-      const batch = ranges.slice(from, from + UIO_MAXIOV);
+      const to = Math.min(ranges.length, from + UIO_MAXIOV);
       try {
         // A short count: the rest of this batch goes one range at a time.
-        if (!this.#advise(base, batch, sys.MADV_POPULATE_WRITE)) break;
+        if (!this.#advise(base, ranges, from, to, sys.MADV_POPULATE_WRITE)) break;
       } catch (err) {
         if (!UNSUPPORTED.has(errnoOf(err))) throw err;
         this.#features.vectorPopulate = false;
         break;
       }
-      from += batch.length;
+      from = to;
     }
     for (const r of ranges.slice(from)) {
       const at = base + BigInt(r.start * page);
@@ -116,10 +119,10 @@ export class Dropper {
     }
   }
 
-  /** One process_madvise(2) call over `batch` (at most UIO_MAXIOV ranges); false if the kernel stopped short. */
-  #advise(base: bigint, batch: readonly Range[], advice: number): boolean {
+  /** One process_madvise(2) call over `ranges` from index `from` to `to` (at most UIO_MAXIOV of them); false if the kernel stopped short. */
+  #advise(base: bigint, ranges: readonly Range[], from: number, to: number, advice: number): boolean {
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
-    const bytes = fillRanges(iov, base, batch, this.#pageSize);
-    return sys.processMadvise(iov, batch.length, advice) === bytes;
+    const bytes = fillRanges(iov, base, ranges, this.#pageSize, from, to);
+    return sys.processMadvise(iov, to - from, advice) === bytes;
   }
 }

@@ -5,10 +5,10 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { clipSpans, coalesce, pageCount, sameCounts, select, subtract, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
+import { clipSpans, coalesce, pageCount, rangesUnder, sameCounts, select, subtract, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
-import { Layer, rangesByLayer, type MakeLayer, type Runs } from './layers.ts';
+import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
 import { copyPages, UIO_MAXIOV } from './writer.ts';
@@ -115,7 +115,8 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
   // its private copy would show that one. freeze() remaps it instead.
   const candidates = seg.maps === seg.runs ? dirty : subtract(dirty, pinned(seg));
   const owned: Range[] = [];
-  for (const [layer, ranges] of rangesByLayer(select(seg.runs, candidates))) {
+  for (const [layer, ranges] of rangesUnder(seg.runs, candidates)) {
+    if (layer === null) continue;
     // Safety: only `seg` maps these layer pages, and it holds private copies
     // of them; once written, its private copies may go: each reads the same
     // from the layer. Only these may go: its other private pages are in no
@@ -152,7 +153,8 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
     }
   }
   if (owned.length === 0) return dirty;
-  owned.sort((a, b) => a.start - b.start);
+  // In order already where one layer's pages all settled alone, or all in eviction's batches.
+  if (!ascending(owned)) owned.sort((a, b) => a.start - b.start);
   return subtract(dirty, owned);
 }
 
@@ -350,6 +352,12 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: r
   }
   flush();
   hand(true);
+}
+
+/** Whether sorted by start, each range after the one before. */
+function ascending(ranges: readonly Range[]): boolean {
+  for (let i = 1; i < ranges.length; i++) if (ranges[i]!.start < ranges[i - 1]!.end) return false;
+  return true;
 }
 
 /** The counts over `ranges` less the one segment that evicts: what moves. */

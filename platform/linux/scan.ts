@@ -6,6 +6,7 @@
 import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
 import { appendRange, pageCount, type Range } from '../../src/runs.ts';
+import { offsetReader } from './words.ts';
 
 /** How written pages are found. */
 export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
@@ -191,16 +192,18 @@ export class Scanner {
   #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void): Range[] {
     const arg = this.#scratchArg!;
     const vec = this.#scratchVec!;
-    const page = BigInt(this.#pageSize);
-    const end = addr + BigInt(pages) * page;
+    const page = this.#pageSize;
+    const end = addr + BigInt(pages * page);
     const out: Range[] = [];
+    // Each region's start and end, as bytes from `addr`.
+    const offset = offsetReader(vec, addr);
     let start = addr;
     while (start < end) {
       encodeScanArg(arg, scanArgFor(start, end, this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS, each !== undefined));
       const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
       for (let i = 0; i < n; i++) {
-        const s = Number((vec[i * 3]! - addr) / page);
-        const e = Number((vec[i * 3 + 1]! - addr) / page);
+        const s = offset(i * 3) / page;
+        const e = offset(i * 3 + 1) / page;
         if (each !== undefined) {
           each(s, e, vec[i * 3 + 2]!);
           continue;

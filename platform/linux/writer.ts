@@ -8,6 +8,7 @@ import { errnoOf, systemError } from '../../src/errors.ts';
 import { pageCount, type Range, type Run } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import type { Layer } from './layers.ts';
+import { iovecSetter } from './words.ts';
 
 /** Most (address, length) pairs one vectored call takes (UIO_MAXIOV). */
 export const UIO_MAXIOV = 1024;
@@ -43,11 +44,11 @@ export function fillIovec(
 ): { count: number; bytes: number } {
   let n = 0;
   let bytes = 0;
+  const set = iovecSetter(iov, base);
   for (let j = from.index, pos = from.at; j < ranges.length && n < maxEntries && bytes < maxBytes; ) {
     const end = ranges[j]!.end * pageSize;
     const length = Math.min(end - pos, maxBytes - bytes);
-    iov[n * 2] = base + BigInt(pos);
-    iov[n * 2 + 1] = BigInt(length);
+    set(n, pos, length);
     n++;
     bytes += length;
     pos += length;
