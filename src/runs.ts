@@ -172,6 +172,112 @@ export function coalesce(ranges: readonly Range[], gap = 0): Range[] {
   return out;
 }
 
+/**
+ * Sorted, disjoint page ranges in two Int32Arrays, touching ones joined:
+ * the form a freeze carries the pages a segment wrote in. A strided write
+ * gives a range per page, and an object per range costs more than that
+ * page's copy: allocating it, and the garbage collector moving it while
+ * the freeze holds it.
+ */
+export class RangeList {
+  starts: Int32Array;
+  ends: Int32Array;
+  length = 0;
+
+  constructor(capacity = 16) {
+    this.starts = new Int32Array(Math.max(4, capacity));
+    this.ends = new Int32Array(Math.max(4, capacity));
+  }
+
+  /** `ranges` (sorted, disjoint) as a list. */
+  static from(ranges: readonly Range[]): RangeList {
+    const out = new RangeList(ranges.length);
+    for (const r of ranges) out.push(r.start, r.end);
+    return out;
+  }
+
+  /** Appends [start, end), which starts at or after the last range's start: joined with it where they touch or overlap. */
+  push(start: number, end: number): void {
+    const n = this.length;
+    if (n > 0 && start <= this.ends[n - 1]!) {
+      if (end > this.ends[n - 1]!) this.ends[n - 1] = end;
+      return;
+    }
+    if (n === this.starts.length) {
+      const grow = (a: Int32Array): Int32Array => {
+        const b = new Int32Array(2 * a.length);
+        b.set(a);
+        return b;
+      };
+      this.starts = grow(this.starts);
+      this.ends = grow(this.ends);
+    }
+    this.starts[n] = start;
+    this.ends[n] = end;
+    this.length = n + 1;
+  }
+
+  /** Total pages. */
+  get pages(): number {
+    let n = 0;
+    for (let i = 0; i < this.length; i++) n += this.ends[i]! - this.starts[i]!;
+    return n;
+  }
+
+  /** The ranges as objects. */
+  toArray(): Range[] {
+    const out: Range[] = new Array(this.length);
+    for (let i = 0; i < this.length; i++) out[i] = { start: this.starts[i]!, end: this.ends[i]! };
+    return out;
+  }
+}
+
+/** List `a` minus list `b`. One sweep. */
+export function subtractList(a: RangeList, b: RangeList): RangeList {
+  const out = new RangeList(a.length);
+  let j = 0;
+  for (let i = 0; i < a.length; i++) {
+    let s = a.starts[i]!;
+    const end = a.ends[i]!;
+    while (j < b.length && b.ends[j]! <= s) j++;
+    for (let k = j; s < end; k++) {
+      if (k === b.length || b.starts[k]! >= end) {
+        out.push(s, end);
+        break;
+      }
+      if (b.starts[k]! > s) out.push(s, b.starts[k]!);
+      s = Math.max(s, b.ends[k]!);
+    }
+  }
+  return out;
+}
+
+/**
+ * The parts of `list` under each layer of `runs` (sorted, disjoint, covering
+ * them), in order, grouped by layer: rangesUnder() for lists. A run list of
+ * one run gives `list` itself.
+ */
+export function listsUnder<L>(runs: readonly Run<L>[], list: RangeList): Map<L, RangeList> {
+  const out = new Map<L, RangeList>();
+  if (list.length === 0) return out;
+  const first = list.starts[0]!;
+  const last = list.ends[list.length - 1]!;
+  if (runs.length === 1 && runs[0]!.start <= first && runs[0]!.end >= last) return out.set(runs[0]!.layer, list);
+  let i = 0;
+  for (let g = 0; g < list.length; g++) {
+    const gs = list.starts[g]!;
+    const ge = list.ends[g]!;
+    while (i < runs.length && runs[i]!.end <= gs) i++;
+    for (let j = i; j < runs.length && runs[j]!.start < ge; j++) {
+      const r = runs[j]!;
+      let to = out.get(r.layer);
+      if (to === undefined) out.set(r.layer, (to = new RangeList()));
+      to.push(Math.max(r.start, gs), Math.min(r.end, ge));
+    }
+  }
+  return out;
+}
+
 /** Total pages in `ranges`. */
 export function pageCount(ranges: readonly Range[]): number {
   let n = 0;
@@ -533,6 +639,30 @@ export class RefCounts {
       out.push(k);
     }
     return out;
+  }
+
+  /** rangesWithCount() for lists: `list` itself where every page of it has the count. */
+  listWithCount(list: RangeList, count: number): RangeList {
+    const { starts, ends, counts, length } = this.#spans;
+    const out = new RangeList(list.length);
+    let whole = true;
+    let i = list.length > 0 ? this.#from(list.starts[0]!) : 0;
+    for (let g = 0; g < list.length; g++) {
+      const gs = list.starts[g]!;
+      const ge = list.ends[g]!;
+      while (i < length && ends[i]! <= gs) i++;
+      let at = gs;
+      for (let j = i; j < length && starts[j]! < ge; j++) {
+        const start = Math.max(starts[j]!, gs);
+        if (counts[j] !== count) continue;
+        if (start > at) whole = false;
+        const end = Math.min(ends[j]!, ge);
+        out.push(start, end);
+        at = end;
+      }
+      if (at < ge) whole = false;
+    }
+    return whole ? list : out;
   }
 
   /** The parts of the sorted, disjoint `ranges` whose pages have a count of exactly `count` (above zero). One sweep. */

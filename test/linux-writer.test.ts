@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import type { Range } from '../src/runs.ts';
+import { RangeList, type Range } from '../src/runs.ts';
 import { advance, fillIovec, type Cursor } from '../platform/linux/writer.ts';
 import { iovecSetter, offsetReader } from '../platform/linux/words.ts';
 import { fillRanges } from '../platform/linux/drop.ts';
@@ -145,7 +145,7 @@ describe('fillRanges()', () => {
         const to = from + (b % (ranges.length - from + 1));
         const iov = new BigUint64Array(ranges.length * 2);
         const base = 1n << 44n;
-        const bytes = fillRanges(iov, base, ranges, 4096, from, to);
+        const bytes = fillRanges(iov, base, RangeList.from(ranges), 4096, from, to);
         for (let i = from; i < to; i++) {
           assert.equal(iov[(i - from) * 2], base + BigInt(ranges[i]!.start * 4096));
           assert.equal(iov[(i - from) * 2 + 1], BigInt((ranges[i]!.end - ranges[i]!.start) * 4096));
@@ -159,7 +159,7 @@ describe('fillRanges()', () => {
     fc.assert(
       fc.property(rangesArb, fc.constantFrom(4096, 16384), fc.bigInt({ min: 0n, max: 1n << 46n }), (ranges, page, base) => {
         const iov = new BigUint64Array(ranges.length * 2);
-        const bytes = fillRanges(iov, base, ranges, page);
+        const bytes = fillRanges(iov, base, RangeList.from(ranges), page);
         ranges.forEach((r, i) => {
           assert.equal(iov[i * 2], base + BigInt(r.start * page));
           assert.equal(iov[i * 2 + 1], BigInt((r.end - r.start) * page));

@@ -13,11 +13,14 @@ import {
   merge,
   overlay,
   Packing,
+  listsUnder,
   pageCount,
+  RangeList,
   rangesUnder,
   RefCounts,
   select,
   subtract,
+  subtractList,
   type Range,
   type Run,
 } from '../src/runs.ts';
@@ -222,6 +225,48 @@ describe('rangesUnder()', () => {
           const whole = runs.find((r) => r.start <= g.start && r.end >= g.end);
           if (whole !== undefined) assert.ok(out.get(whole.layer)!.includes(g), 'a range inside one run was copied');
         }
+      }),
+      opts,
+    );
+  });
+});
+
+describe('RangeList', () => {
+  /** A list's ranges as plain objects. */
+  const plain = (l: RangeList) => l.toArray().map((r) => ({ start: r.start, end: r.end }));
+
+  it('holds sorted ranges with touching ones joined, as coalesce() gives them, and counts their pages', () => {
+    fc.assert(
+      fc.property(rangesArb, (ranges) => {
+        const list = RangeList.from(ranges);
+        assert.deepEqual(plain(list), coalesce(ranges));
+        assert.equal(list.pages, pageCount(ranges));
+      }),
+      opts,
+    );
+  });
+
+  it('subtractList() gives what subtract() gives', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, (a, b) => {
+        assert.deepEqual(plain(subtractList(RangeList.from(a), RangeList.from(b))), coalesce(subtract(coalesce(a), coalesce(b))));
+      }),
+      opts,
+    );
+  });
+
+  it('listsUnder() gives the pages under each layer, as rangesUnder() does, and a run list of one run the list itself', () => {
+    fc.assert(
+      fc.property(coveringRunsArb, rangesArb, (runs, ranges) => {
+        const end = runs[runs.length - 1]!.end;
+        const inside = ranges.filter((r) => r.end <= end);
+        const list = RangeList.from(inside);
+        const out = listsUnder(runs, list);
+        const want = rangesUnder(runs, coalesce(inside));
+        assert.deepEqual([...out.keys()].sort(), [...want.keys()].sort());
+        for (const [layer, l] of out) assert.deepEqual(plain(l), coalesce(want.get(layer)!));
+        const one = [{ start: 0, end, layer: 'a' as Layer }];
+        if (list.length > 0) assert.equal(listsUnder(one, list).get('a'), list);
       }),
       opts,
     );
@@ -458,6 +503,25 @@ describe('RefCounts', () => {
           );
           assertSortedDisjoint(out);
           for (let i = 1; i < out.length; i++) assert.ok(out[i]!.start > out[i - 1]!.end, 'touching ranges not merged');
+        },
+      ),
+      opts,
+    );
+  });
+
+  it('listWithCount() gives what rangesWithCount() gives, and the list itself where every page has the count', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 8 }),
+        rangesArb,
+        fc.integer({ min: 1, max: 4 }),
+        (adds, ranges, count) => {
+          const { rc } = countsOf(adds);
+          const list = RangeList.from(ranges);
+          const out = rc.listWithCount(list, count);
+          const want = rc.rangesWithCount(coalesce(ranges), count);
+          assert.deepEqual(out.toArray().map((r) => ({ start: r.start, end: r.end })), want.map((r) => ({ start: r.start, end: r.end })));
+          assert.equal(out === list, pageCount(want) === list.pages, 'the list itself exactly when all of it has the count');
         },
       ),
       opts,

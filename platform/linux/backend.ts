@@ -37,7 +37,7 @@ import { MapBudget } from './budget.ts';
 import { compact } from './compact.ts';
 import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit } from './cost.ts';
 import { Dropper } from './drop.ts';
-import { LinuxSegment, scanWritten, setRuns, type Engine } from './engine.ts';
+import { LinuxSegment, scanWritten, scanWrittenList, setRuns, type Engine } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
 import { LayerStore, rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -303,7 +303,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // A segment made private just now has written nothing since.
     const fresh = seg.shared !== null;
     makePrivate(e, seg);
-    const written = fresh ? [] : coalesce(freezeInPlace(e, seg, this.scanWritten(seg)), JOIN_GAP);
+    const written = fresh ? [] : coalesce(freezeInPlace(e, seg, scanWrittenList(e, seg)), JOIN_GAP);
     let dirty = written;
     // Freezing adds up to two mappings per written run. Runs that would take
     // more than half of what the budget has free are joined across their

@@ -5,7 +5,7 @@
 // (MADV_POPULATE_WRITE), so the layer under them can be rewritten.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
-import type { Range } from '../../src/runs.ts';
+import { RangeList, type Range } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import { UIO_MAXIOV } from './writer.ts';
 import { iovecSetter } from './words.ts';
@@ -18,13 +18,13 @@ const UNSUPPORTED = new Set([sys.EBADF, sys.EINVAL, sys.ENOSYS, sys.EPERM]);
  * `ranges` from index `from` to `to` in the segment at `base`; returns
  * their total bytes.
  */
-export function fillRanges(iov: BigUint64Array, base: bigint, ranges: readonly Range[], pageSize: number, from = 0, to = ranges.length): number {
+export function fillRanges(iov: BigUint64Array, base: bigint, ranges: RangeList, pageSize: number, from = 0, to = ranges.length): number {
   let bytes = 0;
   const set = iovecSetter(iov, base);
+  const { starts, ends } = ranges;
   for (let i = from; i < to; i++) {
-    const r = ranges[i]!;
-    const length = (r.end - r.start) * pageSize;
-    set(i - from, r.start * pageSize, length);
+    const length = (ends[i]! - starts[i]!) * pageSize;
+    set(i - from, starts[i]! * pageSize, length);
     bytes += length;
   }
   return bytes;
@@ -51,7 +51,7 @@ export class Dropper {
    * costs more than the dropping where page tables are shadowed: virtual
    * machines without nested paging, see the bench notes).
    */
-  ranges(base: bigint, ranges: readonly Range[]): boolean {
+  ranges(base: bigint, ranges: RangeList): boolean {
     if (!this.#features.vectorAdvise) return false;
     for (let from = 0; from < ranges.length; from += UIO_MAXIOV) {
       try {
@@ -70,10 +70,11 @@ export class Dropper {
    * Drops the private pages under `ranges` of the segment at `base`, and only
    * those: by ranges() where the kernel takes it, else one madvise(2) a range.
    */
-  rangesEach(base: bigint, ranges: readonly Range[]): void {
+  rangesEach(base: bigint, ranges: RangeList): void {
     if (this.ranges(base, ranges)) return;
     const page = this.#pageSize;
-    for (const r of ranges) sys.madvise(base + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
+    const { starts, ends } = ranges;
+    for (let i = 0; i < ranges.length; i++) sys.madvise(base + BigInt(starts[i]! * page), (ends[i]! - starts[i]!) * page, sys.MADV_DONTNEED);
   }
 
   /**
@@ -87,12 +88,13 @@ export class Dropper {
    */
   privatize(base: bigint, ranges: readonly Range[]): void {
     const page = this.#pageSize;
+    const list = RangeList.from(ranges);
     let from = 0;
     while (from < ranges.length && this.#features.vectorPopulate) {
       const to = Math.min(ranges.length, from + UIO_MAXIOV);
       try {
         // A short count: the rest of this batch goes one range at a time.
-        if (!this.#advise(base, ranges, from, to, sys.MADV_POPULATE_WRITE)) break;
+        if (!this.#advise(base, list, from, to, sys.MADV_POPULATE_WRITE)) break;
       } catch (err) {
         if (!UNSUPPORTED.has(errnoOf(err))) throw err;
         this.#features.vectorPopulate = false;
@@ -120,7 +122,7 @@ export class Dropper {
   }
 
   /** One process_madvise(2) call over `ranges` from index `from` to `to` (at most UIO_MAXIOV of them); false if the kernel stopped short. */
-  #advise(base: bigint, ranges: readonly Range[], from: number, to: number, advice: number): boolean {
+  #advise(base: bigint, ranges: RangeList, from: number, to: number, advice: number): boolean {
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
     const bytes = fillRanges(iov, base, ranges, this.#pageSize, from, to);
     return sys.processMadvise(iov, to - from, advice) === bytes;

@@ -2,7 +2,7 @@
 // parts every operation uses (wired together by LinuxBackend), and the
 // bookkeeping that keeps run lists, reference counts and the mapping count
 // consistent.
-import { differing, overlay, type Range } from '../../src/runs.ts';
+import { differing, overlay, RangeList, type Range } from '../../src/runs.ts';
 import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
@@ -145,6 +145,12 @@ export interface Engine {
 export function scanWritten(e: Engine, seg: LinuxSegment): Range[] {
   if (seg.shared !== null) return [{ start: 0, end: seg.pages }];
   return e.scanner.written(seg.addr, seg.pages);
+}
+
+/** scanWritten(), as a list. */
+export function scanWrittenList(e: Engine, seg: LinuxSegment): RangeList {
+  if (seg.shared !== null) return RangeList.from([{ start: 0, end: seg.pages }]);
+  return e.scanner.writtenList(seg.addr, seg.pages);
 }
 
 /**

@@ -5,7 +5,7 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { clipSpans, coalesce, pageCount, rangesUnder, sameCounts, select, subtract, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
+import { clipSpans, coalesce, listsUnder, pageCount, RangeList, sameCounts, select, subtract, subtractList, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -109,29 +109,33 @@ export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: re
  * A failure leaves the segment reading as before: its private copies stay
  * until dropped, and the layer pages changed are its alone.
  */
-export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Range[] {
-  if (dirty.length === 0) return dirty;
+export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList): Range[] {
+  if (dirty.length === 0) return [];
   // A pinned page's mapping shows another layer than its run list: dropping
   // its private copy would show that one. freeze() remaps it instead.
-  const candidates = seg.maps === seg.runs ? dirty : subtract(dirty, pinned(seg));
-  const owned: Range[] = [];
-  for (const [layer, ranges] of rangesUnder(seg.runs, candidates)) {
+  const candidates = seg.maps === seg.runs ? dirty : RangeList.from(subtract(dirty.toArray(), pinned(seg)));
+  // What was settled, each list in page order.
+  const owned: RangeList[] = [];
+  let ownedPages = 0;
+  for (const [layer, ranges] of listsUnder(seg.runs, candidates)) {
     if (layer === null) continue;
     // Safety: only `seg` maps these layer pages, and it holds private copies
     // of them; once written, its private copies may go: each reads the same
     // from the layer. Only these may go: its other private pages are in no
     // layer yet.
-    const settle = (rs: readonly Range[]): void => {
+    const settle = (rs: RangeList): void => {
       if (rs.length === 0) return;
       if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, rs);
-      else e.writer.write(layer, seg.addr, rs);
+      else e.writer.write(layer, seg.addr, rs.toArray());
       e.dropper.rangesEach(seg.addr, rs);
-      for (const r of rs) owned.push(r);
+      owned.push(rs);
+      ownedPages += rs.pages;
     };
-    const alone = layer.refs.rangesWithCount(ranges, 1);
+    const alone = layer.refs.listWithCount(ranges, 1);
     // First the pages only `seg` uses: the memory their private copies
     // free is what the history copies below take next.
     settle(alone);
+    if (alone === ranges || !e.features.fileCopy) continue;
     // Pages other segments use: their old contents move to a history layer,
     // with those segments' run lists, and then they are `seg`'s alone. The
     // segment keeps its one mapping however scattered its writes; the old
@@ -141,21 +145,23 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: Range[]): Ran
     // (privatizeWorth, cost.ts); where they are all the users, their
     // copies are the old contents and nothing is copied to history (evict).
     // The other pages go to a new layer (freeze).
-    const shared = subtract(ranges, alone);
-    if (shared.length > 0 && e.features.fileCopy) {
-      const unmappedOnly = layer.mapped.rangesWithCount(shared, 1);
-      const mappedToo = e.privatize ? privatizeWorth(layer.mapped.spansIn(subtract(shared, unmappedOnly))) : [];
-      let movable = unmappedOnly;
-      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) {
-        movable = coalesce([...unmappedOnly, ...mappedToo].sort((a, b) => a.start - b.start));
-      }
-      if (movable.length > 0) evict(e, seg, layer, movable, settle);
+    const shared = subtractList(ranges, alone).toArray();
+    if (shared.length === 0) continue;
+    const unmappedOnly = layer.mapped.rangesWithCount(shared, 1);
+    const mappedToo = e.privatize ? privatizeWorth(layer.mapped.spansIn(subtract(shared, unmappedOnly))) : [];
+    let movable = unmappedOnly;
+    if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) {
+      movable = coalesce([...unmappedOnly, ...mappedToo].sort((a, b) => a.start - b.start));
     }
+    if (movable.length > 0) evict(e, seg, layer, movable, (rs) => settle(RangeList.from(rs)));
   }
-  if (owned.length === 0) return dirty;
-  // In order already where one layer's pages all settled alone, or all in eviction's batches.
-  if (!ascending(owned)) owned.sort((a, b) => a.start - b.start);
-  return subtract(dirty, owned);
+  if (ownedPages === 0) return dirty.toArray();
+  // Each page is settled once, and all of them are among `dirty`'s.
+  if (ownedPages === dirty.pages) return [];
+  const settled: Range[] = [];
+  for (const list of owned) for (const r of list.toArray()) settled.push(r);
+  if (!ascending(settled)) settled.sort((a, b) => a.start - b.start);
+  return subtract(dirty.toArray(), settled);
 }
 
 /**

@@ -8,7 +8,7 @@
 // way, a failure leaves the target reading as it did.
 import * as sys from '../libc.ts';
 import { SegmentError, errnoOf } from '../../src/errors.ts';
-import { coalesce, differing, intersect, pageCount, select, subtract, type Range } from '../../src/runs.ts';
+import { coalesce, differing, intersect, pageCount, RangeList, select, subtract, type Range } from '../../src/runs.ts';
 import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
 import { pinned, scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
@@ -136,7 +136,7 @@ function dropWritten(e: Engine, seg: LinuxSegment): boolean {
   const all = seg.scanned >= DROP_ALL_AFTER * present;
   // Dropping is idempotent, and every private page of the segment is to go:
   // a vectored call that fails or stops midway is redone over the whole range.
-  if (!all && written.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, written)) return true;
+  if (!all && written.length <= UIO_MAXIOV && e.dropper.ranges(seg.addr, RangeList.from(written))) return true;
   sys.madvise(seg.addr, seg.length, sys.MADV_DONTNEED);
   seg.scanned = 0;
   return true;
@@ -159,7 +159,7 @@ function dropPinned(e: Engine, seg: LinuxSegment, written: readonly Range[], pin
     if (r.layer !== null) readAside(r.layer.fd, bytes, r.layer.filePage(r.start) * page);
     return { at: seg.addr + BigInt(r.start * page), bytes };
   });
-  e.dropper.rangesEach(seg.addr, subtract(written, pins));
+  e.dropper.rangesEach(seg.addr, RangeList.from(subtract(written, pins)));
   // Safety: the pinned pages lie inside the segment's own mapping.
   for (const { at, bytes } of aside) new Uint8Array(sys.view(at, bytes.length)).set(bytes);
   return true;

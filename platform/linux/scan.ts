@@ -5,7 +5,7 @@
 // decoding are pure functions; Scanner makes the calls.
 import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
-import { appendRange, pageCount, type Range } from '../../src/runs.ts';
+import { appendRange, pageCount, RangeList, type Range } from '../../src/runs.ts';
 import { offsetReader } from './words.ts';
 
 /** How written pages are found. */
@@ -159,13 +159,18 @@ export class Scanner {
    * mapped: all of them when no method works here. Sorted, disjoint, merged.
    */
   written(addr: bigint, pages: number): Range[] {
+    return this.writtenList(addr, pages).toArray();
+  }
+
+  /** written(), as a list. */
+  writtenList(addr: bigint, pages: number): RangeList {
     switch (this.method) {
       case 'pagemap-scan':
         return this.#scanIoctl(addr, pages);
       case 'pagemap-read':
-        return this.#scanRead(addr, pages);
+        return RangeList.from(this.#scanRead(addr, pages));
       default:
-        return [{ start: 0, end: pages }];
+        return RangeList.from([{ start: 0, end: pages }]);
     }
   }
 
@@ -189,12 +194,12 @@ export class Scanner {
    * `each`, every range in memory instead, given to `each` with its
    * PAGE_IS_* categories (the return value is then empty).
    */
-  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void): Range[] {
+  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void): RangeList {
     const arg = this.#scratchArg!;
     const vec = this.#scratchVec!;
     const page = this.#pageSize;
     const end = addr + BigInt(pages * page);
-    const out: Range[] = [];
+    const out = new RangeList(SCAN_REGIONS);
     // Each region's start and end, as bytes from `addr`.
     const offset = offsetReader(vec, addr);
     let start = addr;
@@ -208,7 +213,7 @@ export class Scanner {
           each(s, e, vec[i * 3 + 2]!);
           continue;
         }
-        appendRange(out, s, e);
+        out.push(s, e);
       }
       // walk_end is unreliable once many regions come back (seen on 6.18):
       // a short array means the walk reached the end.
