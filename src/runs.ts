@@ -302,34 +302,17 @@ export class Packing {
   /** Pages held. */
   readonly pages: number;
 
-  /** `ranges` (sorted and disjoint; touching ones are joined) stored from file page `at` on. */
-  constructor(ranges: readonly Range[], at = 0) {
-    // Joined as they are read: touching (or overlapping) ranges are one.
-    let n = 0;
-    let end = -1;
-    for (const r of ranges) {
-      if (r.start > end) n++;
-      end = Math.max(end, r.end);
-    }
-    const starts = new Int32Array(n);
-    const ends = new Int32Array(n);
+  /** The pages of `ranges` stored from file page `at` on. */
+  constructor(ranges: RangeList, at = 0) {
+    const n = ranges.length;
     const firsts = new Int32Array(n);
-    let i = -1;
     let file = at;
-    for (const r of ranges) {
-      if (i < 0 || r.start > ends[i]!) {
-        i++;
-        starts[i] = r.start;
-        ends[i] = r.end;
-        firsts[i] = file;
-        file += r.end - r.start;
-      } else if (r.end > ends[i]!) {
-        file += r.end - ends[i]!;
-        ends[i] = r.end;
-      }
+    for (let i = 0; i < n; i++) {
+      firsts[i] = file;
+      file += ranges.ends[i]! - ranges.starts[i]!;
     }
-    this.#starts = starts;
-    this.#ends = ends;
+    this.#starts = ranges.starts.slice(0, n);
+    this.#ends = ranges.ends.slice(0, n);
     this.#firsts = firsts;
     this.pages = file - at;
   }
@@ -363,42 +346,69 @@ export function layerAt<L>(runs: readonly Run<L>[], page: number): L | undefined
   return undefined;
 }
 
-/** The pages where the sorted, disjoint spans `a` and `b` have the same count (above zero): sorted, disjoint, merged. One sweep. */
-export function sameCounts(a: readonly Span[], b: readonly Span[]): Range[] {
-  const out: Range[] = [];
+/** The pages where spans `a` and `b` have the same count (above zero). One sweep. */
+export function sameCounts(a: SpanList, b: SpanList): RangeList {
+  const out = new RangeList();
   let j = 0;
-  for (const x of a) {
-    while (j < b.length && b[j]!.end <= x.start) j++;
-    for (let k = j; k < b.length && b[k]!.start < x.end; k++) {
-      const y = b[k]!;
-      if (y.count === x.count) appendRange(out, Math.max(x.start, y.start), Math.min(x.end, y.end));
+  for (let i = 0; i < a.length; i++) {
+    const xs = a.starts[i]!;
+    const xe = a.ends[i]!;
+    while (j < b.length && b.ends[j]! <= xs) j++;
+    for (let k = j; k < b.length && b.starts[k]! < xe; k++) {
+      if (b.counts[k] === a.counts[i]) out.push(Math.max(xs, b.starts[k]!), Math.min(xe, b.ends[k]!));
     }
   }
   return out;
 }
 
-/** The parts of the sorted, disjoint `spans` inside the sorted, disjoint `ranges`, with their counts. One sweep. */
-export function clipSpans(spans: readonly Span[], ranges: readonly Range[]): Span[] {
-  const out: Span[] = [];
+/** The parts of `spans` inside `ranges`, with their counts. One sweep. */
+export function clipSpans(spans: SpanList, ranges: RangeList): SpanList {
+  const out = new SpanList(spans.length);
   let j = 0;
-  for (const sp of spans) {
-    while (j < ranges.length && ranges[j]!.end <= sp.start) j++;
-    for (let k = j; k < ranges.length && ranges[k]!.start < sp.end; k++) {
-      const r = ranges[k]!;
-      if (r.start <= sp.start && r.end >= sp.end) out.push(sp);
-      else out.push({ start: Math.max(sp.start, r.start), end: Math.min(sp.end, r.end), count: sp.count });
+  for (let i = 0; i < spans.length; i++) {
+    const ss = spans.starts[i]!;
+    const se = spans.ends[i]!;
+    while (j < ranges.length && ranges.ends[j]! <= ss) j++;
+    for (let k = j; k < ranges.length && ranges.starts[k]! < se; k++) {
+      out.push(Math.max(ss, ranges.starts[k]!), Math.min(se, ranges.ends[k]!), spans.counts[i]!);
+    }
+  }
+  return out;
+}
+
+/** The pages of `spans`, whatever their counts: touching spans joined. */
+export function pagesOfSpans(spans: SpanList): RangeList {
+  const out = new RangeList(spans.length);
+  for (let i = 0; i < spans.length; i++) out.push(spans.starts[i]!, spans.ends[i]!);
+  return out;
+}
+
+/** The pages of lists `a` and `b` together. One sweep. */
+export function unionList(a: RangeList, b: RangeList): RangeList {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  const out = new RangeList(a.length + b.length);
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j === b.length || (i < a.length && a.starts[i]! <= b.starts[j]!)) {
+      out.push(a.starts[i]!, a.ends[i]!);
+      i++;
+    } else {
+      out.push(b.starts[j]!, b.ends[j]!);
+      j++;
     }
   }
   return out;
 }
 
 /**
- * Spans being built: sorted, disjoint, each count > 0, touching spans with
- * different counts. Three typed arrays, not an object per span: a layer under
- * a strided write has a span for every page written, and the counts are
+ * Spans: sorted, disjoint, each count > 0, touching spans with different
+ * counts. Three typed arrays, not an object per span: a layer under a
+ * strided write has a span for every page written, and the counts are
  * rebuilt on every change.
  */
-class SpanList {
+export class SpanList {
   starts: Int32Array;
   ends: Int32Array;
   counts: Int32Array;
@@ -423,6 +433,20 @@ class SpanList {
     this.ends[n] = end;
     this.counts[n] = count;
     this.length = n + 1;
+  }
+
+  /** `spans` (sorted, disjoint, counts above zero) as a list. */
+  static from(spans: readonly Span[]): SpanList {
+    const out = new SpanList(spans.length);
+    for (const sp of spans) out.push(sp.start, sp.end, sp.count);
+    return out;
+  }
+
+  /** The spans as objects. */
+  toArray(): Span[] {
+    const out: Span[] = new Array(this.length);
+    for (let i = 0; i < this.length; i++) out[i] = { start: this.starts[i]!, end: this.ends[i]!, count: this.counts[i]! };
+    return out;
   }
 
   #grow(): void {
@@ -556,24 +580,24 @@ export class RefCounts {
    * disjoint, as spansIn gives them); returns the ranges whose count fell
    * to zero. One sweep over the old spans and the parts together.
    */
-  addEach(parts: readonly Span[], sign: 1 | -1): Range[] {
+  addEach(parts: SpanList, sign: 1 | -1): Range[] {
     const { starts, ends, counts, length: n } = this.#spans;
-    const next = new SpanList(n + 2 * parts.length + 1);
+    const m = parts.length;
+    const next = new SpanList(n + 2 * m + 1);
     const freed: Range[] = [];
     let i = 0;
     let j = 0;
-    let at = Math.min(n > 0 ? starts[0]! : Infinity, parts[0]?.start ?? Infinity);
+    let at = Math.min(n > 0 ? starts[0]! : Infinity, m > 0 ? parts.starts[0]! : Infinity);
     while (at !== Infinity) {
       while (i < n && ends[i]! <= at) i++;
-      while (j < parts.length && parts[j]!.end <= at) j++;
-      const p = parts[j];
+      while (j < m && parts.ends[j]! <= at) j++;
       const inSpan = i < n && starts[i]! <= at;
-      const inPart = p !== undefined && p.start <= at;
+      const inPart = j < m && parts.starts[j]! <= at;
       let to = Infinity;
       if (i < n) to = inSpan ? ends[i]! : starts[i]!;
-      if (p !== undefined) to = Math.min(to, inPart ? p.end : p.start);
+      if (j < m) to = Math.min(to, inPart ? parts.ends[j]! : parts.starts[j]!);
       const old = inSpan ? counts[i]! : 0;
-      const count = old + (inPart ? sign * p.count : 0);
+      const count = old + (inPart ? sign * parts.counts[j]! : 0);
       if (count < 0) throw new Error('reference count below zero');
       sweep(next, freed, at, to, old, count);
       at = to;
@@ -607,19 +631,21 @@ export class RefCounts {
   }
 
   /**
-   * The counts over sorted, disjoint `ranges`, less `less`: their parts
-   * with a count above `less`, clipped to them, in order, each with its
-   * count less `less`. One sweep.
+   * The counts over `ranges`, less `less`: their parts with a count above
+   * `less`, clipped to them, in order, each with its count less `less`
+   * (touching parts of one count joined). One sweep.
    */
-  spansIn(ranges: readonly Range[], less = 0): Span[] {
+  spansIn(ranges: RangeList, less = 0): SpanList {
     const { starts, ends, counts, length } = this.#spans;
-    const out: Span[] = [];
-    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
-    for (const r of ranges) {
-      while (i < length && ends[i]! <= r.start) i++;
-      for (let j = i; j < length && starts[j]! < r.end; j++) {
+    const out = new SpanList(ranges.length);
+    let i = ranges.length > 0 ? this.#from(ranges.starts[0]!) : 0;
+    for (let g = 0; g < ranges.length; g++) {
+      const gs = ranges.starts[g]!;
+      const ge = ranges.ends[g]!;
+      while (i < length && ends[i]! <= gs) i++;
+      for (let j = i; j < length && starts[j]! < ge; j++) {
         if (counts[j]! <= less) continue;
-        out.push({ start: Math.max(starts[j]!, r.start), end: Math.min(ends[j]!, r.end), count: counts[j]! - less });
+        out.push(Math.max(starts[j]!, gs), Math.min(ends[j]!, ge), counts[j]! - less);
       }
     }
     return out;

@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, type Range, type Run } from '../src/runs.ts';
+import { merge, RangeList, type Range, type Run } from '../src/runs.ts';
 import { applyByPage, applyEach, byPageCheaper, Moves, type Move } from '../platform/linux/moves.ts';
 import { memoryStats, Segment } from '../src/index.ts';
 import { linuxOnly } from './helpers/proc.ts';
@@ -53,7 +53,7 @@ const rangesArb: fc.Arbitrary<Range[]> = fc
 const moveArb: fc.Arbitrary<Move<L>> = fc
   .tuple(fc.constantFrom(...layers), fc.constantFrom(...named), rangesArb)
   .filter(([from, to]) => from !== to)
-  .map(([from, to, ranges]) => ({ from, to, ranges, pages: ranges.reduce((n, r) => n + r.end - r.start, 0) }));
+  .map(([from, to, ranges]) => ({ from, to, ranges: RangeList.from(ranges), pages: ranges.reduce((n, r) => n + r.end - r.start, 0) }));
 
 function pagesOf(runs: readonly Run<L>[]): L[] {
   const out: L[] = [];
@@ -62,7 +62,7 @@ function pagesOf(runs: readonly Run<L>[]): L[] {
 }
 
 function modelApply(model: L[], m: Move<L>): void {
-  for (const g of m.ranges) for (let p = g.start; p < g.end; p++) if (model[p] === m.from) model[p] = m.to;
+  for (const g of m.ranges.toArray()) for (let p = g.start; p < g.end; p++) if (model[p] === m.from) model[p] = m.to;
 }
 
 function assertMerged(runs: readonly Run<L>[]): void {
@@ -89,9 +89,9 @@ describe('eviction log', () => {
   });
 
   it('chooses one pass over the pages only for many entries over long run lists', () => {
-    const one: Move<L>[] = [{ from: null, to: named[0]!, ranges: [{ start: 0, end: 1 }], pages: 1 }];
+    const one: Move<L>[] = [{ from: null, to: named[0]!, ranges: RangeList.from([{ start: 0, end: 1 }]), pages: 1 }];
     assert.equal(byPageCheaper(100_000, 1 << 20, one), false, 'one entry: select and overlay');
-    const many = Array.from({ length: 50 }, () => ({ from: null, to: named[0]!, ranges: [{ start: 0, end: 1000 }], pages: 1000 }));
+    const many = Array.from({ length: 50 }, () => ({ from: null, to: named[0]!, ranges: RangeList.from([{ start: 0, end: 1000 }]), pages: 1000 }));
     assert.equal(byPageCheaper(60_000, 65_536, many), true, '50 entries over 60,000 runs: by page');
     assert.equal(byPageCheaper(3, 1 << 20, many.slice(0, 2)), false, 'short run lists on large segments: entry by entry');
   });
@@ -138,7 +138,7 @@ describe('eviction log', () => {
   it('refuses to resolve a run list older than the entries it kept', () => {
     const log = new Moves<L>();
     const runs: Run<L>[] = [{ start: 0, end: PAGES, layer: named[0]! }];
-    log.push(named[0]!, named[1]!, [{ start: 0, end: 4 }]);
+    log.push(named[0]!, named[1]!, RangeList.from([{ start: 0, end: 4 }]));
     log.trim(1);
     assert.throws(() => log.resolve(runs, 0, PAGES), /older than the eviction log/);
   });

@@ -12,15 +12,19 @@ import {
   layerAt,
   merge,
   overlay,
+  pagesOfSpans,
   Packing,
   listsUnder,
   pageCount,
   RangeList,
   rangesUnder,
   RefCounts,
+  sameCounts,
   select,
+  SpanList,
   subtract,
   subtractList,
+  unionList,
   type Range,
   type Run,
 } from '../src/runs.ts';
@@ -255,6 +259,16 @@ describe('RangeList', () => {
     );
   });
 
+  it('unionList() gives the pages of both, joined', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, (a, b) => {
+        const out = unionList(RangeList.from(a), RangeList.from(b));
+        assert.deepEqual(plain(out), coalesce([...a, ...b].sort((x, y) => x.start - y.start)));
+      }),
+      opts,
+    );
+  });
+
   it('listsUnder() gives the pages under each layer, as rangesUnder() does, and a run list of one run the list itself', () => {
     fc.assert(
       fc.property(coveringRunsArb, rangesArb, (runs, ranges) => {
@@ -389,7 +403,7 @@ describe('Packing', () => {
   it('stores the pages it holds one after another in page order, each once, and refuses the others', () => {
     fc.assert(
       fc.property(rangesArb, (ranges) => {
-        const packing = new Packing(ranges);
+        const packing = new Packing(RangeList.from(ranges));
         const held = [...pagesOf(ranges)].sort((a, b) => a - b);
         assert.equal(packing.pages, held.length);
         // The k-th page held, in page order, is at file page k: every file page used once, none past the end.
@@ -405,7 +419,7 @@ describe('Packing', () => {
   it('stores them from any file page on', () => {
     fc.assert(
       fc.property(rangesArb, fc.nat(1000), (ranges, at) => {
-        const packing = new Packing(ranges, at);
+        const packing = new Packing(RangeList.from(ranges), at);
         [...pagesOf(ranges)].sort((a, b) => a - b).forEach((p, k) => assert.equal(packing.filePage(p), at + k, `page ${p}`));
       }),
       opts,
@@ -415,7 +429,7 @@ describe('Packing', () => {
   it('keeps every run of held pages one contiguous range of the file, however its ranges touch', () => {
     fc.assert(
       fc.property(rangesArb, rangeArb, (ranges, r) => {
-        const packing = new Packing(ranges);
+        const packing = new Packing(RangeList.from(ranges));
         // A run lies inside what the layer holds: here, any stretch of one coalesced range.
         for (const c of coalesce(ranges)) {
           const start = Math.max(c.start, r.start);
@@ -474,7 +488,7 @@ describe('RefCounts', () => {
         const { rc, model } = countsOf(adds);
         const seen: [number, number][] = [];
         let last = -1;
-        for (const sp of rc.spansIn(ranges)) {
+        for (const sp of rc.spansIn(RangeList.from(ranges)).toArray()) {
           assert.ok(sp.start < sp.end && sp.start >= last, 'in order, not empty, not overlapping');
           last = sp.end;
           for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
@@ -537,7 +551,7 @@ describe('RefCounts', () => {
         (adds, ranges, less) => {
           const { rc, model } = countsOf(adds);
           const seen: [number, number][] = [];
-          for (const sp of rc.spansIn(ranges, less)) for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
+          for (const sp of rc.spansIn(RangeList.from(ranges), less).toArray()) for (let p = sp.start; p < sp.end; p++) seen.push([p, sp.count]);
           const want: [number, number][] = [];
           for (const p of [...pagesOf(ranges)].sort((x, y) => x - y)) if (model[p]! > less) want.push([p, model[p]! - less]);
           assert.deepEqual(seen, want);
@@ -552,7 +566,7 @@ describe('RefCounts', () => {
       fc.property(fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 3 })), { maxLength: 12 }), rangesArb, (adds, ranges) => {
         const { rc, model } = countsOf(adds);
         const spans = rc.all();
-        const clipped = clipSpans(spans, ranges);
+        const clipped = clipSpans(SpanList.from(spans), RangeList.from(ranges)).toArray();
         let last = -1;
         const seen: [number, number][] = [];
         for (const sp of clipped) {
@@ -569,6 +583,24 @@ describe('RefCounts', () => {
     );
   });
 
+  it('sameCounts() gives the pages two count lists agree on (above zero), and pagesOfSpans() every page counted', () => {
+    const addsArb = fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 2 })), { maxLength: 8 });
+    fc.assert(
+      fc.property(addsArb, addsArb, (x, y) => {
+        const a = countsOf(x);
+        const b = countsOf(y);
+        const same = sameCounts(SpanList.from(a.rc.all()), SpanList.from(b.rc.all()));
+        assert.deepEqual(
+          [...pagesOf(same.toArray())].sort((p, q) => p - q),
+          a.model.flatMap((c, p) => (c > 0 && c === b.model[p] ? [p] : [])),
+        );
+        const counted = pagesOfSpans(SpanList.from(a.rc.all()));
+        assert.deepEqual(counted.toArray(), coalesce(a.rc.all().map((sp) => ({ start: sp.start, end: sp.end }))));
+      }),
+      opts,
+    );
+  });
+
   it('addEach() moves each part by its own count, as spansIn() gives them, and reports the pages that fall to zero', () => {
     fc.assert(
       fc.property(
@@ -580,13 +612,10 @@ describe('RefCounts', () => {
           const { rc, model } = countsOf(adds);
           // What evict() does: every count under the ranges but `keep` moves
           // away (down), or the same parts arrive elsewhere (up).
-          const parts = rc
-            .spansIn(ranges)
-            .filter((sp) => sp.count > keep)
-            .map((sp) => ({ start: sp.start, end: sp.end, count: sp.count - keep }));
+          const parts = rc.spansIn(RangeList.from(ranges), keep).toArray();
           const before = [...model];
           for (const sp of parts) for (let p = sp.start; p < sp.end; p++) model[p]! += up ? sp.count : -sp.count;
-          const freed = rc.addEach(parts, up ? 1 : -1);
+          const freed = rc.addEach(SpanList.from(parts), up ? 1 : -1);
           const after: number[] = new Array(model.length).fill(0);
           for (const sp of spansOf(rc)) {
             assert.ok(sp.count > 0 && sp.start < sp.end);

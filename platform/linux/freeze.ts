@@ -5,7 +5,7 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { clipSpans, coalesce, listsUnder, pageCount, RangeList, sameCounts, select, subtract, subtractList, type Packing, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
+import { clipSpans, listsUnder, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -145,15 +145,15 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList): R
     // (privatizeWorth, cost.ts); where they are all the users, their
     // copies are the old contents and nothing is copied to history (evict).
     // The other pages go to a new layer (freeze).
-    const shared = subtractList(ranges, alone).toArray();
+    const shared = subtractList(ranges, alone);
     if (shared.length === 0) continue;
-    const unmappedOnly = layer.mapped.rangesWithCount(shared, 1);
-    const mappedToo = e.privatize ? privatizeWorth(layer.mapped.spansIn(subtract(shared, unmappedOnly))) : [];
+    const unmappedOnly = layer.mapped.listWithCount(shared, 1);
     let movable = unmappedOnly;
-    if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) {
-      movable = coalesce([...unmappedOnly, ...mappedToo].sort((a, b) => a.start - b.start));
+    if (unmappedOnly !== shared && e.privatize) {
+      const mappedToo = privatizeWorth(layer.mapped.spansIn(subtractList(shared, unmappedOnly)).toArray());
+      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) movable = unionList(unmappedOnly, RangeList.from(mappedToo));
     }
-    if (movable.length > 0) evict(e, seg, layer, movable, (rs) => settle(RangeList.from(rs)));
+    if (movable.length > 0) evict(e, seg, layer, movable, settle);
   }
   if (ownedPages === 0) return dirty.toArray();
   // Each page is settled once, and all of them are among `dirty`'s.
@@ -218,18 +218,18 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
  * every segment reads as before), the rest stays where it was, and the
  * failure is thrown.
  */
-function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[], settle: (rs: readonly Range[]) => void): void {
+function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: RangeList, settle: (rs: RangeList) => void): void {
   if (!e.features.fileCopy) return;
   // Every user of these pages but `seg` moves: their counts move at once,
   // by span, and their run lists when next read (moves.ts).
   const users = othersIn(layer.refs, ranges);
   const mapped = othersIn(layer.mapped, ranges);
   const virtualRanges = sameCounts(users, mapped);
-  const real = subtract(ranges, virtualRanges);
+  const real = virtualRanges.length === 0 ? ranges : subtractList(ranges, virtualRanges);
   // Packed: a history layer holds these pages only, one after another, in
   // a recent packed file where they fit (LayerStore.packed).
   let history: Layer | null = null;
-  const copied: Range[] = [];
+  const copied = new RangeList(real.length);
   let failure: { err: unknown } | undefined;
   try {
     if (real.length > 0) {
@@ -237,7 +237,7 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
         e.layers.packed(layer.length, real, (fd, packing) => {
           try {
             copyOut(e, layer, fd, packing, real, (batch) => {
-              for (const r of batch) copied.push(r);
+              for (let i = 0; i < batch.length; i++) copied.push(batch.starts[i]!, batch.ends[i]!);
               settle(batch);
             });
           } catch (err) {
@@ -251,27 +251,22 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Rang
   }
   // Whatever was copied moves, the virtual ranges too: their other users
   // hold private copies, whatever happens to the layer.
-  const moved =
-    history === null || copied.length === 0
-      ? virtualRanges
-      : virtualRanges.length === 0
-        ? copied
-        : coalesce([...virtualRanges, ...copied].sort((a, b) => a.start - b.start));
+  const moved = history === null ? virtualRanges : unionList(virtualRanges, copied);
   const before = e.moves.epoch;
   // `seg` reads its run list now, before the entries that must not apply to it.
   void seg.runs;
-  const moveTo = (to: Layer, within: readonly Range[]) => {
+  const moveTo = (to: Layer, within: RangeList) => {
     const movedUsers = clipSpans(users, within);
     if (movedUsers.length === 0) return;
     to.refs.addEach(movedUsers, 1);
     to.mapped.addEach(clipSpans(mapped, within), 1);
-    e.moves.push(layer, to, coalesce(movedUsers));
+    e.moves.push(layer, to, pagesOfSpans(movedUsers));
   };
   if (history !== null) moveTo(history, copied);
   if (virtualRanges.length > 0) moveTo(Layer.virtual(layer.length), virtualRanges);
-  const all = pageCount(moved) === pageCount(ranges) ? null : moved;
-  layer.refs.addEach(all === null ? users : clipSpans(users, all), -1);
-  layer.mapped.addEach(all === null ? mapped : clipSpans(mapped, all), -1);
+  const all = moved.pages === ranges.pages;
+  layer.refs.addEach(all ? users : clipSpans(users, moved), -1);
+  layer.mapped.addEach(all ? mapped : clipSpans(mapped, moved), -1);
   if (e.moves.epoch !== before) {
     seg.passed(before);
     let oldest = e.moves.epoch;
@@ -300,23 +295,24 @@ const BATCH_PAGES = 1024;
  * (a hole of the layer would even be allocated). Stops early where the
  * kernel will not copy between memory files and there is no window.
  */
-function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: readonly Range[], copied: (batch: Range[]) => void): void {
+function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: RangeList, copied: (batch: RangeList) => void): void {
   const page = e.pageSize;
   const window = e.windowCopy ? from.window : 0n;
   // Copied, not yet handed on: a batch at a time.
-  let done: Range[] = [];
+  let done = new RangeList();
   let donePages = 0;
   const hand = (force: boolean) => {
     if (done.length === 0 || (!force && done.length < UIO_MAXIOV && donePages < BATCH_PAGES)) return;
     const batch = done;
-    done = [];
+    done = new RangeList();
     donePages = 0;
     copied(batch);
   };
-  const copiedOne = (r: Range) => {
-    done.push(r);
-    donePages += r.end - r.start;
+  const copiedOne = (start: number, end: number) => {
+    done.push(start, end);
+    donePages += end - start;
   };
+  // Ranges for one Writer.gather: objects, a batch at a time.
   let stretch: Range[] = [];
   let stretchPages = 0;
   const flush = () => {
@@ -325,26 +321,28 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: r
     stretch = [];
     stretchPages = 0;
     e.writer.gather(to, window, batch, packing.filePage(batch[0]!.start) * page);
-    for (const r of batch) copiedOne(r);
+    for (const r of batch) copiedOne(r.start, r.end);
     hand(false);
   };
-  const viaWindow = (r: Range) => {
-    stretch.push(r);
-    stretchPages += r.end - r.start;
+  const viaWindow = (start: number, end: number) => {
+    stretch.push({ start, end });
+    stretchPages += end - start;
     if (stretch.length >= UIO_MAXIOV || stretchPages >= BATCH_PAGES) flush();
   };
   // A failure throws: what was copied and not handed on is left out, as if
   // never copied (nothing points to it yet).
-  for (const r of ranges) {
-    if (window !== 0n && (r.end - r.start < FILE_COPY_LONG || !e.features.fileCopy)) {
-      viaWindow(r);
+  for (let i = 0; i < ranges.length; i++) {
+    const rs = ranges.starts[i]!;
+    const re = ranges.ends[i]!;
+    if (window !== 0n && (re - rs < FILE_COPY_LONG || !e.features.fileCopy)) {
+      viaWindow(rs, re);
       continue;
     }
     flush();
-    for (let start = r.start; start < r.end; start += BATCH_PAGES) {
-      const part = { start, end: Math.min(r.end, start + BATCH_PAGES) };
+    for (let start = rs; start < re; start += BATCH_PAGES) {
+      const part = { start, end: Math.min(re, start + BATCH_PAGES) };
       if (copyPages(e.features, page, from, part, to, packing.filePage(start))) {
-        copiedOne(part);
+        copiedOne(part.start, part.end);
         hand(false);
         continue;
       }
@@ -353,7 +351,7 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: r
         return;
       }
       // Refused (and from then on): through the window.
-      viaWindow(part);
+      viaWindow(part.start, part.end);
     }
   }
   flush();
@@ -367,7 +365,7 @@ function ascending(ranges: readonly Range[]): boolean {
 }
 
 /** The counts over `ranges` less the one segment that evicts: what moves. */
-function othersIn(counts: RefCounts, ranges: readonly Range[]): Span[] {
+function othersIn(counts: RefCounts, ranges: RangeList): SpanList {
   return counts.spansIn(ranges, 1);
 }
 

@@ -6,7 +6,7 @@
 // in turn.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
-import { coalesce, Packing, pageCount, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import { coalesce, Packing, RangeList, type Range, type Run, RefCounts } from '../../src/runs.ts';
 import { FLOOR, ProcessFdBudget } from './fd-budget.ts';
 import type { Features } from './features.ts';
 import type { Windows } from './move-aside.ts';
@@ -269,8 +269,8 @@ export class LayerStore {
    * of the file freed again and never used), or undefined where `write`
    * wrote none or threw.
    */
-  packed(length: number, ranges: readonly Range[], write: (fd: number, packing: Packing) => readonly Range[]): Layer | undefined {
-    const pages = pageCount(ranges);
+  packed(length: number, ranges: RangeList, write: (fd: number, packing: Packing) => RangeList): Layer | undefined {
+    const pages = ranges.pages;
     let file: PackedFile | undefined;
     let tries = 0;
     for (const layer of this.#recent) {
@@ -286,10 +286,10 @@ export class LayerStore {
     file.end = at + pages;
     const packing = new Packing(ranges, at);
     let held = 0;
-    let written: readonly Range[] = [];
+    let written = new RangeList(0);
     try {
       written = write(file.fd, packing);
-      held = pageCount(written);
+      held = written.pages;
     } finally {
       if (held === 0 && file.layers === 0) this.#closeFile(file.fd);
       else if (held < pages) this.#punchFile(file.fd, at + held, pages - held);

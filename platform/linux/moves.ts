@@ -7,13 +7,13 @@
 // list many entries behind is re-pointed in one pass over its pages.
 //
 // Pure: no system calls; property-tested against applying entries one by one.
-import { overlay, pageCount, select, type Range, type Run } from '../../src/runs.ts';
+import { overlay, select, type RangeList, type Run } from '../../src/runs.ts';
 
 /** One eviction: every run list on `from` under `ranges` (sorted, disjoint) reads `to` there from then on. */
 export interface Move<L> {
   readonly from: L;
   readonly to: L;
-  readonly ranges: readonly Range[];
+  readonly ranges: RangeList;
   /** Pages under `ranges`. */
   readonly pages: number;
 }
@@ -26,7 +26,7 @@ export function applyEach<L>(runs: readonly Run<L>[], moves: readonly Move<L>[])
   const layers = new Set<L>(runs.map((r) => r.layer));
   for (const m of moves) {
     if (!layers.has(m.from)) continue;
-    const on = select(runs, m.ranges).filter((r) => r.layer === m.from);
+    const on = select(runs, m.ranges.toArray()).filter((r) => r.layer === m.from);
     if (on.length === 0) continue;
     runs = overlay(runs, on, m.to);
     layers.add(m.to);
@@ -59,8 +59,9 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
     const from = index.get(m.from);
     if (from === undefined) continue;
     const to = indexOf(m.to);
-    for (const g of m.ranges) {
-      for (let p = g.start; p < g.end; p++) if (at[p] === from) at[p] = to;
+    const { starts, ends } = m.ranges;
+    for (let g = 0; g < m.ranges.length; g++) {
+      for (let p = starts[g]!, end = ends[g]!; p < end; p++) if (at[p] === from) at[p] = to;
     }
   }
   const out: Run<L>[] = [];
@@ -109,8 +110,8 @@ export class Moves<L extends object | null> {
   }
 
   /** Logs an eviction. */
-  push(from: L, to: L, ranges: readonly Range[]): void {
-    this.#entries.push({ from, to, ranges, pages: pageCount(ranges) });
+  push(from: L, to: L, ranges: RangeList): void {
+    this.#entries.push({ from, to, ranges, pages: ranges.pages });
   }
 
   /** Forgets the entries before `epoch`, the oldest any run list still needs. */
