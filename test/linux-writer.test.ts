@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { RangeList, type Range } from '../src/runs.ts';
 import { advance, fillIovec, type Cursor } from '../platform/linux/writer.ts';
-import { iovecSetter, offsetReader } from '../platform/linux/words.ts';
+import { exactNumber, iovecSetter, offsetReader } from '../platform/linux/words.ts';
 import { fillRanges } from '../platform/linux/drop.ts';
 
 /** Sorted ranges, not touching (as coalesced written pages are). */
@@ -117,6 +117,19 @@ describe('iovecSetter()', () => {
           assert.deepEqual([...iov.subarray(pairs.length * 2)], [7n, 7n], 'wrote past its pairs');
         },
       ),
+    );
+  });
+});
+
+describe('exactNumber()', () => {
+  it('gives an address as a number only where it and offsets past it are exact', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (addr) => {
+        const n = exactNumber(addr);
+        if (addr < 1n << 52n) assert.equal(n, Number(addr));
+        else assert.equal(n, null);
+        if (n !== null) assert.ok(Number.isSafeInteger(n + 2 ** 50));
+      }),
     );
   });
 });

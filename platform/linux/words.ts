@@ -11,6 +11,11 @@ const LOW_HALF_FIRST = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const EXACT_BELOW = 2n ** 52n;
 const TWO_32 = 2 ** 32;
 
+/** `addr` as a number where it and any offset into a segment from it are exact as one; else null. */
+export function exactNumber(addr: bigint): number | null {
+  return addr >= 0n && addr < EXACT_BELOW ? Number(addr) : null;
+}
+
 /** The 32-bit halves of `words`, where `base` and the offsets from it are exact as numbers; null where not (BigInts then). */
 function halves(words: BigUint64Array, base: bigint): Uint32Array | null {
   return LOW_HALF_FIRST && base >= 0n && base < EXACT_BELOW ? new Uint32Array(words.buffer, words.byteOffset, words.length * 2) : null;

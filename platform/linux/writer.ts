@@ -8,7 +8,7 @@ import { errnoOf, systemError } from '../../src/errors.ts';
 import { pageCount, type Range, type RangeList, type Run } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import type { Layer } from './layers.ts';
-import { iovecSetter } from './words.ts';
+import { exactNumber, iovecSetter } from './words.ts';
 
 /** Most (address, length) pairs one vectored call takes (UIO_MAXIOV). */
 export const UIO_MAXIOV = 1024;
@@ -167,10 +167,19 @@ export class Writer {
   toWindow(layer: Layer, base: bigint, ranges: RangeList): void {
     const page = this.#pageSize;
     const { starts, ends } = ranges;
+    const to = exactNumber(layer.window);
+    const from = exactNumber(base);
+    // Safety: both ranges lie inside mappings of `layer.length` bytes that
+    // stay mapped for the call: the segment's own and the layer's window.
+    if (to !== null && from !== null) {
+      for (let i = 0; i < ranges.length; i++) {
+        const off = starts[i]! * page;
+        sys.copyMemoryAt(to + off, from + off, (ends[i]! - starts[i]!) * page);
+      }
+      return;
+    }
     for (let i = 0; i < ranges.length; i++) {
       const off = BigInt(starts[i]! * page);
-      // Safety: both ranges lie inside mappings of `layer.length` bytes that
-      // stay mapped for the call: the segment's own and the layer's window.
       sys.copyMemory(layer.window + off, base + off, (ends[i]! - starts[i]!) * page);
     }
   }
