@@ -250,6 +250,23 @@ describe('RangeList', () => {
     );
   });
 
+  it('grows past its capacity without losing a range', () => {
+    fc.assert(
+      fc.property(fc.array(fc.record({ gap: fc.nat(3), len: fc.integer({ min: 1, max: 4 }) }), { maxLength: 200 }), (parts) => {
+        const ranges: Range[] = [];
+        let at = 0;
+        for (const p of parts) {
+          ranges.push({ start: at + p.gap, end: at + p.gap + p.len });
+          at += p.gap + p.len;
+        }
+        const list = new RangeList(0);
+        for (const r of ranges) list.push(r.start, r.end);
+        assert.deepEqual(plain(list), coalesce(ranges));
+      }),
+      opts,
+    );
+  });
+
   it('subtractList() gives what subtract() gives', () => {
     fc.assert(
       fc.property(rangesArb, rangesArb, (a, b) => {

@@ -199,7 +199,7 @@ export class Scanner {
     const vec = this.#scratchVec!;
     const page = this.#pageSize;
     const end = addr + BigInt(pages * page);
-    const out = new RangeList(SCAN_REGIONS);
+    const out = new RangeList();
     // Each region's start and end, as bytes from `addr`.
     const offset = offsetReader(vec, addr);
     let start = addr;
