@@ -74,39 +74,6 @@ export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Ru
 }
 
 /**
- * The parts of the sorted, disjoint `ranges` under each layer of `runs`, in
- * order, clipped to the runs: as select() gives them, grouped by layer. A
- * range wholly inside one run is passed on as it is, not copied (a strided
- * write makes a range a page).
- */
-export function rangesUnder<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Map<L, Range[]> {
-  const out = new Map<L, Range[]>();
-  let list: Range[] = [];
-  let listLayer: L | undefined;
-  let any = false;
-  const put = (layer: L, r: Range) => {
-    if (!any || layer !== listLayer) {
-      let found = out.get(layer);
-      if (found === undefined) out.set(layer, (found = []));
-      list = found;
-      listLayer = layer;
-      any = true;
-    }
-    list.push(r);
-  };
-  let i = 0;
-  for (const g of ranges) {
-    while (i < runs.length && runs[i]!.end <= g.start) i++;
-    for (let j = i; j < runs.length && runs[j]!.start < g.end; j++) {
-      const r = runs[j]!;
-      if (r.start <= g.start && r.end >= g.end) put(r.layer, g);
-      else put(r.layer, { start: Math.max(r.start, g.start), end: Math.min(r.end, g.end) });
-    }
-  }
-  return out;
-}
-
-/**
  * The pages where two run lists covering the same pages name different
  * layers: sorted, disjoint, merged. One sweep over both.
  */
@@ -254,8 +221,8 @@ export function subtractList(a: RangeList, b: RangeList): RangeList {
 
 /**
  * The parts of `list` under each layer of `runs` (sorted, disjoint, covering
- * them), in order, grouped by layer: rangesUnder() for lists. A run list of
- * one run gives `list` itself.
+ * them), in order, clipped to the runs: as select() gives them, grouped by
+ * layer. A run list of one run gives `list` itself.
  */
 export function listsUnder<L>(runs: readonly Run<L>[], list: RangeList): Map<L, RangeList> {
   const out = new Map<L, RangeList>();
@@ -667,7 +634,10 @@ export class RefCounts {
     return out;
   }
 
-  /** rangesWithCount() for lists: `list` itself where every page of it has the count. */
+  /**
+   * The parts of `list` whose pages have a count of exactly `count` (above
+   * zero): `list` itself where every page of it has that count. One sweep.
+   */
   listWithCount(list: RangeList, count: number): RangeList {
     const { starts, ends, counts, length } = this.#spans;
     const out = new RangeList(list.length);
@@ -689,25 +659,5 @@ export class RefCounts {
       if (at < ge) whole = false;
     }
     return whole ? list : out;
-  }
-
-  /** The parts of the sorted, disjoint `ranges` whose pages have a count of exactly `count` (above zero). One sweep. */
-  rangesWithCount(ranges: readonly Range[], count: number): Range[] {
-    const { starts, ends, counts, length } = this.#spans;
-    const out: Range[] = [];
-    let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
-    for (const r of ranges) {
-      while (i < length && ends[i]! <= r.start) i++;
-      for (let j = i; j < length && starts[j]! < r.end; j++) {
-        if (counts[j] !== count) continue;
-        const start = Math.max(starts[j]!, r.start);
-        const end = Math.min(ends[j]!, r.end);
-        // A range wholly of that count, apart from the last one, is passed on as it is.
-        const last = out[out.length - 1];
-        if (start === r.start && end === r.end && (last === undefined || last.end < start)) out.push(r);
-        else appendRange(out, start, end);
-      }
-    }
-    return out;
   }
 }

@@ -17,7 +17,6 @@ import {
   listsUnder,
   pageCount,
   RangeList,
-  rangesUnder,
   RefCounts,
   sameCounts,
   select,
@@ -203,38 +202,6 @@ describe('select()', () => {
   });
 });
 
-describe('rangesUnder()', () => {
-  it('gives the pages under the ranges by layer, as select() does, passing on the ranges wholly inside a run', () => {
-    fc.assert(
-      fc.property(runsArb, rangesArb, (runs, ranges) => {
-        const out = rangesUnder(runs, ranges);
-        const want = new Map<Layer, Range[]>();
-        for (const r of select(runs, ranges)) {
-          const list = want.get(r.layer) ?? [];
-          list.push({ start: r.start, end: r.end });
-          want.set(r.layer, list);
-        }
-        assert.deepEqual(
-          [...out.keys()].sort(),
-          [...want.keys()].sort(),
-        );
-        for (const [layer, list] of out) {
-          assert.deepEqual(
-            list.map((r) => ({ start: r.start, end: r.end })),
-            want.get(layer),
-          );
-          assertSortedDisjoint(list);
-        }
-        for (const g of ranges) {
-          const whole = runs.find((r) => r.start <= g.start && r.end >= g.end);
-          if (whole !== undefined) assert.ok(out.get(whole.layer)!.includes(g), 'a range inside one run was copied');
-        }
-      }),
-      opts,
-    );
-  });
-});
-
 describe('RangeList', () => {
   /** A list's ranges as plain objects. */
   const plain = (l: RangeList) => l.toArray().map((r) => ({ start: r.start, end: r.end }));
@@ -286,14 +253,15 @@ describe('RangeList', () => {
     );
   });
 
-  it('listsUnder() gives the pages under each layer, as rangesUnder() does, and a run list of one run the list itself', () => {
+  it('listsUnder() gives the pages under each layer, as select() gives them, and a run list of one run the list itself', () => {
     fc.assert(
       fc.property(coveringRunsArb, rangesArb, (runs, ranges) => {
         const end = runs[runs.length - 1]!.end;
         const inside = ranges.filter((r) => r.end <= end);
         const list = RangeList.from(inside);
         const out = listsUnder(runs, list);
-        const want = rangesUnder(runs, coalesce(inside));
+        const want = new Map<Layer, Range[]>();
+        for (const r of select(runs, coalesce(inside))) want.set(r.layer, [...(want.get(r.layer) ?? []), { start: r.start, end: r.end }]);
         assert.deepEqual([...out.keys()].sort(), [...want.keys()].sort());
         for (const [layer, l] of out) assert.deepEqual(plain(l), coalesce(want.get(layer)!));
         const one = [{ start: 0, end, layer: 'a' as Layer }];
@@ -521,7 +489,7 @@ describe('RefCounts', () => {
     );
   });
 
-  it('rangesWithCount() gives exactly the pages of the ranges with that count, merged; listWithCount() the same, or the list itself where all of it has the count', () => {
+  it('listWithCount() gives exactly the pages of the list with that count, joined, and the list itself where all of it has it', () => {
     fc.assert(
       fc.property(
         addsArb(8),
@@ -529,18 +497,15 @@ describe('RefCounts', () => {
         fc.integer({ min: 1, max: 4 }),
         (adds, ranges, count) => {
           const { rc, model } = countsOf(adds);
-          const out = rc.rangesWithCount(ranges, count);
-          const under = pagesOf(ranges);
-          assert.deepEqual(
-            [...pagesOf(out)].sort((a, b) => a - b),
-            model.flatMap((c, p) => (c === count && under.has(p) ? [p] : [])),
-          );
-          assertSortedDisjoint(out);
-          for (let i = 1; i < out.length; i++) assert.ok(out[i]!.start > out[i - 1]!.end, 'touching ranges not merged');
           const list = RangeList.from(ranges);
-          const fromList = rc.listWithCount(list, count);
-          assert.deepEqual(fromList.toArray(), out.map((r) => ({ start: r.start, end: r.end })));
-          assert.equal(fromList === list, pageCount(out) === list.pages, 'the list itself exactly when all of it has the count');
+          const out = rc.listWithCount(list, count);
+          const under = pagesOf(ranges);
+          const want = model.flatMap((c, p) => (c === count && under.has(p) ? [p] : []));
+          const got = out.toArray();
+          assert.deepEqual([...pagesOf(got)].sort((a, b) => a - b), want);
+          assertSortedDisjoint(got);
+          for (let i = 1; i < got.length; i++) assert.ok(got[i]!.start > got[i - 1]!.end, 'touching ranges not joined');
+          assert.equal(out === list, want.length === list.pages, 'the list itself exactly when all of it has the count');
         },
       ),
       opts,
