@@ -139,6 +139,13 @@ export function coalesce(ranges: readonly Range[], gap = 0): Range[] {
   return out;
 }
 
+/** `a`'s elements in an array twice as long: room for a list to grow (RangeList, SpanList). */
+function doubled(a: Int32Array): Int32Array {
+  const b = new Int32Array(2 * a.length);
+  b.set(a);
+  return b;
+}
+
 /**
  * Sorted, disjoint page ranges in two Int32Arrays, touching ones joined:
  * the form a freeze carries the pages a segment wrote in. A strided write
@@ -171,13 +178,8 @@ export class RangeList {
       return;
     }
     if (n === this.starts.length) {
-      const grow = (a: Int32Array): Int32Array => {
-        const b = new Int32Array(2 * a.length);
-        b.set(a);
-        return b;
-      };
-      this.starts = grow(this.starts);
-      this.ends = grow(this.ends);
+      this.starts = doubled(this.starts);
+      this.ends = doubled(this.ends);
     }
     this.starts[n] = start;
     this.ends[n] = end;
@@ -417,15 +419,9 @@ export class SpanList {
   }
 
   #grow(): void {
-    const cap = this.starts.length * 2;
-    const grow = (a: Int32Array): Int32Array => {
-      const b = new Int32Array(cap);
-      b.set(a);
-      return b;
-    };
-    this.starts = grow(this.starts);
-    this.ends = grow(this.ends);
-    this.counts = grow(this.counts);
+    this.starts = doubled(this.starts);
+    this.ends = doubled(this.ends);
+    this.counts = doubled(this.counts);
   }
 }
 

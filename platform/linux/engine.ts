@@ -143,8 +143,7 @@ export interface Engine {
  * page; all of it while it is a fresh shared mapping. Sorted, disjoint, merged.
  */
 export function scanWritten(e: Engine, seg: LinuxSegment): Range[] {
-  if (seg.shared !== null) return [{ start: 0, end: seg.pages }];
-  return e.scanner.written(seg.addr, seg.pages);
+  return scanWrittenList(e, seg).toArray();
 }
 
 /** scanWritten(), as a list. */
