@@ -51,10 +51,13 @@ describe('fillIovec() and advance()', () => {
           const base = 1n << 40n;
           const maxBytes = maxPages * page;
           const iov = new BigUint64Array(maxEntries * 2);
+          const list = RangeList.from(ranges);
           const cursor: Cursor = { index: 0, at: ranges[0]!.start * page };
+          // A second cursor advanced without collecting pieces keeps step with it.
+          const bare: Cursor = { ...cursor };
           const passed: [number, number][] = [];
-          for (let round = 0; cursor.index < ranges.length; round++) {
-            const { count, bytes } = fillIovec(iov, base, ranges, page, cursor, maxEntries, maxBytes);
+          for (let round = 0; cursor.index < list.length; round++) {
+            const { count, bytes } = fillIovec(iov, base, list, page, cursor, maxEntries, maxBytes);
             assert.ok(count >= 1 && count <= maxEntries && bytes >= 1 && bytes <= maxBytes);
             const pairs: [number, number][] = [];
             for (let i = 0; i < count; i++) pairs.push([Number(iov[i * 2]! - base), Number(iov[i * 2 + 1]!)]);
@@ -65,7 +68,10 @@ describe('fillIovec() and advance()', () => {
             assert.equal(pairs[0]![0], cursor.at, 'a batch starts at the cursor');
             // The kernel may take less than offered (a pipe fills), never nothing here.
             const taken = Math.max(1, Math.floor(bytes * fractions[round % fractions.length]!));
-            const pieces = advance(ranges, page, cursor, taken);
+            const pieces: [number, number][] = [];
+            advance(list, page, cursor, taken, pieces);
+            advance(list, page, bare, taken);
+            assert.deepEqual(bare, cursor);
             assert.equal(
               pieces.reduce((n, [, l]) => n + l, 0),
               taken,
@@ -90,7 +96,7 @@ describe('fillIovec() and advance()', () => {
       fc.property(rangesArb, fc.integer({ min: 1, max: 4 }), (ranges, maxEntries) => {
         const page = 64;
         const iov = new BigUint64Array(maxEntries * 2);
-        const { count } = fillIovec(iov, 0n, ranges, page, { index: 0, at: ranges[0]!.start * page }, maxEntries, Infinity);
+        const { count } = fillIovec(iov, 0n, RangeList.from(ranges), page, { index: 0, at: ranges[0]!.start * page }, maxEntries, Infinity);
         for (let i = 0; i < count; i++) {
           const [o, l] = [Number(iov[i * 2]!), Number(iov[i * 2 + 1]!)];
           assert.ok(ranges.some((r) => r.start * page <= o && o + l <= r.end * page));

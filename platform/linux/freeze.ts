@@ -299,12 +299,12 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: R
   const page = e.pageSize;
   const window = e.windowCopy ? from.window : 0n;
   // Copied, not yet handed on: a batch at a time.
-  let done = new RangeList();
+  let done = new RangeList(UIO_MAXIOV);
   let donePages = 0;
   const hand = (force: boolean) => {
     if (done.length === 0 || (!force && done.length < UIO_MAXIOV && donePages < BATCH_PAGES)) return;
     const batch = done;
-    done = new RangeList();
+    done = new RangeList(UIO_MAXIOV);
     donePages = 0;
     copied(batch);
   };
@@ -312,20 +312,19 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: R
     done.push(start, end);
     donePages += end - start;
   };
-  // Ranges for one Writer.gather: objects, a batch at a time.
-  let stretch: Range[] = [];
+  // Ranges for one Writer.gather, a batch at a time (the list is reused).
+  const stretch = new RangeList(UIO_MAXIOV);
   let stretchPages = 0;
   const flush = () => {
     if (stretch.length === 0) return;
-    const batch = stretch;
-    stretch = [];
+    e.writer.gather(to, window, stretch, packing.filePage(stretch.starts[0]!) * page);
+    for (let i = 0; i < stretch.length; i++) copiedOne(stretch.starts[i]!, stretch.ends[i]!);
+    stretch.length = 0;
     stretchPages = 0;
-    e.writer.gather(to, window, batch, packing.filePage(batch[0]!.start) * page);
-    for (const r of batch) copiedOne(r.start, r.end);
     hand(false);
   };
   const viaWindow = (start: number, end: number) => {
-    stretch.push({ start, end });
+    stretch.push(start, end);
     stretchPages += end - start;
     if (stretch.length >= UIO_MAXIOV || stretchPages >= BATCH_PAGES) flush();
   };

@@ -5,7 +5,7 @@
 // ranges into iovecs is pure.
 import * as sys from '../libc.ts';
 import { errnoOf, systemError } from '../../src/errors.ts';
-import { pageCount, type Range, type RangeList, type Run } from '../../src/runs.ts';
+import { pageCount, RangeList, type Range, type Run } from '../../src/runs.ts';
 import type { Features } from './features.ts';
 import type { Layer } from './layers.ts';
 import { exactNumber, iovecSetter } from './words.ts';
@@ -36,7 +36,7 @@ export interface Cursor {
 export function fillIovec(
   iov: BigUint64Array,
   base: bigint,
-  ranges: readonly Range[],
+  ranges: RangeList,
   pageSize: number,
   from: Cursor,
   maxEntries: number,
@@ -45,34 +45,34 @@ export function fillIovec(
   let n = 0;
   let bytes = 0;
   const set = iovecSetter(iov, base);
+  const { starts, ends } = ranges;
   for (let j = from.index, pos = from.at; j < ranges.length && n < maxEntries && bytes < maxBytes; ) {
-    const end = ranges[j]!.end * pageSize;
+    const end = ends[j]! * pageSize;
     const length = Math.min(end - pos, maxBytes - bytes);
     set(n, pos, length);
     n++;
     bytes += length;
     pos += length;
-    if (pos === end && ++j < ranges.length) pos = ranges[j]!.start * pageSize;
+    if (pos === end && ++j < ranges.length) pos = starts[j]! * pageSize;
   }
   return { count: n, bytes };
 }
 
 /**
- * Moves `cursor` forward over `bytes` bytes of the sorted page `ranges`;
- * returns the (byte offset, length) pieces it passed, in order, one per
- * range touched.
+ * Moves `cursor` forward over `bytes` bytes of the sorted page `ranges`,
+ * adding to `pieces`, where given, the (byte offset, length) pieces it
+ * passed, in order, one per range touched.
  */
-export function advance(ranges: readonly Range[], pageSize: number, cursor: Cursor, bytes: number): [number, number][] {
-  const pieces: [number, number][] = [];
+export function advance(ranges: RangeList, pageSize: number, cursor: Cursor, bytes: number, pieces?: [number, number][]): void {
+  const { starts, ends } = ranges;
   while (bytes > 0) {
-    const end = ranges[cursor.index]!.end * pageSize;
+    const end = ends[cursor.index]! * pageSize;
     const length = Math.min(end - cursor.at, bytes);
-    pieces.push([cursor.at, length]);
+    pieces?.push([cursor.at, length]);
     bytes -= length;
     cursor.at += length;
-    if (cursor.at === end && ++cursor.index < ranges.length) cursor.at = ranges[cursor.index]!.start * pageSize;
+    if (cursor.at === end && ++cursor.index < ranges.length) cursor.at = starts[cursor.index]! * pageSize;
   }
-  return pieces;
 }
 
 /**
@@ -215,8 +215,10 @@ export class Writer {
       pwriteAll();
       return;
     }
+    const list = RangeList.from(ranges);
     const cursor: Cursor = { index: 0, at: ranges[0]!.start * page };
-    const done = this.#throughPipe(pipe, base, ranges, cursor, (pieces) => {
+    const pieces: [number, number][] = [];
+    const done = this.#throughPipe(pipe, base, list, cursor, pieces, () => {
       for (const [offset, length] of pieces) sys.spliceAll(pipe.read, fd, fileOffset(offset), length);
     });
     // Refused: these ranges again, all of them (the same bytes twice is harmless).
@@ -236,18 +238,18 @@ export class Writer {
    * and splice through a 1 MiB pipe 1.4; the same pages again: pwritev
    * 0.8). One call a page costs more than either (copy_file_range 4.9 µs).
    */
-  gather(fd: number, base: bigint, ranges: readonly Range[], offset: number): void {
+  gather(fd: number, base: bigint, ranges: RangeList, offset: number): void {
     if (ranges.length === 0) return;
     const page = this.#pageSize;
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
-    const cursor: Cursor = { index: 0, at: ranges[0]!.start * page };
+    const cursor: Cursor = { index: 0, at: ranges.starts[0]! * page };
     let at = offset;
     if (this.#features.splice) {
       this.#pipe ??= openPipe();
       const pipe = this.#pipe;
       const done =
         pipe !== null &&
-        this.#throughPipe(pipe, base, ranges, cursor, (_, taken) => {
+        this.#throughPipe(pipe, base, ranges, cursor, undefined, (taken) => {
           sys.spliceAll(pipe.read, fd, at, taken);
           at += taken;
         });
@@ -266,7 +268,8 @@ export class Writer {
   /**
    * Copies the memory under `ranges` from `cursor` on through `pipe`:
    * vmsplice takes as much as the pipe holds, then `put` empties it (given
-   * the pieces taken, as segment offsets and lengths, and their bytes).
+   * the bytes taken; `pieces`, where given, holds them as segment offsets
+   * and lengths).
    * True when all is copied. False where the kernel refuses vmsplice or
    * splice outright (a sandbox without them, say): from then on this
    * writer uses none, and `cursor` is back at the first page not put.
@@ -276,9 +279,10 @@ export class Writer {
   #throughPipe(
     pipe: { read: number; write: number; size: number },
     base: bigint,
-    ranges: readonly Range[],
+    ranges: RangeList,
     cursor: Cursor,
-    put: (pieces: [number, number][], taken: number) => void,
+    pieces: [number, number][] | undefined,
+    put: (taken: number) => void,
   ): boolean {
     const page = this.#pageSize;
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
@@ -290,7 +294,9 @@ export class Writer {
         const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, pipe.size);
         const taken = sys.vmsplice(pipe.write, iov, count);
         if (taken <= 0) throw systemError('vmsplice', sys.EIO, 'the pipe took no pages');
-        put(advance(ranges, page, cursor, taken), taken);
+        if (pieces !== undefined) pieces.length = 0;
+        advance(ranges, page, cursor, taken, pieces);
+        put(taken);
       }
       return true;
     } catch (err) {
