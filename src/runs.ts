@@ -418,6 +418,35 @@ export class SpanList {
     return out;
   }
 
+  /** Replaces the spans from index `from` to `to` (exclusive) with those of `list`, in place where they fit. */
+  splice(from: number, to: number, list: SpanList): void {
+    const n = this.length;
+    const length = n - (to - from) + list.length;
+    let { starts, ends, counts } = this;
+    if (length > starts.length) {
+      const capacity = Math.max(length, 2 * starts.length);
+      const grown = [new Int32Array(capacity), new Int32Array(capacity), new Int32Array(capacity)] as const;
+      grown[0].set(starts.subarray(0, from));
+      grown[1].set(ends.subarray(0, from));
+      grown[2].set(counts.subarray(0, from));
+      grown[0].set(starts.subarray(to, n), from + list.length);
+      grown[1].set(ends.subarray(to, n), from + list.length);
+      grown[2].set(counts.subarray(to, n), from + list.length);
+      [starts, ends, counts] = grown;
+      this.starts = starts;
+      this.ends = ends;
+      this.counts = counts;
+    } else if (to !== from + list.length) {
+      starts.copyWithin(from + list.length, to, n);
+      ends.copyWithin(from + list.length, to, n);
+      counts.copyWithin(from + list.length, to, n);
+    }
+    starts.set(list.starts.subarray(0, list.length), from);
+    ends.set(list.ends.subarray(0, list.length), from);
+    counts.set(list.counts.subarray(0, list.length), from);
+    this.length = length;
+  }
+
   #grow(): void {
     this.starts = doubled(this.starts);
     this.ends = doubled(this.ends);
@@ -438,6 +467,26 @@ function sweep(next: SpanList, freed: Range[], at: number, to: number, before: n
     if (last !== undefined && last.end === at) freed[freed.length - 1] = { start: last.start, end: to };
     else freed.push({ start: at, end: to });
   }
+}
+
+/** RefCounts.addAll's working arrays. */
+const scratch = { rs: new Int32Array(64), re: new Int32Array(64), spans: new SpanList(64) };
+
+/** The first index below `n` whose value in sorted `values` is above `x` (`n` if none). */
+function firstAbove(values: Int32Array, n: number, x: number): number {
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (values[mid]! > x) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** The first index below `n` whose value in sorted `values` is at least `x` (`n` if none). */
+function firstAtOrAbove(values: Int32Array, n: number, x: number): number {
+  return firstAbove(values, n, x - 1);
 }
 
 /** Page positions above this are refused: counts are kept in 32-bit arrays. */
@@ -488,8 +537,15 @@ export class RefCounts {
     // usual case; sorted apart otherwise, which overlapping ranges allow).
     let m = 0;
     let sorted = true;
-    const rs = new Int32Array(ranges.length);
-    const re = new Int32Array(ranges.length);
+    // Scratch shared by every call (nothing keeps it past the call): a
+    // clone makes several of these calls, and typed arrays allocated for
+    // each one bring on garbage collections where segments' buffers already
+    // count as much external memory.
+    if (scratch.rs.length < ranges.length) {
+      scratch.rs = new Int32Array(Math.max(ranges.length, 2 * scratch.rs.length));
+      scratch.re = new Int32Array(scratch.rs.length);
+    }
+    const { rs, re } = scratch;
     for (const r of ranges) {
       if (r.start >= r.end) continue;
       if (r.start < 0 || r.end > MAX_PAGE) throw new Error(`memfork internal error: page range [${r.start}, ${r.end}) out of reach of the counts`);
@@ -502,23 +558,34 @@ export class RefCounts {
       rs.subarray(0, m).sort();
       re.subarray(0, m).sort();
     }
-    const { starts, ends, counts, length: n } = this.#spans;
-    const next = new SpanList(n + 2 * m + 1);
+    const spans = this.#spans;
+    const { starts, ends, counts, length: n } = spans;
+    if (m === 0) return [];
+    // Only the spans from the one before the first range to the one after
+    // the last change: the sweep runs over them and the result is spliced in
+    // (the two spans at the window's edges come out unchanged, so the spans
+    // beside them stay apart from them as they were). A clone's few ranges
+    // over a layer with many spans cost their own size, not the layer's.
+    // rs and re are each sorted here: the first start and the last end bound them.
+    const i0 = Math.max(0, firstAbove(ends, n, rs[0]!) - 1);
+    const i1 = Math.min(n, firstAtOrAbove(starts, n, re[m - 1]!) + 1);
+    const next = scratch.spans;
+    next.length = 0;
     const freed: Range[] = [];
-    let si = 0; // next span whose start is to come
-    let ei = 0; // next span whose end is to come
+    let si = i0; // next span whose start is to come
+    let ei = i0; // next span whose end is to come
     let a = 0;
     let b = 0;
     let oldCount = 0;
     let newCount = 0;
     const INF = Infinity;
-    let at = Math.min(n > 0 ? starts[0]! : INF, m > 0 ? rs[0]! : INF);
+    let at = Math.min(i0 < i1 ? starts[i0]! : INF, rs[0]!);
     while (at !== INF) {
-      for (; ei < n && ends[ei] === at; ei++) {
+      for (; ei < i1 && ends[ei] === at; ei++) {
         oldCount -= counts[ei]!;
         newCount -= counts[ei]!;
       }
-      for (; si < n && starts[si] === at; si++) {
+      for (; si < i1 && starts[si] === at; si++) {
         oldCount += counts[si]!;
         newCount += counts[si]!;
       }
@@ -526,15 +593,15 @@ export class RefCounts {
       for (; a < m && rs[a] === at; a++) newCount += delta;
       if (newCount < 0) throw new Error('reference count below zero');
       let to = INF;
-      if (si < n && starts[si]! < to) to = starts[si]!;
-      if (ei < n && ends[ei]! < to) to = ends[ei]!;
+      if (si < i1 && starts[si]! < to) to = starts[si]!;
+      if (ei < i1 && ends[ei]! < to) to = ends[ei]!;
       if (a < m && rs[a]! < to) to = rs[a]!;
       if (b < m && re[b]! < to) to = re[b]!;
       if (to === INF) break;
       sweep(next, freed, at, to, oldCount, newCount);
       at = to;
     }
-    this.#spans = next;
+    spans.splice(i0, i1, next);
     return freed;
   }
 

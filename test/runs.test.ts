@@ -606,6 +606,40 @@ describe('RefCounts', () => {
     );
   });
 
+  it('addAll() adds over many ranges at once (overlapping, in any order) as per-page counts do, splicing only what changes', () => {
+    fc.assert(
+      fc.property(
+        addsArb(30),
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN)), { maxLength: 8 }),
+        fc.integer({ min: -2, max: 3 }),
+        (adds, pairs, delta) => {
+          const { rc, model } = countsOf(adds);
+          const ranges = pairs.map(([x, y]) => ({ start: Math.min(x, y), end: Math.max(x, y) }));
+          const after = model.slice();
+          for (const r of ranges) for (let p = r.start; p < r.end; p++) after[p]! += delta;
+          if (after.some((c) => c < 0)) {
+            const spans = JSON.stringify(rc.all());
+            assert.throws(() => rc.addAll(ranges, delta), /below zero/);
+            assert.equal(JSON.stringify(rc.all()), spans, 'a refused add leaves the counts as they were');
+            return;
+          }
+          const freed = rc.addAll(ranges, delta);
+          assert.deepEqual(freed, zeroRuns(model, after));
+          const spans = rc.all();
+          for (let i = 0; i < spans.length; i++) {
+            const sp = spans[i]!;
+            assert.ok(sp.start < sp.end && sp.count > 0);
+            if (i > 0) assert.ok(spans[i - 1]!.end < sp.start || spans[i - 1]!.count !== sp.count, 'sorted, apart, touching spans differ');
+          }
+          const got = new Array(after.length).fill(0);
+          for (const sp of spans) for (let p = sp.start; p < sp.end; p++) got[p] = sp.count;
+          assert.deepEqual(got, after);
+        },
+      ),
+      opts,
+    );
+  });
+
   it('agrees with per-page counts through any sequence of adds and releases', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 40 }), fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 4 })), { minLength: 3, maxLength: 3 }), (ops, probes) => {
