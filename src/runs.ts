@@ -565,7 +565,8 @@ export class RefCounts {
     // the last change: the sweep runs over them and the result is spliced in
     // (the two spans at the window's edges come out unchanged, so the spans
     // beside them stay apart from them as they were). A clone's few ranges
-    // over a layer with many spans cost their own size, not the layer's.
+    // over a layer with many spans cost their own size and one move of the
+    // spans after them, not a new list of all of them.
     // rs and re are each sorted here: the first start and the last end bound them.
     const i0 = Math.max(0, firstAbove(ends, n, rs[0]!) - 1);
     const i1 = Math.min(n, firstAtOrAbove(starts, n, re[m - 1]!) + 1);
