@@ -418,28 +418,17 @@ export class SpanList {
     return out;
   }
 
-  /** Replaces the spans from index `from` to `to` (exclusive) with those of `list`, in place where they fit. */
+  /** Replaces the spans from index `from` to `to` (exclusive) with those of `list`, in place (grown first where they do not fit). */
   splice(from: number, to: number, list: SpanList): void {
     const n = this.length;
     const length = n - (to - from) + list.length;
-    let { starts, ends, counts } = this;
-    if (length > starts.length) {
-      const capacity = Math.max(length, 2 * starts.length);
-      const grown = [new Int32Array(capacity), new Int32Array(capacity), new Int32Array(capacity)] as const;
-      grown[0].set(starts.subarray(0, from));
-      grown[1].set(ends.subarray(0, from));
-      grown[2].set(counts.subarray(0, from));
-      grown[0].set(starts.subarray(to, n), from + list.length);
-      grown[1].set(ends.subarray(to, n), from + list.length);
-      grown[2].set(counts.subarray(to, n), from + list.length);
-      [starts, ends, counts] = grown;
-      this.starts = starts;
-      this.ends = ends;
-      this.counts = counts;
-    } else if (to !== from + list.length) {
-      starts.copyWithin(from + list.length, to, n);
-      ends.copyWithin(from + list.length, to, n);
-      counts.copyWithin(from + list.length, to, n);
+    while (length > this.starts.length) this.#grow();
+    const { starts, ends, counts } = this;
+    const tail = from + list.length;
+    if (tail !== to) {
+      starts.copyWithin(tail, to, n);
+      ends.copyWithin(tail, to, n);
+      counts.copyWithin(tail, to, n);
     }
     starts.set(list.starts.subarray(0, list.length), from);
     ends.set(list.ends.subarray(0, list.length), from);
