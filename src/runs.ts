@@ -598,31 +598,39 @@ export class RefCounts {
   /**
    * Adds `sign` times each part's own `count` over it (`parts` sorted and
    * disjoint, as spansIn gives them); returns the ranges whose count fell
-   * to zero. One sweep over the old spans and the parts together.
+   * to zero. One sweep over the parts and the spans they touch.
    */
   addEach(parts: SpanList, sign: 1 | -1): Range[] {
-    const { starts, ends, counts, length: n } = this.#spans;
+    const spans = this.#spans;
+    const { starts, ends, counts, length: n } = spans;
     const m = parts.length;
-    const next = new SpanList(n + 2 * m + 1);
+    if (m === 0) return [];
+    // The window of spans the parts touch, one either side, swept into the
+    // shared scratch and spliced in, as in addAll.
+    const i0 = Math.max(0, firstAbove(ends, n, parts.starts[0]!) - 1);
+    const i1 = Math.min(n, firstAtOrAbove(starts, n, parts.ends[m - 1]!) + 1);
+    const next = scratch.spans;
+    next.length = 0;
     const freed: Range[] = [];
-    let i = 0;
+    let i = i0;
     let j = 0;
-    let at = Math.min(n > 0 ? starts[0]! : Infinity, m > 0 ? parts.starts[0]! : Infinity);
+    let at = Math.min(i < i1 ? starts[i]! : Infinity, parts.starts[0]!);
     while (at !== Infinity) {
-      while (i < n && ends[i]! <= at) i++;
+      while (i < i1 && ends[i]! <= at) i++;
       while (j < m && parts.ends[j]! <= at) j++;
-      const inSpan = i < n && starts[i]! <= at;
+      const inSpan = i < i1 && starts[i]! <= at;
       const inPart = j < m && parts.starts[j]! <= at;
       let to = Infinity;
-      if (i < n) to = inSpan ? ends[i]! : starts[i]!;
+      if (i < i1) to = inSpan ? ends[i]! : starts[i]!;
       if (j < m) to = Math.min(to, inPart ? parts.ends[j]! : parts.starts[j]!);
+      if (to === Infinity) break;
       const old = inSpan ? counts[i]! : 0;
       const count = old + (inPart ? sign * parts.counts[j]! : 0);
       if (count < 0) throw new Error('reference count below zero');
       sweep(next, freed, at, to, old, count);
       at = to;
     }
-    this.#spans = next;
+    spans.splice(i0, i1, next);
     return freed;
   }
 

@@ -24,6 +24,13 @@ export function budgetFrom(maxMapCount: number, processMaps: number, ours: numbe
   return Math.floor(maxMapCount / 2) - RESERVE - Math.max(0, processMaps - ours);
 }
 
+/**
+ * The buffer countLines reads into, kept: an array buffer allocated while
+ * segments' buffers count as much external memory brings on a garbage
+ * collection.
+ */
+let chunk: Uint8Array | undefined;
+
 /** Lines of a /proc file (one mapping per line for /proc/self/maps), counted without decoding; undefined when unreadable. */
 export function countLines(path: string): number | undefined {
   let fd: number;
@@ -33,7 +40,7 @@ export function countLines(path: string): number | undefined {
     return undefined;
   }
   try {
-    const chunk = new Uint8Array(1 << 16);
+    chunk ??= new Uint8Array(1 << 16);
     let lines = 0;
     for (let offset = 0; ; ) {
       const n = sys.pread(fd, chunk, chunk.byteLength, offset);
