@@ -107,15 +107,25 @@ describe('eviction log', () => {
     fc.assert(
       fc.property(fc.array(stepArb, { maxLength: 30 }), (steps) => {
         const log = new Moves<L>();
+        const pushed: Move<L>[] = [];
         const held: { runs: readonly Run<L>[]; epoch: number; model: L[] }[] = [];
         for (const s of steps) {
           if (s.kind === 'take') {
             held.push({ runs: s.runs, epoch: log.epoch, model: pagesOf(s.runs) });
           } else if (s.kind === 'move') {
             log.push(s.move.from, s.move.to, s.move.ranges);
+            pushed.push(s.move);
             for (const h of held) modelApply(h.model, s.move);
           } else if (held.length > 0) {
             const h = held[s.which % held.length]!;
+            // movedToSince: a layer the run list did not show and shows now
+            // was moved to since it was read; a layer no entry since moved
+            // to is reported as such.
+            for (const layer of named) {
+              const since = pushed.slice(h.epoch).some((m) => m.to === layer);
+              assert.equal(log.movedToSince(layer, h.epoch), since);
+              if (!h.runs.some((r) => r.layer === layer) && h.model.includes(layer)) assert.ok(since, 'shown now, so moved to since');
+            }
             const now = log.resolve(h.runs, h.epoch, PAGES);
             assert.deepEqual(pagesOf(now), h.model);
             assertMerged(now);

@@ -75,6 +75,19 @@ export class LinuxSegment {
     this.#epoch = this.#moves.epoch;
   }
 
+  /**
+   * Whether its run list may show `layer`: it did when last read, or an
+   * eviction since moved pages there (Moves.movedToSince). False means it
+   * does not, without re-pointing the run list. (A mapped segment is only
+   * ever moved at pages it holds private copies of, which its mapping shows
+   * from the old layer; counting those in keeps this true to the run list.)
+   */
+  mayShow(layer: Layer): boolean {
+    if (this.#epoch !== this.#moves.epoch && this.#moves.movedToSince(layer, this.#epoch)) return true;
+    for (const r of this.#runs) if (r.layer === layer) return true;
+    return false;
+  }
+
   /** The oldest eviction this segment's run list has not yet been re-pointed past. */
   get epoch(): number {
     return this.#epoch;

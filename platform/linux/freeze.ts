@@ -176,7 +176,9 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
   const byRuns = new Map<Runs, Range[]>();
   let pages = 0;
   for (const other of e.segments) {
-    if (other === seg || other.released || !other.mapped) continue;
+    // Most segments never showed the layer: skipped without re-pointing
+    // their run lists (with hundreds kept, that would cost more than the copies).
+    if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
     let on = byRuns.get(other.runs);
     if (on === undefined) {
       on = select(other.runs, ranges).filter((r) => r.layer === layer);

@@ -98,6 +98,8 @@ export class Moves<L extends object | null> {
   /** Entries from epoch `#base` on. */
   #entries: Move<L>[] = [];
   #base = 0;
+  /** For each layer entries moved pages to, the epoch of the last such entry. */
+  #lastTo = new WeakMap<object, number>();
 
   /** The epoch now: the number of entries ever made. A run list read now is current at it. */
   get epoch(): number {
@@ -111,7 +113,17 @@ export class Moves<L extends object | null> {
 
   /** Logs an eviction. */
   push(from: L, to: L, ranges: RangeList): void {
+    if (to !== null) this.#lastTo.set(to, this.epoch);
     this.#entries.push({ from, to, ranges, pages: ranges.pages });
+  }
+
+  /**
+   * Whether a run list read at `epoch` may, resolved now, show `layer`
+   * where it did not: whether an entry since then moved pages to it (by
+   * itself or at the end of a chain of entries). Cheaper than resolving.
+   */
+  movedToSince(layer: L, epoch: number): boolean {
+    return layer !== null && (this.#lastTo.get(layer) ?? -1) >= epoch;
   }
 
   /** Forgets the entries before `epoch`, the oldest any run list still needs. */
