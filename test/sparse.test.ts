@@ -11,7 +11,10 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
 import { Segment } from '../src/index.ts';
+import fc from 'fast-check';
 import { HOLE_MIN_PAGES, LinuxBackend, MAX_HOLES, worthwhileHoles } from '../platform/linux/index.ts';
+import { longHoles } from '../platform/linux/layers.ts';
+import { SEEK_DATA, SEEK_HOLE } from '../platform/libc.ts';
 import { useBackend } from './backends.ts';
 
 /** Runs `fn` with `linux` as the backend Segment uses, then a default Linux backend again. */
@@ -87,6 +90,55 @@ describe('which holes a first clone maps', () => {
     // The largest of all is first; a hole too small is never chosen.
     assert.deepEqual(chosen[0], holes[99]);
     assert.deepEqual(worthwhileHoles([{ start: 0, end: HOLE_MIN_PAGES - 1 }]), []);
+  });
+
+  it('longHoles() finds every hole of at least `min` pages exactly, by SEEK_DATA every min/2 pages and short SEEK_HOLE walks', () => {
+    const PS = 4096;
+    fc.assert(
+      fc.property(
+        // A file as runs of data and holes, and the least hole length asked for.
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 40 })), { maxLength: 20 }),
+        fc.integer({ min: 1, max: 24 }),
+        (parts, min) => {
+          const data: boolean[] = [];
+          for (const [isData, n] of parts) for (let i = 0; i < n; i++) data.push(isData);
+          const pages = data.length;
+          // lseek(2) over the model: the file is `pages` long; past its end there is neither.
+          let walked = 0;
+          const seek = (offset: number, whence: number): number => {
+            assert.equal(offset % PS, 0);
+            let p = offset / PS;
+            const want = whence === SEEK_DATA;
+            assert.ok(whence === SEEK_DATA || whence === SEEK_HOLE);
+            const from = p;
+            while (p < pages && data[p] !== want) p++;
+            if (!want) walked += p - from;
+            if (p >= pages) return want ? -1 : pages * PS;
+            return p * PS;
+          };
+          const found = longHoles(seek, PS, pages, min);
+          // Every range found is a whole hole: all holes, data (or an end) either side.
+          for (const h of found) {
+            assert.ok(h.start < h.end);
+            for (let p = h.start; p < h.end; p++) assert.equal(data[p], false, `page ${p} of [${h.start}, ${h.end}) holds data`);
+            assert.ok(h.start === 0 || data[h.start - 1] === true, 'starts where the hole starts');
+            assert.ok(h.end === pages || data[h.end] === true, 'ends where the hole ends');
+          }
+          // Every hole of at least `min` pages is found.
+          const holes: { start: number; end: number }[] = [];
+          for (let p = 0; p < pages; ) {
+            if (data[p]) { p++; continue; }
+            const start = p;
+            while (p < pages && !data[p]) p++;
+            holes.push({ start, end: p });
+          }
+          for (const h of holes.filter((h) => h.end - h.start >= min)) assert.ok(found.some((f) => f.start === h.start && f.end === h.end), `hole [${h.start}, ${h.end}) missed`);
+          // No walk through data longer than half of `min` a hole found.
+          assert.ok(walked <= found.length * Math.ceil(min / 2), `SEEK_HOLE walked ${walked} pages for ${found.length} holes`);
+        },
+      ),
+      { numRuns: 5000, examples: [[[[true, 1], [false, 1], [true, 1], [false, 1]], 5]] },
+    );
   });
 
   it('a first clone maps holes only within the mapping budget, and the contents stay right', { skip: linuxOnly }, () => {

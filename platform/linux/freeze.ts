@@ -6,7 +6,7 @@
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
 import { clipSpans, listsUnder, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
-import { privatizeWorth, worthwhileHoles } from './cost.ts';
+import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
@@ -30,7 +30,8 @@ const FILE_COPY_MIN = 1;
 export function makePrivate(e: Engine, seg: LinuxSegment): void {
   const layer = seg.shared;
   if (layer === null) return;
-  const data = e.zeroPage ? e.layers.dataRanges(layer.fd, 0, seg.pages) : [{ start: 0, end: seg.pages }];
+  // Looked for first: a failure here changes nothing.
+  const holes = e.zeroPage ? worthwhileHoles(e.layers.longHoles(layer.fd, seg.pages, HOLE_MIN_PAGES)) : [];
   // Replacing a mapping tears down its page-table entries one by one (a
   // quarter of a microsecond or more each: most of a first clone's cost).
   // Moved aside first, they go with the layer instead.
@@ -46,7 +47,6 @@ export function makePrivate(e: Engine, seg: LinuxSegment): void {
   // budget; the rest stay on the layer (same contents: reading them
   // allocates, the documented cost). If a mapping fails, that range simply
   // stays on the layer too.
-  const holes = worthwhileHoles(subtract([{ start: 0, end: seg.pages }], data));
   // A hole adds two mappings here and two in the clone being made: take at
   // most an eighth of the free budget, so the clone never forces a compaction.
   const most = Math.floor((e.budget.limit(0) - e.budget.used) / 8);

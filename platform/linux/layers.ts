@@ -327,6 +327,11 @@ export class LayerStore {
     }
   }
 
+  /** The holes of `fd` over its first `pages` pages of at least `min` pages, and maybe shorter ones (longHoles). */
+  longHoles(fd: number, pages: number, min: number): Range[] {
+    return longHoles((offset, whence) => sys.seek(fd, offset, whence), this.#pageSize, pages, min);
+  }
+
   /** Page ranges of `fd` within [from, to) pages that hold data (SEEK_DATA / SEEK_HOLE). */
   dataRanges(fd: number, from: number, to: number): Range[] {
     const page = this.#pageSize;
@@ -359,4 +364,50 @@ function openReserve(): number {
   } catch {
     return -1;
   }
+}
+
+/**
+ * The holes (pages never written) of a file over its first `pages` pages:
+ * every hole of at least `min` pages, exactly (each from its first page to
+ * the next data), and some shorter ones. `seek` is lseek(2) with SEEK_DATA
+ * or SEEK_HOLE, returning -1 where there is none past the offset.
+ *
+ * One SEEK_HOLE from the start would tell every hole too, but it walks the
+ * file page by page up to the first hole, however far (5 ms for a 1 GiB
+ * file written through, measured). Here SEEK_DATA is asked at every
+ * (min/2)-th page, which answers at once where that page holds data and
+ * otherwise jumps to the next data: a hole of at least `min` pages covers
+ * one of those pages, and its start is found from the data seen last,
+ * SEEK_HOLE and SEEK_DATA in turn over at most min/2 pages.
+ */
+export function longHoles(seek: (offset: number, whence: number) => number, pageSize: number, pages: number, min: number): Range[] {
+  const step = Math.max(1, Math.ceil(min / 2));
+  const out: Range[] = [];
+  /** The last page known to hold data, -1 before any. */
+  let lastData = -1;
+  for (let at = 0; at < pages; ) {
+    const d = seek(at * pageSize, sys.SEEK_DATA);
+    const data = d < 0 ? pages : Math.min(pages, Math.floor(d / pageSize));
+    if (data === at) {
+      lastData = at;
+      at += step;
+      continue;
+    }
+    // `at` lies in a hole ending at `data`; it starts after the last data
+    // before `at`, found from the data seen last (at most min/2 pages back)
+    // hole by hole.
+    let start = 0;
+    for (let from = lastData; from >= 0; ) {
+      const h = seek(from * pageSize, sys.SEEK_HOLE);
+      start = h < 0 ? at : Math.min(at, Math.ceil(h / pageSize));
+      if (start >= at) break;
+      const next = seek(start * pageSize, sys.SEEK_DATA);
+      if (next < 0 || next >= at * pageSize) break;
+      from = Math.floor(next / pageSize);
+    }
+    out.push({ start, end: data });
+    lastData = data;
+    at = (Math.floor(data / step) + 1) * step;
+  }
+  return out;
 }
