@@ -550,6 +550,7 @@ export class RefCounts {
     const spans = this.#spans;
     const { starts, ends, counts, length: n } = spans;
     if (m === 0) return [];
+    if (m === 1 && this.#addOver(rs[0]!, re[0]!, delta)) return [];
     // Only the spans from the one before the first range to the one after
     // the last change: the sweep runs over them and the result is spliced in
     // (the two spans at the window's edges come out unchanged, so the spans
@@ -593,6 +594,31 @@ export class RefCounts {
     }
     spans.splice(i0, i1, next);
     return freed;
+  }
+
+  /**
+   * Adds `delta` over [start, end) in place, where that changes no span's
+   * bounds: the range is exactly a run of touching spans, none falls to
+   * zero, and neither neighbour it touches comes to the same count. False
+   * (nothing changed) otherwise. A clone adds its source's run list, often
+   * one run over a layer whose counts are split into many spans: this
+   * walks them once instead of sweeping and splicing.
+   */
+  #addOver(start: number, end: number, delta: number): boolean {
+    const { starts, ends, counts, length: n } = this.#spans;
+    const i = firstAbove(ends, n, start);
+    if (i >= n || starts[i] !== start) return false;
+    let j = i;
+    for (;;) {
+      if (counts[j]! + delta <= 0) return false;
+      if (ends[j] === end) break;
+      if (ends[j]! > end || j + 1 >= n || starts[j + 1] !== ends[j]) return false;
+      j++;
+    }
+    if (i > 0 && ends[i - 1] === start && counts[i - 1] === counts[i]! + delta) return false;
+    if (j + 1 < n && starts[j + 1] === end && counts[j + 1] === counts[j]! + delta) return false;
+    for (let k = i; k <= j; k++) counts[k]! += delta;
+    return true;
   }
 
   /**
