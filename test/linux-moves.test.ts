@@ -94,6 +94,13 @@ describe('eviction log', () => {
     const many = Array.from({ length: 50 }, () => ({ from: null, to: named[0]!, ranges: RangeList.from([{ start: 0, end: 1000 }]), pages: 1000 }));
     assert.equal(byPageCheaper(60_000, 65_536, many), true, '50 entries over 60,000 runs: by page');
     assert.equal(byPageCheaper(3, 1 << 20, many.slice(0, 2)), false, 'short run lists on large segments: entry by entry');
+    // A snapshot never read, one run, behind 14 evictions of 655 scattered
+    // pages each: every entry splits the run list further, so entry by
+    // entry costs about the square of the entries.
+    const scattered = RangeList.from(Array.from({ length: 655 }, (_, i) => ({ start: 100 * i, end: 100 * i + 1 })));
+    const evictions = Array.from({ length: 14 }, () => ({ from: null, to: named[0]!, ranges: scattered, pages: 655 }));
+    assert.equal(byPageCheaper(1, 65_536, evictions), true, 'a run list split further by each entry: by page');
+    assert.equal(byPageCheaper(1, 65_536, evictions.slice(0, 2)), false, 'two such entries: entry by entry');
   });
 
   it('resolves run lists read at any epoch to what they read now', () => {

@@ -79,15 +79,18 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
 /**
  * Which of the two ways costs less for `moves` over a run list of `length`
  * runs on `pages` pages: one pass over the pages, or select and overlay per
- * entry. Rough weights: a typed-array element costs an eighth of a run
- * object.
+ * entry, each over the run list as the entries before it left it (an entry
+ * of r ranges can split it into up to 2r more runs). Rough weights: a
+ * typed-array element costs an eighth of a run object.
  */
 export function byPageCheaper(length: number, pages: number, moves: readonly Move<unknown>[]): boolean {
   if (moves.length <= 1) return false;
   let each = 0;
+  let runs = length;
   let byPage = pages / 8;
   for (const m of moves) {
-    each += length + m.ranges.length;
+    each += runs + m.ranges.length;
+    runs = Math.min(pages, runs + 2 * m.ranges.length);
     byPage += m.pages / 8;
   }
   return byPage < each;
