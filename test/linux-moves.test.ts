@@ -101,6 +101,10 @@ describe('eviction log', () => {
     const evictions = Array.from({ length: 14 }, () => ({ from: null, to: named[0]!, ranges: scattered, pages: 655 }));
     assert.equal(byPageCheaper(1, 65_536, evictions), true, 'a run list split further by each entry: by page');
     assert.equal(byPageCheaper(1, 65_536, evictions.slice(0, 2)), false, 'two such entries: entry by entry');
+    // One entry can be enough: every 2nd page of a segment written, and a
+    // run list already split at each of them.
+    const everyOther = RangeList.from(Array.from({ length: 32_768 }, (_, i) => ({ start: 2 * i, end: 2 * i + 1 })));
+    assert.equal(byPageCheaper(65_536, 65_536, [{ from: null, to: named[0]!, ranges: everyOther, pages: 32_768 }]), true, 'one entry of every 2nd page: by page');
   });
 
   it('resolves run lists read at any epoch to what they read now', () => {

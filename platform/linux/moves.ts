@@ -84,7 +84,6 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
  * typed-array element costs an eighth of a run object.
  */
 export function byPageCheaper(length: number, pages: number, moves: readonly Move<unknown>[]): boolean {
-  if (moves.length <= 1) return false;
   let each = 0;
   let runs = length;
   let byPage = pages / 8;
