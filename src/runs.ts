@@ -458,7 +458,7 @@ function sweep(next: SpanList, freed: Range[], at: number, to: number, before: n
   }
 }
 
-/** RefCounts.addAll's working arrays. */
+/** Working arrays of RefCounts.addAll and addEach (nothing keeps them past a call). */
 const scratch = { rs: new Int32Array(64), re: new Int32Array(64), spans: new SpanList(64) };
 
 /** The first index below `n` whose value in sorted `values` is above `x` (`n` if none). */
@@ -548,18 +548,15 @@ export class RefCounts {
       re.subarray(0, m).sort();
     }
     const spans = this.#spans;
-    const { starts, ends, counts, length: n } = spans;
+    const { starts, ends, counts } = spans;
     if (m === 0) return [];
     if (m === 1 && this.#addOver(rs[0]!, re[0]!, delta)) return [];
-    // Only the spans from the one before the first range to the one after
-    // the last change: the sweep runs over them and the result is spliced in
-    // (the two spans at the window's edges come out unchanged, so the spans
-    // beside them stay apart from them as they were). A clone's few ranges
-    // over a layer with many spans cost their own size and one move of the
-    // spans after them, not a new list of all of them.
-    // rs and re are each sorted here: the first start and the last end bound them.
-    const i0 = Math.max(0, firstAbove(ends, n, rs[0]!) - 1);
-    const i1 = Math.min(n, firstAtOrAbove(starts, n, re[m - 1]!) + 1);
+    // Only the spans the ranges touch (#window) are swept, and the result
+    // spliced in: a clone's few ranges over a layer with many spans cost
+    // their own size and one move of the spans after them, not a new list
+    // of all of them. rs and re are each sorted here: the first start and
+    // the last end bound them.
+    const { from: i0, to: i1 } = this.#window(rs[0]!, re[m - 1]!);
     const next = scratch.spans;
     next.length = 0;
     const freed: Range[] = [];
@@ -628,13 +625,11 @@ export class RefCounts {
    */
   addEach(parts: SpanList, sign: 1 | -1): Range[] {
     const spans = this.#spans;
-    const { starts, ends, counts, length: n } = spans;
+    const { starts, ends, counts } = spans;
     const m = parts.length;
     if (m === 0) return [];
-    // The window of spans the parts touch, one either side, swept into the
-    // shared scratch and spliced in, as in addAll.
-    const i0 = Math.max(0, firstAbove(ends, n, parts.starts[0]!) - 1);
-    const i1 = Math.min(n, firstAtOrAbove(starts, n, parts.ends[m - 1]!) + 1);
+    // Only the spans the parts touch, swept into the shared scratch and spliced in, as in addAll.
+    const { from: i0, to: i1 } = this.#window(parts.starts[0]!, parts.ends[m - 1]!);
     const next = scratch.spans;
     next.length = 0;
     const freed: Range[] = [];
@@ -662,15 +657,18 @@ export class RefCounts {
 
   /** The first span whose end is past `page` (binary search): where a sweep from `page` starts. */
   #from(page: number): number {
-    const { ends, length } = this.#spans;
-    let lo = 0;
-    let hi = length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (ends[mid]! <= page) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return firstAbove(this.#spans.ends, this.#spans.length, page);
+  }
+
+  /**
+   * The spans a change over pages [first, last) is swept over: from the
+   * one before the first it touches to the one after the last (the two at
+   * the edges come out unchanged, so the spans beside them stay apart from
+   * them as they were), as [from, to) indices.
+   */
+  #window(first: number, last: number): { from: number; to: number } {
+    const { starts, ends, length: n } = this.#spans;
+    return { from: Math.max(0, firstAbove(ends, n, first) - 1), to: Math.min(n, firstAtOrAbove(starts, n, last) + 1) };
   }
 
   /** Whether any page of the sorted, disjoint `ranges` has a count above zero. */
