@@ -69,6 +69,8 @@ interface Prepared {
   result?(before: Uint8Array[]): Uint8Array;
   /** Index in `segs` of a segment the op closes. */
   closes?: number;
+  /** Calls of a step the op may skip when one fails, changing nothing (beyond `tolerated`). */
+  optional?: CallName[];
 }
 
 interface Scenario {
@@ -131,8 +133,21 @@ const scenarios: Scenario[] = [
       const n = (2 << 20) / page;
       const a = Segment.create(n * page);
       write(a, page, [0, 7, n - 1], 1);
-      a.clone().close();
-      return { segs: [a], op: () => a.close(), closes: 0 };
+      const c = a.clone();
+      a.close();
+      return { segs: [c], op: () => c.close(), closes: 0 };
+    },
+  },
+  {
+    name: 'close() of the last clone of a segment of 4 MiB and 3 pages (it maps its layer shared again, the page tables moved back in three pieces)',
+    setup: (page) => {
+      const n = (4 << 20) / page + 3;
+      const a = Segment.create(n * page);
+      write(a, page, [0, 7, 600, n - 1], 1);
+      const c = a.clone();
+      write(a, page, [1, 7, 513, n - 2], 2); // written after the clone: copied into the layer first
+      // Finding those pages is part of sharing again, which is skipped if it fails.
+      return { segs: [a, c], op: () => c.close(), closes: 1, optional: ['ioctl', 'pread'] };
     },
   },
   {
@@ -202,11 +217,10 @@ const scenarios: Scenario[] = [
       const a = Segment.create(n * page);
       write(a, page, [0, 3, 9, n - 1], 1);
       const c = a.clone();
-      a.clone().close();
       write(a, page, [3, 4, 100, n - 1], 2);
-      c.close(); // the pages written are in a layer a alone maps now
-      write(a, page, [0, 5, 200], 3);
-      return { segs: [a], op: () => a.clone(), result: (b) => b[0]! };
+      a.clone().close(); // their old contents go to history for c: a alone uses them in the layer now
+      write(a, page, [0, 3, 4, 100, 200, n - 1], 3); // 0 and 200 still shared with c
+      return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
     },
   },
   {
@@ -573,7 +587,7 @@ function runWithFault(
       });
     } else {
       // The op succeeded anyway: its result is checked like any other below.
-      out.absorbed.set(name, (out.absorbed.get(name) ?? 0) + 1);
+      if (!p.optional?.includes(name)) out.absorbed.set(name, (out.absorbed.get(name) ?? 0) + 1);
     }
 
     if (p.closes !== undefined) {
@@ -640,7 +654,9 @@ for (const scan of scanMethods) {
 }
 
 test('every single libc failure is clean with tight budgets too (compaction, descriptor reclaim)', { skip }, (t) => {
-  const backend = new LinuxBackend({ maxRuns: 8, fdBudget: 4, restoreInPlace: true });
+  // Without sharing layers again (reshare.ts): the scenarios build their
+  // fragmented segments and spare layers by clones taken and let go.
+  const backend = new LinuxBackend({ maxRuns: 8, fdBudget: 4, restoreInPlace: true, reshare: false });
   setBackend(backend);
   const out = newOutcome();
   for (const line of runAll(backend, false, out, [...tightScenarios, ...scenarios])) t.diagnostic(line);

@@ -199,7 +199,9 @@ describe('bounded run lists', { skip: linuxOnly }, () => {
   });
 
   it('a contiguous write after a scattered history leaves few runs once compaction has paid off', () => {
-    withLinux({}, () => {
+    // Without sharing the layer again when the clones are gone, which would
+    // leave no history to compact.
+    withLinux({ reshare: false }, () => {
       const pages = 1024;
       const seg = Segment.create(pages * PAGE);
       const bytes = new Uint8Array(seg.buffer);
@@ -288,7 +290,9 @@ describe('freezing in place', { skip: linuxOnly }, () => {
   // Copied through a pipe, and through the layer's moved-aside mapping.
   for (const windowCopy of [false, true]) {
     it(`pages no other segment maps are frozen into their own layer pages: no new layer, no new run, no new memory (${windowCopy ? 'through the moved-aside mapping' : 'through a pipe'})`, () => {
-      withLinux({ windowCopy }, (b) => {
+      // Without sharing the layer again when each clone is gone (reshare.ts),
+      // which would make every clone a first one.
+      withLinux({ windowCopy, reshare: false }, (b) => {
         const pages = 1024;
         const seg = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(seg.buffer);

@@ -10,6 +10,8 @@
 //   found in the page tables (PAGEMAP_SCAN, or /proc/self/pagemap), written
 //   into a new layer and remapped from it at the same address. The clone then
 //   maps the same run list MAP_PRIVATE, so both share every page.
+// - A segment whose clones are all closed maps its layer shared again
+//   (reshare.ts): its next writes cost no copy, its next clone is a first one.
 // - A layer is never written once a private mapping of it exists: POSIX leaves
 //   the result unspecified and Linux shows such writes through every clone
 //   (mmap(2), "MAP_PRIVATE ... It is unspecified whether changes made to the
@@ -25,8 +27,8 @@
 // map-budget.ts and cost.ts (the mapping budget, the process's share of
 // vm.max_map_count, and when compaction or copying pays), fd-budget.ts (the
 // process's share of the descriptor limit), freeze.ts,
-// compact.ts and restore.ts (the operations), move-aside.ts (page tables at
-// a first clone); engine.ts holds the state they share, features.ts what the
+// compact.ts, restore.ts and reshare.ts (the operations), move-aside.ts
+// (page tables at a first clone); engine.ts holds the state they share, features.ts what the
 // kernel was found to allow.
 import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts';
 import { maxViewLength } from '../../src/runtime.ts';
@@ -44,6 +46,7 @@ import { LayerStore, rangesByLayer, type Layer, type MakeLayer, type Runs } from
 import { baseLayer, mapRuns, mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
 import { spanFor, Windows } from './move-aside.ts';
 import { Moves } from './moves.ts';
+import { reshare, soleSharer } from './reshare.ts';
 import { restore } from './restore.ts';
 import { Scanner, type ScanMethod } from './scan.ts';
 import { readRuns, Writer } from './writer.ts';
@@ -89,6 +92,12 @@ export interface LinuxOptions {
    * (tests cover both).
    */
   windowCopy?: boolean;
+  /**
+   * Whether a segment whose clones are all closed maps its layer shared
+   * again (reshare.ts, default), or stays private and freezes its next
+   * writes in place (tests cover those paths with it).
+   */
+  reshare?: boolean;
 }
 
 export class LinuxBackend implements Backend<LinuxSegment> {
@@ -112,12 +121,14 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly #writer: Writer;
   readonly #engine: Engine;
   readonly #availableMemory: () => number;
+  readonly #reshare: boolean;
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
     sys.ignoreFileSizeSignal();
     this.pageSize = sys.getpagesize();
     this.#availableMemory = options.availableMemory ?? sys.availableMemory;
+    this.#reshare = options.reshare ?? true;
     this.#features = assumeFeatures(options.restoreInPlace === true);
     const probe = sys.mmap(null, this.pageSize, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1, 0);
     try {
@@ -213,7 +224,13 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       seg.released = true;
       this.#segments.delete(seg);
       if (!seg.mapped) this.#budget.segments--;
+      const windowed = this.#reshare ? seg.runs.filter((r) => r.layer !== null && r.layer.window !== 0n) : [];
       setRuns(this.#engine, seg, []);
+      // The last clone of a segment let go: it may take its layer back shared.
+      for (const layer of new Set(windowed.map((r) => r.layer!))) {
+        const sole = soleSharer(this.#segments, layer);
+        if (sole !== undefined) reshare(this.#engine, sole, layer);
+      }
     }
     // A layer this closed may have left its moved-aside mapping behind:
     // close() fails then, and calling it again tries once more.
