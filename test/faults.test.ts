@@ -139,7 +139,7 @@ const scenarios: Scenario[] = [
     },
   },
   {
-    name: 'close() of the last clone of a segment of 4 MiB and 3 pages (it maps its layer shared again, the page tables moved back in three pieces)',
+    name: 'close() of the last clone of a segment of 4 MiB and 3 pages (it maps its layer shared again, its page tables moved back in one call)',
     setup: (page) => {
       const n = (4 << 20) / page + 3;
       const a = Segment.create(n * page);

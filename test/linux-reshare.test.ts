@@ -26,7 +26,7 @@ function write(bytes: Uint8Array, pages: readonly number[], value: number): void
 }
 
 describe('sharing a layer again once every clone is closed', { skip: linuxOnly }, () => {
-  // 2 MiB: page tables moved back in one piece; 4 MiB and 3 pages: in three.
+  // 2 MiB and 4 MiB and 3 pages: page tables moved aside in one piece, and in three.
   for (const pages of [(2 << 20) / PAGE, (4 << 20) / PAGE + 3]) {
     it(`the segment maps its layer shared again, keeps what it wrote, and writes straight to it (${pages} pages)`, () => {
       withLinux({}, () => {

@@ -31,7 +31,10 @@ export function makePrivate(e: Engine, seg: LinuxSegment): void {
   const layer = seg.shared;
   if (layer === null) return;
   // Looked for first: a failure here changes nothing.
-  const holes = e.zeroPage ? worthwhileHoles(e.layers.longHoles(layer.fd, seg.pages, HOLE_MIN_PAGES)) : [];
+  // A layer found without any before has none now, unless a page was
+  // punched since (a segment shared again, reshare.ts, comes back here).
+  const holes = e.zeroPage && !layer.noLongHoles ? worthwhileHoles(e.layers.longHoles(layer.fd, seg.pages, HOLE_MIN_PAGES)) : [];
+  layer.noLongHoles = holes.length === 0;
   // Replacing a mapping tears down its page-table entries one by one (a
   // quarter of a microsecond or more each: most of a first clone's cost).
   // Moved aside first, they go with the layer instead.

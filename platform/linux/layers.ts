@@ -35,6 +35,12 @@ export class Layer {
    * with the layer. 0n: none.
    */
   window = 0n;
+  /**
+   * Whether its file was last found to have no hole worth mapping
+   * anonymously (makePrivate, freeze.ts): holes only shrink as pages are
+   * written, so the search is skipped until a page is punched out again.
+   */
+  noLongHoles = false;
   /** Where a packed layer keeps its pages (Packing); null: page i at offset i. */
   readonly packing: Packing | null;
   /** The file a packed layer shares with the other batches stored in it; null for others. */
@@ -315,6 +321,7 @@ export class LayerStore {
 
   /** Frees a range of a layer that no mapping uses. */
   punch(layer: Layer, r: Range): void {
+    layer.noLongHoles = false;
     if (layer.fd >= 0) this.#punchFile(layer.fd, layer.filePage(r.start), r.end - r.start);
   }
 
