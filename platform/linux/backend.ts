@@ -121,7 +121,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly #writer: Writer;
   readonly #engine: Engine;
   readonly #availableMemory: () => number;
-  readonly #reshare: boolean;
+  #reshare: boolean;
 
   constructor(options: LinuxOptions = {}) {
     sys.loadLibc();
@@ -281,6 +281,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   }
 
   shutdown(): void {
+    // Every segment goes: none shares its layer again on the way.
+    this.#reshare = false;
     for (const seg of [...this.#segments]) {
       try {
         this.release(seg);
