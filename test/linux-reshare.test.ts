@@ -88,6 +88,28 @@ describe('sharing a layer again once every clone is closed', { skip: linuxOnly }
     });
   });
 
+  it('also once its last clone is restored from another segment', () => {
+    withLinux({}, () => {
+      const pages = (2 << 20) / PAGE;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(4);
+      const c = seg.clone();
+      write(bytes, [3], 5);
+      const other = Segment.create(pages * PAGE);
+      new Uint8Array(other.buffer).fill(6);
+      const snap = other.clone();
+      assert.ok(!shared(oneMapping(seg)));
+      c.restore(snap); // c no longer uses seg's layer
+      assert.ok(shared(oneMapping(seg)), 'shared once its clone moved off its layer');
+      const want = new Uint8Array(pages * PAGE).fill(4);
+      write(want, [3], 5);
+      assert.deepEqual(bytes, want);
+      assert.deepEqual(new Uint8Array(c.buffer), new Uint8Array(pages * PAGE).fill(6));
+      for (const s of [c, snap, other, seg]) s.close();
+    });
+  });
+
   it('not with reshare turned off: the segment stays private and freezes in place', () => {
     withLinux({ reshare: false }, () => {
       const seg = Segment.create(2 << 20);

@@ -215,7 +215,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
 
   restore(target: LinuxSegment, source: LinuxSegment): void {
     this.#prepare(source);
+    const before = this.#windowed(target);
     restore(this.#engine, target, source);
+    this.#shareAgain(before);
   }
 
   release(seg: LinuxSegment): void {
@@ -224,13 +226,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       seg.released = true;
       this.#segments.delete(seg);
       if (!seg.mapped) this.#budget.segments--;
-      const windowed = this.#reshare ? seg.runs.filter((r) => r.layer !== null && r.layer.window !== 0n) : [];
+      const before = this.#windowed(seg);
       setRuns(this.#engine, seg, []);
-      // The last clone of a segment let go: it may take its layer back shared.
-      for (const layer of new Set(windowed.map((r) => r.layer!))) {
-        const sole = soleSharer(this.#segments, layer);
-        if (sole !== undefined) reshare(this.#engine, sole, layer);
-      }
+      this.#shareAgain(before);
     }
     // A layer this closed may have left its moved-aside mapping behind:
     // close() fails then, and calling it again tries once more.
@@ -409,6 +407,21 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     seg.mapped = true;
     if (base !== null) base.mapped.addAll(whole, 1);
     seg.debt = 0;
+  }
+
+  /** The layers with a moved-aside mapping that `seg`'s run list uses (none where sharing again is off). */
+  #windowed(seg: LinuxSegment): Set<Layer> {
+    const out = new Set<Layer>();
+    if (this.#reshare) for (const r of seg.runs) if (r.layer !== null && r.layer.window !== 0n) out.add(r.layer);
+    return out;
+  }
+
+  /** After a segment stopped using `layers`: one whose last other user that was may take it back shared (reshare.ts). */
+  #shareAgain(layers: Set<Layer>): void {
+    for (const layer of layers) {
+      const sole = soleSharer(this.#segments, layer);
+      if (sole !== undefined) reshare(this.#engine, sole, layer);
+    }
   }
 
   /** Makes room for `needed` more mappings, compacting the most fragmented segments (budget.ts). */
