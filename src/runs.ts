@@ -501,6 +501,14 @@ export class RefCounts {
     return this.#spans.length === 0;
   }
 
+  /** The highest count of any page (0 when empty). */
+  get max(): number {
+    const { counts, length } = this.#spans;
+    let m = 0;
+    for (let i = 0; i < length; i++) if (counts[i]! > m) m = counts[i]!;
+    return m;
+  }
+
   /** Every span, in order. */
   all(): Span[] {
     const { starts, ends, counts, length } = this.#spans;

@@ -701,6 +701,7 @@ describe('RefCounts', () => {
           }
           assert.equal(rc.pages, model.filter((c) => c > 0).length);
           assert.equal(rc.empty, model.every((c) => c === 0));
+          assert.equal(rc.max, Math.max(0, ...model));
           for (const [a, b, c] of probes) {
             const s = Math.min(a, b);
             const e = Math.max(a, b);

@@ -19,9 +19,10 @@ import type { Layer } from './layers.ts';
  * every page of the layer anyone uses. Undefined where there is none.
  */
 export function soleSharer(segments: Iterable<LinuxSegment>, layer: Layer): LinuxSegment | undefined {
-  if (layer.window === 0n || layer.refs.empty) return undefined;
+  // One user at most of any page, found without reading any run list.
+  if (layer.window === 0n || layer.refs.max !== 1) return undefined;
   for (const seg of segments) {
-    if (seg.released || !seg.mapped || seg.shared !== null || seg.length !== layer.length) continue;
+    if (seg.released || !seg.mapped || seg.shared !== null || seg.length !== layer.length || !seg.mayShow(layer)) continue;
     const runs = seg.runs;
     if (seg.maps !== runs) continue;
     const on = new RangeList(runs.length);
@@ -31,9 +32,8 @@ export function soleSharer(segments: Iterable<LinuxSegment>, layer: Layer): Linu
       else if (r.layer !== null) other = true;
     }
     if (other || on.length === 0) continue;
-    // Every page any run list uses is one of this segment's, used once.
-    const pages = on.pages;
-    return layer.refs.pages === pages && layer.refs.listWithCount(on, 1).pages === pages ? seg : undefined;
+    // Every page any run list uses is one of this segment's (each used once).
+    return layer.refs.pages === on.pages ? seg : undefined;
   }
   return undefined;
 }
