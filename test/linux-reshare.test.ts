@@ -26,10 +26,21 @@ function write(bytes: Uint8Array, pages: readonly number[], value: number): void
 }
 
 describe('sharing a layer again once every clone is closed', { skip: linuxOnly }, () => {
-  // 2 MiB and 4 MiB and 3 pages: page tables moved aside in one piece, and in three.
-  for (const pages of [(2 << 20) / PAGE, (4 << 20) / PAGE + 3]) {
-    it(`the segment maps its layer shared again, keeps what it wrote, and writes straight to it (${pages} pages)`, () => {
-      withLinux({}, () => {
+  // 2 MiB and 4 MiB and 3 pages: page tables moved aside in one piece, and
+  // in three; the pages written since the clone found both ways and copied
+  // both ways (through the moved-aside mapping, or a pipe).
+  const variants: { pages: number; scan: 'pagemap-scan' | 'pagemap-read'; windowCopy: boolean }[] = [
+    { pages: (2 << 20) / PAGE, scan: 'pagemap-scan', windowCopy: true },
+    { pages: (4 << 20) / PAGE + 3, scan: 'pagemap-scan', windowCopy: true },
+    { pages: (2 << 20) / PAGE, scan: 'pagemap-read', windowCopy: false },
+  ];
+  for (const { pages, scan, windowCopy } of variants) {
+    it(`the segment maps its layer shared again, keeps what it wrote, and writes straight to it (${pages} pages, ${scan}, ${windowCopy ? 'through the moved-aside mapping' : 'through a pipe'})`, (t) => {
+      withLinux({ scan, windowCopy }, (b) => {
+        if (b.scanMethod !== scan) {
+          t.skip(`${scan} is not available here`);
+          return;
+        }
         const layerMaps = layerMapsCount();
         const seg = Segment.create(pages * PAGE);
         const bytes = new Uint8Array(seg.buffer);
