@@ -21,6 +21,14 @@ function oneMapping(seg: Segment): string {
 
 const shared = (line: string): boolean => line.split(' ')[1]!.endsWith('s');
 
+/** A new segment of 2 MiB (its first clone moves its page tables aside) holding `value` in every byte. */
+function filled(value: number): { seg: Segment; bytes: Uint8Array; pages: number } {
+  const seg = Segment.create(2 << 20);
+  const bytes = new Uint8Array(seg.buffer);
+  bytes.fill(value);
+  return { seg, bytes, pages: (2 << 20) / PAGE };
+}
+
 function write(bytes: Uint8Array, pages: readonly number[], value: number): void {
   for (const p of pages) bytes.fill(value, p * PAGE, p * PAGE + 64);
 }
@@ -78,10 +86,7 @@ describe('sharing a layer again once every clone is closed', { skip: linuxOnly }
 
   it('not while another clone still uses the layer, mapped or not', () => {
     withLinux({}, () => {
-      const pages = (2 << 20) / PAGE;
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      bytes.fill(3);
+      const { seg, bytes, pages } = filled(3);
       const kept = seg.clone();
       const read = seg.clone();
       void read.buffer; // mapped
@@ -101,14 +106,10 @@ describe('sharing a layer again once every clone is closed', { skip: linuxOnly }
 
   it('also once its last clone is restored from another segment', () => {
     withLinux({}, () => {
-      const pages = (2 << 20) / PAGE;
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      bytes.fill(4);
+      const { seg, bytes, pages } = filled(4);
       const c = seg.clone();
       write(bytes, [3], 5);
-      const other = Segment.create(pages * PAGE);
-      new Uint8Array(other.buffer).fill(6);
+      const other = filled(6).seg;
       const snap = other.clone();
       assert.ok(!shared(oneMapping(seg)));
       c.restore(snap); // c no longer uses seg's layer
