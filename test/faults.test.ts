@@ -119,7 +119,7 @@ const scenarios: Scenario[] = [
     },
   },
   {
-    name: 'first clone() of a fresh segment of 4 MiB and 3 pages (its page tables moved aside in three pieces)',
+    name: 'first clone() of a fresh segment of 4 MiB and 3 pages (its page tables moved aside, 3 pages past its last span)',
     setup: (page) => {
       const n = (4 << 20) / page + 3;
       const a = Segment.create(n * page);

@@ -34,9 +34,9 @@ function write(bytes: Uint8Array, pages: readonly number[], value: number): void
 }
 
 describe('sharing a layer again once every clone is closed', { skip: linuxOnly }, () => {
-  // 2 MiB and 4 MiB and 3 pages: page tables moved aside in one piece, and
-  // in three; the pages written since the clone found both ways and copied
-  // both ways (through the moved-aside mapping, or a pipe).
+  // 2 MiB, and 4 MiB and 3 pages (past its last page-table span); the pages
+  // written since the clone found both ways and copied both ways (through
+  // the moved-aside mapping, or a pipe).
   const variants: { pages: number; scan: 'pagemap-scan' | 'pagemap-read'; windowCopy: boolean }[] = [
     { pages: (2 << 20) / PAGE, scan: 'pagemap-scan', windowCopy: true },
     { pages: (4 << 20) / PAGE + 3, scan: 'pagemap-scan', windowCopy: true },
