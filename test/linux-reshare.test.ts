@@ -122,6 +122,25 @@ describe('sharing a layer again once every clone is closed', { skip: linuxOnly }
     });
   });
 
+  it('a mapped clone left the only user of the layer when its source closes shares it too', () => {
+    withLinux({}, () => {
+      const { seg, pages } = filled(7);
+      const c = seg.clone();
+      const view = new Uint8Array(c.buffer); // mapped, at an address placed without regard to page-table spans
+      write(view, [2, pages - 1], 8);
+      seg.close();
+      assert.ok(shared(oneMapping(c)), 'the clone maps the layer shared');
+      const want = new Uint8Array(pages * PAGE).fill(7);
+      write(want, [2, pages - 1], 8);
+      assert.deepEqual(view, want);
+      const d = c.clone();
+      write(view, [2], 9);
+      assert.deepEqual(new Uint8Array(d.buffer), want, 'its own clone is isolated from it');
+      d.close();
+      c.close();
+    });
+  });
+
   it('not with reshare turned off: the segment stays private and freezes in place', () => {
     withLinux({ reshare: false }, () => {
       const seg = Segment.create(2 << 20);
