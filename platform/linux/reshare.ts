@@ -44,14 +44,14 @@ export function soleSharer(segments: Iterable<LinuxSegment>, layer: Layer): Linu
  * (nobody else uses those layer pages), then the layer's moved-aside
  * mapping, which holds the page tables of every page the segment wrote
  * before its first clone, is moved back over the segment's address
- * (where that fails, the layer is mapped there instead). True when done.
- * False when it was not tried or its pages could not be written: the
- * segment then reads and behaves as before (the layer pages written hold
- * what the segment holds there, and it still has its private copies).
+ * (where that fails, the layer is mapped there instead). Where the
+ * budget has no room for the move, or the pages cannot be written, it
+ * stays as it was and reads as before (the layer pages written hold what
+ * it holds there, and it still has its private copies).
  */
-export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): boolean {
+export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): void {
   // Splits both mappings until done.
-  if (!e.budget.fits(2)) return false;
+  if (!e.budget.fits(2)) return;
   try {
     const written = scanWrittenList(e, seg);
     if (written.length > 0) {
@@ -59,7 +59,7 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): boolean {
       else e.writer.write(layer, seg.addr, written.toArray());
     }
   } catch {
-    return false;
+    return;
   }
   try {
     // In one call: measured on Linux 6.18, a 256 MiB segment with every
@@ -84,5 +84,4 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): boolean {
   seg.shared = layer;
   seg.debt = 0;
   seg.scanned = 0;
-  return true;
 }
