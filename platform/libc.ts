@@ -75,6 +75,7 @@ interface Bindings {
   ioctl: (fd: number, request: number, ...args: unknown[]) => number;
   fstat: (fd: number, buf: ArrayBufferView) => number;
   process_madvise: (nr: number, ...args: unknown[]) => number;
+  userfaultfd: (nr: number, ...args: unknown[]) => number;
   copy_file_range: (fdIn: number, offIn: BigInt64Array, fdOut: number, offOut: BigInt64Array, n: number, flags: number) => number;
   pipe2: (fds: Int32Array, flags: number) => number;
   vmsplice: (fd: number, iov: BigUint64Array, n: number, flags: number) => number;
@@ -116,6 +117,7 @@ function libc(): Bindings {
     ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
     fstat: lib.func('int fstat(int fd, _Out_ uint8_t *statbuf)'),
     process_madvise: lib.func('long syscall(long number, ...)'),
+    userfaultfd: lib.func('long syscall(long number, ...)'),
     pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)'),
     vmsplice: lib.func('intptr_t vmsplice(int fd, const void *iov, size_t nr_segs, unsigned int flags)'),
     splice: lib.func('intptr_t splice(int fd_in, void *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)'),
@@ -406,8 +408,20 @@ export function open(path: string, flags: number): number {
 }
 
 /** `ioctl(fd, request, arg)` with a pointer argument; returns its non-negative result. */
-export function ioctl(fd: number, request: number, arg: bigint): number {
-  return retry('ioctl', () => libc().ioctl(fd, request, 'void *', arg), () => `cannot scan page tables (request 0x${request.toString(16)})`);
+export function ioctl(fd: number, request: number, arg: bigint, what = 'cannot scan page tables'): number {
+  return retry('ioctl', () => libc().ioctl(fd, request, 'void *', arg), () => `${what} (request 0x${request.toString(16)})`);
+}
+
+/** userfaultfd(2)'s number: x86_64's, else the generic table's (arm64 and the other newer ports). */
+const SYS_USERFAULTFD = process.arch === 'x64' ? 323 : 282;
+
+/** `userfaultfd(flags)`: a new userfaultfd descriptor. */
+export function userfaultfd(flags: number): number {
+  return retry(
+    'userfaultfd',
+    () => Number(libc().userfaultfd(SYS_USERFAULTFD, 'int', flags)),
+    () => 'cannot open a userfaultfd',
+  );
 }
 
 /** process_madvise(2): the same number on x86_64 and arm64 (syscalls from 424 on are shared). */

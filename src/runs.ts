@@ -47,6 +47,48 @@ export function overlay<L>(base: readonly Run<L>[], top: readonly Range[], layer
   return merge([...kept, ...added].sort((a, b) => a.start - b.start));
 }
 
+/**
+ * overlay() for a list of ranges, in one pass over both and without
+ * sorting: the same result. Runs of `base` that come through whole are
+ * shared, not copied.
+ */
+export function overlayList<L>(base: readonly Run<L>[], top: RangeList, layer: L): Run<L>[] {
+  const out: Run<L>[] = [];
+  const emit = (start: number, end: number, l: L, whole: Run<L> | undefined): void => {
+    const n = out.length;
+    if (n > 0) {
+      const last = out[n - 1]!;
+      if (last.layer === l && last.end === start) {
+        out[n - 1] = { start: last.start, end, layer: l };
+        return;
+      }
+    }
+    out.push(whole ?? { start, end, layer: l });
+  };
+  let i = 0;
+  // Pages of `base` before `cut` are covered by a range of `top` already emitted.
+  let cut = -Infinity;
+  const baseUntil = (limit: number): void => {
+    for (; i < base.length && base[i]!.start < limit; i++) {
+      const r = base[i]!;
+      const start = Math.max(r.start, cut);
+      const end = Math.min(r.end, limit);
+      if (start < end) emit(start, end, r.layer, start === r.start && end === r.end ? r : undefined);
+      if (r.end > limit) return;
+    }
+  };
+  for (let g = 0; g < top.length; g++) {
+    const start = top.starts[g]!;
+    const end = top.ends[g]!;
+    baseUntil(start);
+    emit(start, end, layer, undefined);
+    cut = end;
+    while (i < base.length && base[i]!.end <= end) i++;
+  }
+  baseUntil(Infinity);
+  return out;
+}
+
 /** The parts of `runs` that fall inside `range`, clipped to it. */
 export function clip<L>(runs: readonly Run<L>[], range: Range): Run<L>[] {
   const out: Run<L>[] = [];
@@ -199,6 +241,19 @@ export class RangeList {
     for (let i = 0; i < this.length; i++) out[i] = { start: this.starts[i]!, end: this.ends[i]! };
     return out;
   }
+}
+
+/** Pages in both list `a` and list `b`. One sweep. */
+export function overlapPages(a: RangeList, b: RangeList): number {
+  let n = 0;
+  let j = 0;
+  for (let i = 0; i < a.length; i++) {
+    const s = a.starts[i]!;
+    const e = a.ends[i]!;
+    while (j < b.length && b.ends[j]! <= s) j++;
+    for (let k = j; k < b.length && b.starts[k]! < e; k++) n += Math.min(e, b.ends[k]!) - Math.max(s, b.starts[k]!);
+  }
+  return n;
 }
 
 /** List `a` minus list `b`. One sweep. */
@@ -555,6 +610,73 @@ export class RefCounts {
       rs.subarray(0, m).sort();
       re.subarray(0, m).sort();
     }
+    return this.#addSorted(rs, re, m, delta);
+  }
+
+  /** addAll() for a list of ranges (sorted and disjoint, as a RangeList is), without a Range object for each. */
+  addList(list: RangeList, delta: number): Range[] {
+    const m = list.length;
+    if (m === 0) return [];
+    if (list.starts[0]! < 0 || list.ends[m - 1]! > MAX_PAGE) throw new Error('memfork internal error: page range out of reach of the counts');
+    const spans = this.#spans;
+    if (spans.length === 0 && delta > 0) {
+      // Counts of a layer no run list used yet: the ranges themselves (a
+      // RangeList's ranges never touch, so no two spans merge).
+      if (spans.starts.length < m) this.#spans = new SpanList(m);
+      const fresh = this.#spans;
+      fresh.starts.set(list.starts.subarray(0, m));
+      fresh.ends.set(list.ends.subarray(0, m));
+      fresh.counts.fill(delta, 0, m);
+      fresh.length = m;
+      return [];
+    }
+    if (this.#addOverList(list, delta)) return [];
+    return this.#addSorted(list.starts, list.ends, m, delta);
+  }
+
+  /**
+   * #addOver for every range of `list` at once: where each range is
+   * exactly a run of touching spans, none falls to zero, and no neighbour
+   * it touches comes to the same count, the counts change in place, in one
+   * walk (a run list scattered into a run a page, counted over a layer
+   * whose spans are those same pages, costs its length, not a sweep and a
+   * splice). False, changing nothing, otherwise. Neighbours never change:
+   * ranges of a RangeList never touch.
+   */
+  #addOverList(list: RangeList, delta: number): boolean {
+    const { starts, ends, counts, length: n } = this.#spans;
+    const m = list.length;
+    // First and last span of each range, found in one walk, kept in scratch.
+    if (scratch.rs.length < m) {
+      scratch.rs = new Int32Array(Math.max(m, 2 * scratch.rs.length));
+      scratch.re = new Int32Array(scratch.rs.length);
+    }
+    const { rs: firsts, re: lasts } = scratch;
+    let i = firstAbove(ends, n, list.starts[0]!);
+    for (let g = 0; g < m; g++) {
+      const start = list.starts[g]!;
+      const end = list.ends[g]!;
+      while (i < n && ends[i]! <= start) i++;
+      if (i >= n || starts[i] !== start) return false;
+      let j = i;
+      for (;;) {
+        if (counts[j]! + delta <= 0) return false;
+        if (ends[j] === end) break;
+        if (ends[j]! > end || j + 1 >= n || starts[j + 1] !== ends[j]) return false;
+        j++;
+      }
+      if (i > 0 && ends[i - 1] === start && counts[i - 1] === counts[i]! + delta) return false;
+      if (j + 1 < n && starts[j + 1] === end && counts[j + 1] === counts[j]! + delta) return false;
+      firsts[g] = i;
+      lasts[g] = j;
+      i = j + 1;
+    }
+    for (let g = 0; g < m; g++) for (let k = firsts[g]!; k <= lasts[g]!; k++) counts[k]! += delta;
+    return true;
+  }
+
+  /** The sweep of addAll over the first `m` ranges given as sorted starts `rs` and sorted ends `re`. */
+  #addSorted(rs: Int32Array, re: Int32Array, m: number, delta: number): Range[] {
     const spans = this.#spans;
     const { starts, ends, counts } = spans;
     if (m === 0) return [];
@@ -731,6 +853,25 @@ export class RefCounts {
    * The parts of `list` whose pages have a count of exactly `count` (above
    * zero): `list` itself where every page of it has that count. One sweep.
    */
+  /** The pages of `list` (sorted, disjoint) no run list uses (count zero): sorted, disjoint. One sweep. */
+  unusedIn(list: RangeList): RangeList {
+    const { starts, ends, length } = this.#spans;
+    const out = new RangeList(list.length);
+    let i = list.length > 0 ? this.#from(list.starts[0]!) : 0;
+    for (let g = 0; g < list.length; g++) {
+      const gs = list.starts[g]!;
+      const ge = list.ends[g]!;
+      while (i < length && ends[i]! <= gs) i++;
+      let at = gs;
+      for (let j = i; j < length && starts[j]! < ge; j++) {
+        if (starts[j]! > at) out.push(at, starts[j]!);
+        at = Math.max(at, ends[j]!);
+      }
+      if (at < ge) out.push(at, ge);
+    }
+    return out;
+  }
+
   listWithCount(list: RangeList, count: number): RangeList {
     const { starts, ends, counts, length } = this.#spans;
     const out = new RangeList(list.length);

@@ -42,6 +42,7 @@ const errnoFor: Record<CallName, number> = {
   pipe2: E.EMFILE,
   vmsplice: E.ENOMEM,
   splice: E.ENOSPC,
+  userfaultfd: E.EPERM,
 };
 
 /**
@@ -55,9 +56,11 @@ const errnoFor: Record<CallName, number> = {
  * copies through (made again after a failure), pages go with pwrite. A
  * first clone that cannot move its segment's page tables aside (mremap, or
  * the munmap trimming the space reserved for them) tears them down instead,
- * and a new segment that cannot be aligned is placed anywhere.
+ * and a new segment that cannot be aligned is placed anywhere. A segment
+ * that cannot be registered for write tracking, or whose write-tracked scan
+ * fails (ioctl), is scanned for every private page instead (track.ts).
  */
-const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap', 'ioctl']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {
@@ -208,6 +211,50 @@ const scenarios: Scenario[] = [
       a.clone().close(); // c's pages 1, 3, 5 and 12 are pinned now
       write(c, page, [0, 3, 7, 12], 4);
       return { segs: [a, c, u], op: () => c.restore(u), after: (b) => [b[0]!, want, b[2]!] };
+    },
+  },
+  {
+    name: 'clone() of a segment rewriting the pages its unmapped snapshots share, round after round (deferred: the new contents go to a new layer, its private copies stay)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const kept = [a.clone()];
+      // Two rounds of the same pages: the third freeze defers (where writes are tracked).
+      for (let round = 2; round < 4; round++) {
+        write(a, page, [1, 3, 5, 12], round);
+        kept.push(a.clone());
+      }
+      write(a, page, [1, 3, 5, 12], 4);
+      return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() of a segment whose pinned pages (private copies of pages frozen deferred) are rewritten, and one not',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const kept = [a.clone()];
+      for (let round = 2; round < 5; round++) {
+        write(a, page, [1, 3, 5, 12], round);
+        kept.push(a.clone());
+      }
+      write(a, page, [1, 3, 12, 14], 5);
+      return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
+    name: 'clone() of a segment with pinned pages once the snapshots that read its layer there are closed (written back into it)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const kept = [a.clone()];
+      for (let round = 2; round < 5; round++) {
+        write(a, page, [1, 3, 5, 12], round);
+        kept.push(a.clone());
+      }
+      for (const k of kept.splice(0, 3)) k.close();
+      write(a, page, [3, 7], 6);
+      return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };
     },
   },
   {

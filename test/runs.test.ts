@@ -12,6 +12,7 @@ import {
   layerAt,
   merge,
   overlay,
+  overlayList,
   pagesOfSpans,
   Packing,
   listsUnder,
@@ -148,6 +149,26 @@ describe('overlay()', () => {
       fc.property(runsArb, (base) => {
         assert.deepEqual(modelOf(overlay(base, [], 'z')), modelOf(base));
       }),
+    );
+  });
+});
+
+describe('overlayList()', () => {
+  it('gives what overlay() gives, sharing the base runs it keeps whole', () => {
+    fc.assert(
+      fc.property(runsArb, rangesArb, fc.constantFrom(...layers), (base, top, layer) => {
+        const out = overlayList(base, RangeList.from(coalesce(top)), layer);
+        assert.deepEqual(out, overlay(base, top, layer));
+        assertMerged(out);
+        for (const r of out) {
+          const same = base.find((b) => b.start === r.start && b.end === r.end && b.layer === r.layer);
+          if (same !== undefined && !base.some((b) => b !== same && b.layer === same.layer && (b.end === same.start || b.start === same.end))) {
+            const covered = top.some((t) => t.start < r.end && t.end > r.start);
+            if (!covered && r.layer !== layer) assert.equal(r, same, 'a base run kept whole is the same object');
+          }
+        }
+      }),
+      opts,
     );
   });
 });
@@ -512,6 +533,21 @@ describe('RefCounts', () => {
     );
   });
 
+  it('unusedIn() gives exactly the pages of the list no range counts, joined', () => {
+    fc.assert(
+      fc.property(addsArb(8), rangesArb, (adds, ranges) => {
+        const { rc, model } = countsOf(adds);
+        const under = pagesOf(ranges);
+        const got = rc.unusedIn(RangeList.from(ranges)).toArray();
+        const want = [...under].filter((p) => !((model[p] ?? 0) > 0)).sort((a, b) => a - b);
+        assert.deepEqual([...pagesOf(got)].sort((a, b) => a - b), want);
+        assertSortedDisjoint(got);
+        for (let i = 1; i < got.length; i++) assert.ok(got[i]!.start > got[i - 1]!.end, 'touching ranges not joined');
+      }),
+      opts,
+    );
+  });
+
   it('spansIn(ranges, less) gives the pages counted above `less`, each with its count less `less`', () => {
     fc.assert(
       fc.property(
@@ -634,6 +670,38 @@ describe('RefCounts', () => {
           const got = new Array(after.length).fill(0);
           for (const sp of spans) for (let p = sp.start; p < sp.end; p++) got[p] = sp.count;
           assert.deepEqual(got, after);
+        },
+      ),
+      opts,
+    );
+  });
+
+  it('addList() gives what addAll() gives, over spans it matches exactly (counted in place) or not, and over no counts yet', () => {
+    fc.assert(
+      fc.property(
+        addsArb(30),
+        fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN)), { maxLength: 8 }),
+        fc.boolean(),
+        fc.boolean(),
+        fc.integer({ min: -2, max: 3 }),
+        (adds, pairs, onSpans, empty, delta) => {
+          const a = empty ? new RefCounts() : countsOf(adds).rc;
+          const b = empty ? new RefCounts() : countsOf(adds).rc;
+          // Either some of the spans themselves (apart, as a RangeList keeps them), or any ranges.
+          const spans = a.all();
+          const picked = onSpans
+            ? spans.filter((sp, i) => i % 2 === 0 && (i === 0 || spans[i - 1]!.end < sp.start)).filter((sp, i, all) => i === 0 || all[i - 1]!.end < sp.start)
+            : coalesce(pairs.map(([x, y]) => ({ start: Math.min(x, y), end: Math.max(x, y) })).filter((r) => r.start < r.end).sort((x, y) => x.start - y.start));
+          const list = RangeList.from(picked.map((r) => ({ start: r.start, end: r.end })));
+          let want: unknown;
+          try {
+            want = b.addAll(list.toArray(), delta);
+          } catch (err) {
+            assert.throws(() => a.addList(list, delta), (err as Error).constructor as new () => Error);
+            return;
+          }
+          assert.deepEqual(a.addList(list, delta), want);
+          assert.deepEqual(a.all(), b.all());
         },
       ),
       opts,

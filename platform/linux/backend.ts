@@ -32,14 +32,14 @@
 // kernel was found to allow.
 import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts';
 import { maxViewLength } from '../../src/runtime.ts';
-import { coalesce, pageCount, select, subtract, type Range } from '../../src/runs.ts';
+import { coalesce, overlapPages, pageCount, select, subtract, type Range } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
 import { MapBudget } from './budget.ts';
 import { compact } from './compact.ts';
 import { chargeMapping, compactionFor, duplicateLimit, JOIN_GAP, joinToFit } from './cost.ts';
 import { Dropper } from './drop.ts';
-import { LinuxSegment, scanWritten, scanWrittenList, setRuns, type Engine } from './engine.ts';
+import { LinuxSegment, scanWritten, setRuns, writtenForFreeze, type Engine } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
 import { LayerStore, rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -49,6 +49,7 @@ import { Moves } from './moves.ts';
 import { reshare, soleSharer } from './reshare.ts';
 import { restore } from './restore.ts';
 import { Scanner, type ScanMethod } from './scan.ts';
+import { WriteTracker } from './track.ts';
 import { readRuns, Writer } from './writer.ts';
 
 export interface LinuxOptions {
@@ -98,6 +99,14 @@ export interface LinuxOptions {
    * writes in place (tests cover those paths with it).
    */
   reshare?: boolean;
+  /**
+   * Whether a segment rewriting pages that kept snapshots share keeps its
+   * private copies and gives the clone a copy of the new contents, telling
+   * its later writes apart with asynchronous userfaultfd write-protect
+   * (track.ts; default: where the kernel has it), or rewrites the shared
+   * pages in place, their old contents moved to history (tests cover both).
+   */
+  track?: boolean;
 }
 
 export class LinuxBackend implements Backend<LinuxSegment> {
@@ -110,6 +119,8 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly zeroPage: boolean;
   /** Runs one segment may reach before it is compacted. */
   readonly maxRuns: number;
+  /** Whether writes are tracked (asynchronous userfaultfd write-protect, track.ts), so freezes can defer. */
+  readonly tracksWrites: boolean;
 
   readonly #segments = new Set<LinuxSegment>();
   readonly #moves = new Moves<Layer | null>();
@@ -119,6 +130,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
   readonly #layers: LayerStore;
   readonly #budget: MapBudget;
   readonly #writer: Writer;
+  readonly #tracker: WriteTracker | null;
   readonly #engine: Engine;
   readonly #availableMemory: () => number;
   #reshare: boolean;
@@ -144,6 +156,9 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#budget = new MapBudget(options.mapBudget, this.#windows);
     this.#layers = new LayerStore(this.pageSize, options.fdBudget, this.#features, this.#windows, (make) => this.#reclaimFds(make));
     this.#writer = new Writer(this.pageSize, this.#features);
+    // Write tracking reports through PAGEMAP_SCAN, which the same kernels have.
+    this.#tracker = options.track !== false && this.scanMethod === 'pagemap-scan' ? WriteTracker.open(this.pageSize) : null;
+    this.tracksWrites = this.#tracker !== null;
     this.#engine = {
       pageSize: this.pageSize,
       features: this.#features,
@@ -153,6 +168,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       writer: this.#writer,
       dropper: new Dropper(this.pageSize, this.#features),
       scanner: this.#scanner,
+      tracker: this.#tracker,
       segments: this.#segments,
       moves: this.#moves,
       zeroPage: this.zeroPage,
@@ -291,6 +307,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.#layers.shutdown();
     this.#scanner.close();
     this.#writer.close();
+    this.#tracker?.close();
   }
 
   /**
@@ -320,7 +337,20 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     // A segment made private just now has written nothing since.
     const fresh = seg.shared !== null;
     makePrivate(e, seg);
-    const written = fresh ? [] : coalesce(freezeInPlace(e, seg, scanWrittenList(e, seg)), JOIN_GAP);
+    // Exactly the pages written since (write tracking) where the segment
+    // keeps private copies across freezes (pinned pages), or is to.
+    const scan = fresh ? null : writtenForFreeze(e, seg, this.#tracker !== null && (seg.deferNext || seg.maps !== seg.runs));
+    let written: Range[] = [];
+    if (scan !== null) {
+      const done = freezeInPlace(e, seg, scan.written, { exact: scan.exact, defer: seg.deferNext });
+      written = coalesce(done.left, JOIN_GAP);
+      // A segment that rewrites mostly the pages it wrote the round before,
+      // under snapshots nobody maps, defers its next freeze: the pages keep
+      // being rewritten, and each round's copy is then the only one.
+      const last = seg.lastWritten;
+      seg.deferNext = this.#tracker !== null && done.unmappedShared > 0 && last !== null && 2 * overlapPages(scan.written, last) >= scan.written.pages;
+      seg.lastWritten = scan.written;
+    }
     let dirty = written;
     // Freezing adds up to two mappings per written run. Runs that would take
     // more than half of what the budget has free are joined across their
@@ -338,6 +368,12 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     this.#ensureRoom(2 * dirty.length, seg.pages);
     freeze(e, seg, dirty, written, (length) => this.#layers.newLayer(length));
+    // Frozen: what the scan reported is in the run list now.
+    seg.pending = null;
+    // A run list scattered by deferred freezes (pinned pages) costs the
+    // segment no mapping, and its clones map by copy where it would not
+    // fit (#materialize): compacting it would copy and remap for nothing.
+    if (seg.maps !== seg.runs) return;
     const c = compactionFor(seg.runs, seg.pages, seg.debt, this.maxRuns, () => ({
       used: this.#budget.used,
       limit: this.#budget.limit(0),

@@ -2,7 +2,7 @@
 // parts every operation uses (wired together by LinuxBackend), and the
 // bookkeeping that keeps run lists, reference counts and the mapping count
 // consistent.
-import { differing, overlay, RangeList, type Range } from '../../src/runs.ts';
+import { differing, listsUnder, overlayList, RangeList, unionList, type Range } from '../../src/runs.ts';
 import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
@@ -10,6 +10,7 @@ import type { Layer, LayerStore, Runs } from './layers.ts';
 import type { Moves } from './moves.ts';
 import type { Windows } from './move-aside.ts';
 import type { Scanner } from './scan.ts';
+import type { WriteTracker } from './track.ts';
 import type { Writer } from './writer.ts';
 
 /** The Linux backend's handle for one segment. */
@@ -39,6 +40,20 @@ export class LinuxSegment {
    * that dropped every page (see dropWritten, restore.ts).
    */
   scanned = 0;
+  /**
+   * Pages a write-tracked scan reported (and protected again) whose freeze
+   * has not completed: a scan reports a page once, so these are added to
+   * the next one's (writtenForFreeze). Null when there are none.
+   */
+  pending: RangeList | null = null;
+  /** The pages its last freeze found written (null before one): whether it rewrites the same pages round after round. */
+  lastWritten: RangeList | null = null;
+  /**
+   * Whether its next freeze defers (freezeInPlace): its last two rounds
+   * wrote mostly the same pages, some of them on layer pages only unmapped
+   * segments share, and writes are tracked (track.ts).
+   */
+  deferNext = false;
   released = false;
   readonly #moves: Moves<Layer | null>;
   #runs: Runs = [];
@@ -132,6 +147,8 @@ export interface Engine {
   readonly writer: Writer;
   readonly dropper: Dropper;
   readonly scanner: Scanner;
+  /** Asynchronous write-protect for segments that keep private copies across clones (track.ts); null where the kernel has none. */
+  readonly tracker: WriteTracker | null;
   /** Every live segment. */
   readonly segments: ReadonlySet<LinuxSegment>;
   /** The evictions run lists are re-pointed from when next read. */
@@ -166,6 +183,45 @@ export function scanWrittenList(e: Engine, seg: LinuxSegment): RangeList {
 }
 
 /**
+ * The pages `seg` wrote since its last freeze, for freezing it now, and
+ * whether they are exactly those: where `wantExact` and there is a WriteTracker, the pages written
+ * since the last such scan (pinned pages not rewritten since are not among
+ * them), protected again as they are reported, plus any a failed freeze
+ * left pending; they stay pending until the caller's freeze completes
+ * (`seg.pending = null`). Without one, or where registering or the scan
+ * is refused, every private page, protected or not (a superset: `exact`
+ * false).
+ */
+export function writtenForFreeze(e: Engine, seg: LinuxSegment, wantExact: boolean): { written: RangeList; exact: boolean } {
+  let written: RangeList | undefined;
+  if (wantExact && e.tracker !== null && seg.shared === null) {
+    try {
+      // Mappings placed over parts of the segment since (a remap, a
+      // restore) are new: registering again covers them.
+      e.tracker.register(seg.addr, seg.length);
+      written = e.scanner.writtenSince(seg.addr, seg.pages);
+    } catch {
+      written = undefined;
+    }
+  }
+  const exact = written !== undefined;
+  if (written === undefined) {
+    try {
+      written = seg.shared !== null ? scanWrittenList(e, seg) : e.scanner.writtenList(seg.addr, seg.pages, e.tracker !== null);
+    } catch (err) {
+      // A page a failed write-tracked scan protected, then swapped out,
+      // could be missed from now on: the whole segment counts as written next time.
+      if (e.tracker !== null) seg.pending = RangeList.from([{ start: 0, end: seg.pages }]);
+      throw err;
+    }
+  }
+  if (seg.pending !== null) written = unionList(written, seg.pending);
+  // Pages a write-tracked scan reported are protected again: they must not be lost before they are frozen.
+  seg.pending = exact || seg.pending !== null ? written : null;
+  return { written, exact };
+}
+
+/**
  * Gives `seg` a new run list, keeping reference counts and the mapping
  * count; `maps` is what its mappings then show (default: the run list,
  * as after mapping it whole).
@@ -180,12 +236,28 @@ export function setRuns(e: Engine, seg: LinuxSegment, runs: Runs, maps: Runs = r
   e.layers.ref(old, -1, mapped);
 }
 
+/**
+ * Points the run list of `seg` at `layer` under `ranges`, its mapping
+ * showing what it showed (so those pages are pinned, engine.ts): setRuns,
+ * with the reference counts changed only under `ranges`, where a run list
+ * scattered into a run a page would cost a sweep of every run twice.
+ */
+export function pointAt(e: Engine, seg: LinuxSegment, ranges: RangeList, layer: Layer): void {
+  const old = seg.runs;
+  const maps = seg.maps;
+  e.layers.refList(layer, ranges, 1, seg.mapped);
+  seg.runs = overlayList(old, ranges, layer);
+  seg.maps = maps;
+  for (const [from, under] of listsUnder(old, ranges)) if (from !== null) e.layers.refList(from, under, -1, seg.mapped);
+}
+
 /** Records that `ranges` of `seg` are now mapped from `layer`: pages there are no longer pinned. */
 export function replace(e: Engine, seg: LinuxSegment, ranges: readonly Range[], layer: Layer | null): void {
-  const runs = overlay(seg.runs, ranges, layer);
+  const list = RangeList.from(ranges);
+  const runs = overlayList(seg.runs, list, layer);
   let maps = runs;
   if (seg.maps !== seg.runs) {
-    maps = overlay(seg.maps, ranges, layer);
+    maps = overlayList(seg.maps, list, layer);
     if (differing(maps, runs).length === 0) maps = runs;
   }
   setRuns(e, seg, runs, maps);

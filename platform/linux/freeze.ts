@@ -5,9 +5,14 @@
 // evicted to a history layer for the run lists that still need them (or,
 // where every other user maps them, left in those users' private copies);
 // the rest are written into a new (or reused) layer and remapped from it.
-import { clipSpans, listsUnder, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+// A segment that rewrites the same pages round after round under snapshots
+// nobody maps freezes them deferred instead: the new contents are copied
+// into a new layer for the clone, the old ones stay where the snapshots
+// read them, and the segment keeps its private copies (pinned), its later
+// rewrites told apart by write tracking (track.ts).
+import { clipSpans, intersect, listsUnder, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
-import { pinned, replace, type Engine, type LinuxSegment } from './engine.ts';
+import { pinned, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
@@ -109,17 +114,38 @@ export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: re
  * anonymous runs, pinned, or on layer pages another segment shares and
  * that could not be moved out of its way).
  *
+ * Where `dirty` is exact (pages written since the last freeze, not every
+ * private page: writtenForFreeze), written pinned pages are frozen too
+ * (freezePinned). With `defer` as well, written pages on layer pages that
+ * only unmapped segments share are frozen without touching those
+ * (deferFreeze): their contents go to a new packed layer and the segment
+ * keeps its private copies, pinned.
+ *
+ * Returns the pages left over, and how many written pages were on layer
+ * pages only unmapped segments share besides, or pinned and frozen deferred.
+ *
  * A failure leaves the segment reading as before: its private copies stay
  * until dropped, and the layer pages changed are its alone.
  */
-export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList): Range[] {
-  if (dirty.length === 0) return [];
+export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mode: { exact: boolean; defer: boolean }): { left: Range[]; unmappedShared: number } {
+  let unmappedShared = 0;
+  const result = (left: Range[]) => ({ left, unmappedShared });
+  if (dirty.length === 0) return result([]);
+  const defer = mode.exact && mode.defer;
   // A pinned page's mapping shows another layer than its run list: dropping
-  // its private copy would show that one. freeze() remaps it instead.
-  const candidates = seg.maps === seg.runs ? dirty : RangeList.from(subtract(dirty.toArray(), pinned(seg)));
+  // its private copy would show that one. freeze() remaps it instead, or,
+  // deferring, it is settled below.
+  const pins = seg.maps === seg.runs ? [] : pinned(seg);
+  const candidates = pins.length === 0 ? dirty : RangeList.from(subtract(dirty.toArray(), pins));
   // What was settled, each list in page order.
   const owned: RangeList[] = [];
   let ownedPages = 0;
+  if (mode.exact && pins.length > 0) {
+    const { done, deferred } = freezePinned(e, seg, RangeList.from(intersect(dirty.toArray(), pins)), RangeList.from(subtract(pins, dirty.toArray())));
+    owned.push(done);
+    ownedPages += done.pages;
+    unmappedShared += deferred;
+  }
   for (const [layer, ranges] of listsUnder(seg.runs, candidates)) {
     if (layer === null) continue;
     // Safety: only `seg` maps these layer pages, and it holds private copies
@@ -138,7 +164,7 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList): R
     // First the pages only `seg` uses: the memory their private copies
     // free is what the history copies below take next.
     settle(alone);
-    if (alone === ranges || !e.features.fileCopy) continue;
+    if (alone === ranges) continue;
     // Pages other segments use: their old contents move to a history layer,
     // with those segments' run lists, and then they are `seg`'s alone. The
     // segment keeps its one mapping however scattered its writes; the old
@@ -151,20 +177,94 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList): R
     const shared = subtractList(ranges, alone);
     if (shared.length === 0) continue;
     const unmappedOnly = layer.mapped.listWithCount(shared, 1);
-    let movable = unmappedOnly;
+    unmappedShared += unmappedOnly.pages;
+    if (defer) {
+      // Left where they are for the segments that read them; the clone
+      // takes a copy of the new contents (fork() copies once too, later).
+      const done = deferFreeze(e, seg, unmappedOnly);
+      owned.push(done);
+      ownedPages += done.pages;
+      if (unmappedOnly === shared) continue;
+    }
+    if (!e.features.fileCopy) continue;
+    // Deferring, the pages other mapped segments show are rewritten in
+    // place as before: a clone of them read at once would take a private
+    // copy of each page the new layer holds, twice fork()'s memory.
+    let movable = defer ? new RangeList(0) : unmappedOnly;
     if (unmappedOnly !== shared && e.privatize) {
       const mappedToo = privatizeWorth(layer.mapped.spansIn(subtractList(shared, unmappedOnly)).toArray());
-      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) movable = unionList(unmappedOnly, RangeList.from(mappedToo));
+      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) movable = unionList(movable, RangeList.from(mappedToo));
     }
     if (movable.length > 0) evict(e, seg, layer, movable, settle);
   }
-  if (ownedPages === 0) return dirty.toArray();
+  if (ownedPages === 0) return result(dirty.toArray());
   // Each page is settled once, and all of them are among `dirty`'s.
-  if (ownedPages === dirty.pages) return [];
+  if (ownedPages === dirty.pages) return result([]);
   const settled: Range[] = [];
   for (const list of owned) for (const r of list.toArray()) settled.push(r);
   if (!ascending(settled)) settled.sort((a, b) => a.start - b.start);
-  return subtract(dirty.toArray(), settled);
+  return result(subtract(dirty.toArray(), settled));
+}
+
+/**
+ * Freezes written pages of `seg` without writing any layer page: their
+ * current contents are copied from the segment's memory into a new packed
+ * layer (LayerStore.packed), its run list points there, and its mapping
+ * keeps the private copies, which hold exactly that (pinned pages,
+ * engine.ts). The layer pages the mapping shows there stay as they are for
+ * whoever else reads them, mapped or not, so nobody takes a copy, nothing
+ * moves to history, no mapping is added. The segment's next writes to
+ * these pages cost no copy-on-write; a WriteTracker tells which it
+ * rewrote (track.ts). Returns the ranges frozen: all of them, or none,
+ * throwing, where the copy failed (the segment then reads as before).
+ */
+function deferFreeze(e: Engine, seg: LinuxSegment, ranges: RangeList): RangeList {
+  if (ranges.length === 0) return ranges;
+  let failure: { err: unknown } | undefined;
+  const layer = e.layers.packed(seg.length, ranges, (fd, packing) => {
+    try {
+      e.writer.gather(fd, seg.addr, ranges, packing.filePage(ranges.starts[0]!) * e.pageSize, false);
+      return ranges;
+    } catch (err) {
+      failure = { err };
+      return new RangeList(0);
+    }
+  });
+  if (failure !== undefined) throw failure.err;
+  if (layer === undefined) return new RangeList(0);
+  // The mapping shows what it showed; the run list, the new layer.
+  pointAt(e, seg, ranges, layer);
+  return ranges;
+}
+
+/**
+ * Freezes the pinned pages of `seg`, `written` (since the last freeze) and
+ * `clean` (the rest): where no segment uses the layer page its mapping
+ * shows any more (the snapshots that read it are gone), the private copy
+ * is written into that page, the run list points there and the copy is
+ * dropped, so the page is no longer pinned and its memory is freed; the
+ * other written ones with deferFreeze. Returns the written ranges frozen,
+ * and how many pages of them were deferred.
+ */
+function freezePinned(e: Engine, seg: LinuxSegment, written: RangeList, clean: RangeList): { done: RangeList; deferred: number } {
+  let done = new RangeList(0);
+  let rest = written;
+  for (const [layer, under] of listsUnder(seg.maps, unionList(written, clean))) {
+    if (layer === null || layer.fd < 0 || layer.packing !== null) continue;
+    const free = layer.refs.unusedIn(under);
+    if (free.length === 0) continue;
+    // Safety: no run list uses these layer pages, and the only mapping
+    // that shows them, this segment's, holds private copies there.
+    if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, free);
+    else e.writer.write(layer, seg.addr, free.toArray());
+    replace(e, seg, free.toArray(), layer);
+    e.dropper.rangesEach(seg.addr, free);
+    const freed = subtractList(free, clean);
+    done = unionList(done, freed);
+    rest = subtractList(rest, freed);
+  }
+  const deferred = deferFreeze(e, seg, rest);
+  return { done: unionList(done, deferred), deferred: deferred.pages };
 }
 
 /**

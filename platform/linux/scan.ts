@@ -17,10 +17,16 @@ const PAGEMAP_SCAN = 0xc0606610;
 export const PM_SCAN_ARG_SIZE = 96;
 /** struct page_region: start, end, categories (3 × u64). */
 export const PAGE_REGION_SIZE = 24;
+/** Not write-protected by a userfaultfd: written since last protected (track.ts). */
+export const PAGE_IS_WRITTEN = 1n << 1n;
 export const PAGE_IS_FILE = 1n << 2n;
 export const PAGE_IS_PRESENT = 1n << 3n;
 export const PAGE_IS_SWAPPED = 1n << 4n;
 export const PAGE_IS_PFNZERO = 1n << 5n;
+/** Write-protect the pages reported, atomically with the report (asynchronous userfaultfd write-protect only). */
+export const PM_SCAN_WP_MATCHING = 1n << 0n;
+/** Fail where a mapping walked is not registered for asynchronous write-protect. */
+export const PM_SCAN_CHECK_WPASYNC = 1n << 1n;
 /** Regions one PAGEMAP_SCAN call returns at most. */
 const SCAN_REGIONS = 2048;
 
@@ -87,7 +93,43 @@ export function scanArgFor(start: bigint, end: bigint, vec: bigint, vecLength: n
     categoryInverted: filter,
     categoryMask: filter,
     categoryAnyofMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-    returnMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | (all ? PAGE_IS_FILE | PAGE_IS_PFNZERO : 0n),
+    returnMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN | (all ? PAGE_IS_FILE | PAGE_IS_PFNZERO : 0n),
+  };
+}
+
+/**
+ * Whether a region PAGEMAP_SCAN reports as present or swapped holds pages
+ * written since their segment's last freeze: present ones do; a swapped
+ * entry still write-protected (not PAGE_IS_WRITTEN) does not. It is the
+ * marker the kernel leaves where a protected page was dropped (a page a
+ * WriteTracker protected, then frozen in place, track.ts), or a protected
+ * page swapped out, which holds what its run list says. Where nothing is
+ * registered, every entry counts as written.
+ */
+export function holdsWrites(categories: bigint): boolean {
+  return (categories & (PAGE_IS_PRESENT | PAGE_IS_WRITTEN)) !== 0n;
+}
+
+/**
+ * The PAGEMAP_SCAN question for [start, end) of a mapping registered for
+ * asynchronous write-protect (track.ts): private pages (present or
+ * swapped, neither file pages nor the zero page) written since they were
+ * last protected; and protect them again, in the same walk, so the next
+ * scan reports only what is written after this one.
+ */
+export function writtenSinceArg(start: bigint, end: bigint, vec: bigint, vecLength: number): ScanArg {
+  const filter = PAGE_IS_FILE | PAGE_IS_PFNZERO;
+  return {
+    flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+    start,
+    end,
+    vec,
+    vecLength,
+    maxPages: 0n,
+    categoryInverted: filter,
+    categoryMask: filter | PAGE_IS_WRITTEN,
+    categoryAnyofMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+    returnMask: PAGE_IS_WRITTEN,
   };
 }
 
@@ -162,16 +204,34 @@ export class Scanner {
     return this.writtenList(addr, pages).toArray();
   }
 
-  /** written(), as a list. */
-  writtenList(addr: bigint, pages: number): RangeList {
+  /**
+   * written(), as a list. With `protectedToo`, swapped entries still
+   * write-protected count as written too (holdsWrites): markers of dropped
+   * pages among them, so a superset, for when a write-tracked scan failed
+   * after protecting pages it never reported.
+   */
+  writtenList(addr: bigint, pages: number, protectedToo = false): RangeList {
     switch (this.method) {
       case 'pagemap-scan':
-        return this.#scanIoctl(addr, pages);
+        return this.#scanIoctl(addr, pages, undefined, false, protectedToo);
       case 'pagemap-read':
         return RangeList.from(this.#scanRead(addr, pages));
       default:
         return RangeList.from([{ start: 0, end: pages }]);
     }
+  }
+
+  /**
+   * The private pages of the `pages` pages from `addr` written since the
+   * last call over them, each protected again as it is reported: the range
+   * must be registered with a WriteTracker (track.ts). Throws where the
+   * kernel refuses (the caller falls back to written(), which reports
+   * every private page: a superset). Pages protected by a call that then
+   * fails are still private, so written() still reports them.
+   */
+  writtenSince(addr: bigint, pages: number): RangeList {
+    if (this.method !== 'pagemap-scan') throw systemError('ioctl', sys.EINVAL, 'PAGEMAP_SCAN is not available');
+    return this.#scanIoctl(addr, pages, undefined, true);
   }
 
   /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
@@ -183,6 +243,7 @@ export class Scanner {
     let present = 0;
     const written: Range[] = [];
     this.#scanIoctl(addr, pages, (start, end, categories) => {
+      if (!holdsWrites(categories)) return;
       present += end - start;
       if ((categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n) appendRange(written, start, end);
     });
@@ -192,9 +253,10 @@ export class Scanner {
   /**
    * Page ranges written (private, not the zero page) from `addr`. With
    * `each`, every range in memory instead, given to `each` with its
-   * PAGE_IS_* categories (the return value is then empty).
+   * PAGE_IS_* categories (the return value is then empty). With `since`,
+   * only those written since last protected, protecting them (writtenSinceArg).
    */
-  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void): RangeList {
+  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void, since = false, protectedToo = false): RangeList {
     const arg = this.#scratchArg!;
     const vec = this.#scratchVec!;
     const page = this.#pageSize;
@@ -204,16 +266,18 @@ export class Scanner {
     const offset = offsetReader(vec, addr);
     let start = addr;
     while (start < end) {
-      encodeScanArg(arg, scanArgFor(start, end, this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS, each !== undefined));
+      const vecAt = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
+      encodeScanArg(arg, since ? writtenSinceArg(start, end, vecAt, SCAN_REGIONS) : scanArgFor(start, end, vecAt, SCAN_REGIONS, each !== undefined));
       const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
       for (let i = 0; i < n; i++) {
         const s = offset(i * 3) / page;
         const e = offset(i * 3 + 1) / page;
+        const categories = vec[i * 3 + 2]!;
         if (each !== undefined) {
-          each(s, e, vec[i * 3 + 2]!);
+          each(s, e, categories);
           continue;
         }
-        out.push(s, e);
+        if (since || protectedToo || holdsWrites(categories)) out.push(s, e);
       }
       // walk_end is unreliable once many regions come back (seen on 6.18):
       // a short array means the walk reached the end.

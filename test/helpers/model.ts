@@ -288,8 +288,8 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
    * segment here is in some layer or written (all were read while fresh, so
    * no range became anonymous memory at the first clone), so private +
    * shared is the whole segment. Two segments with the same run list (one
-   * group) map the same layer pages and so have as many mappings; their
-   * private pages are at least the ones written (a segment also holds
+   * group) hold the same layer pages, and their private pages are at least
+   * the ones written (a segment also holds
    * private copies of pages another rewrote in place under it: pinned
    * pages, platform/linux/engine.ts). Alone in its group, a segment may share some of
    * its pages with segments whose run lists differ from its own, through
@@ -331,7 +331,9 @@ export function runSequence(ops: readonly Op[], opts: RunnerOptions): void {
       // Beyond the pages it wrote, a mapped segment holds private copies of
       // pages another segment rewrote in place under it (pinned pages).
       assert.ok(s.privateBytes >= l.writtenCount * page, `${w}: fewer private bytes than the ${l.writtenCount} pages written (same run list as #${twin.id})`);
-      assert.equal(s.mappings, twin.seg.stats().mappings, `${w}: mappings differ from #${twin.id}'s, which has the same run list`);
+      // Their mappings may differ: one that keeps private copies where its
+      // run list moved on (pinned pages, frozen deferred: freeze.ts) maps
+      // the layer it showed before, its twin the run list.
     } else {
       assert.ok(s.privateBytes >= l.writtenCount * page, `${w}: fewer private bytes than the ${l.writtenCount} pages written`);
     }
