@@ -219,7 +219,7 @@ const scenarios: Scenario[] = [
       const a = Segment.create(16 * page);
       write(a, page, [0, 3, 9], 1);
       const kept = [a.clone()];
-      // Two rounds of the same pages: the third freeze defers (where writes are tracked).
+      // The same pages round after round: from the second freeze on, deferred (where writes are tracked).
       for (let round = 2; round < 4; round++) {
         write(a, page, [1, 3, 5, 12], round);
         kept.push(a.clone());

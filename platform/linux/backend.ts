@@ -342,13 +342,17 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     const scan = fresh ? null : writtenForFreeze(e, seg, this.#tracker !== null && (seg.deferNext || seg.maps !== seg.runs));
     let written: Range[] = [];
     if (scan !== null) {
-      const done = freezeInPlace(e, seg, scan.written, { exact: scan.exact, defer: seg.deferNext });
-      written = coalesce(done.left, JOIN_GAP);
-      // A segment that rewrites mostly the pages it wrote the round before,
-      // under snapshots nobody maps, defers its next freeze: the pages keep
-      // being rewritten, and each round's copy is then the only one.
+      // A segment that rewrites mostly the pages it wrote the round before
+      // defers the freeze of those that snapshots nobody maps share: it will
+      // likely rewrite them again, and each round's copy is then the only
+      // one. (Written pages are tracked from then on: its private copies
+      // stay, written or not.)
       const last = seg.lastWritten;
-      seg.deferNext = this.#tracker !== null && done.unmappedShared > 0 && last !== null && 2 * overlapPages(scan.written, last) >= scan.written.pages;
+      const repeats = this.#tracker !== null && scan.private && last !== null && 2 * overlapPages(scan.written, last) >= scan.written.pages;
+      const done = freezeInPlace(e, seg, scan.written, { exact: scan.exact, defer: repeats });
+      written = coalesce(done.left, JOIN_GAP);
+      // The next scan then reports exactly what is rewritten.
+      seg.deferNext = repeats && done.unmappedShared > 0;
       seg.lastWritten = scan.written;
     }
     let dirty = written;

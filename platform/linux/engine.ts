@@ -49,9 +49,10 @@ export class LinuxSegment {
   /** The pages its last freeze found written (null before one): whether it rewrites the same pages round after round. */
   lastWritten: RangeList | null = null;
   /**
-   * Whether its next freeze defers (freezeInPlace): its last two rounds
+   * Whether its last freeze deferred (freezeInPlace): its last two rounds
    * wrote mostly the same pages, some of them on layer pages only unmapped
-   * segments share, and writes are tracked (track.ts).
+   * segments share, and writes are tracked (track.ts). Its next scan then
+   * reports exactly what it rewrites.
    */
   deferNext = false;
   released = false;
@@ -190,11 +191,14 @@ export function scanWrittenList(e: Engine, seg: LinuxSegment): RangeList {
  * left pending; they stay pending until the caller's freeze completes
  * (`seg.pending = null`). Without one, or where registering or the scan
  * is refused, every private page, protected or not (a superset: `exact`
- * false).
+ * false). `private`: whether each page reported is a private copy (not so
+ * for the superset after a failure, nor for pages a failed freeze left
+ * pending), which a deferred freeze needs (freezeInPlace).
  */
-export function writtenForFreeze(e: Engine, seg: LinuxSegment, wantExact: boolean): { written: RangeList; exact: boolean } {
+export function writtenForFreeze(e: Engine, seg: LinuxSegment, wantExact: boolean): { written: RangeList; exact: boolean; private: boolean } {
   let written: RangeList | undefined;
-  if (wantExact && e.tracker !== null && seg.shared === null) {
+  const tracked = wantExact && e.tracker !== null && seg.shared === null;
+  if (tracked) {
     try {
       // Mappings placed over parts of the segment since (a remap, a
       // restore) are new: registering again covers them.
@@ -207,7 +211,9 @@ export function writtenForFreeze(e: Engine, seg: LinuxSegment, wantExact: boolea
   const exact = written !== undefined;
   if (written === undefined) {
     try {
-      written = seg.shared !== null ? scanWrittenList(e, seg) : e.scanner.writtenList(seg.addr, seg.pages, e.tracker !== null);
+      // After a failed write-tracked scan, protected swapped entries count
+      // too (markers of dropped pages among them: a superset).
+      written = seg.shared !== null ? scanWrittenList(e, seg) : e.scanner.writtenList(seg.addr, seg.pages, tracked);
     } catch (err) {
       // A page a failed write-tracked scan protected, then swapped out,
       // could be missed from now on: the whole segment counts as written next time.
@@ -215,10 +221,13 @@ export function writtenForFreeze(e: Engine, seg: LinuxSegment, wantExact: boolea
       throw err;
     }
   }
+  // Every page reported is a private copy, unless some come from a failed
+  // scan's superset or an earlier failed freeze (which may have dropped them).
+  const allPrivate = (exact || !tracked) && seg.pending === null;
   if (seg.pending !== null) written = unionList(written, seg.pending);
   // Pages a write-tracked scan reported are protected again: they must not be lost before they are frozen.
   seg.pending = exact || seg.pending !== null ? written : null;
-  return { written, exact };
+  return { written, exact, private: allPrivate };
 }
 
 /**

@@ -10,7 +10,7 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, intersect, listsUnder, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, intersect, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -116,10 +116,12 @@ export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: re
  *
  * Where `dirty` is exact (pages written since the last freeze, not every
  * private page: writtenForFreeze), written pinned pages are frozen too
- * (freezePinned). With `defer` as well, written pages on layer pages that
- * only unmapped segments share are frozen without touching those
+ * (freezePinned). With `defer`, written pages on layer pages that only
+ * unmapped segments share are frozen without touching those
  * (deferFreeze): their contents go to a new packed layer and the segment
- * keeps its private copies, pinned.
+ * keeps its private copies, pinned (only where writes are tracked, its
+ * later scans telling which it rewrites, and where every page of `dirty`
+ * is a private copy).
  *
  * Returns the pages left over, and how many written pages were on layer
  * pages only unmapped segments share besides, or pinned and frozen deferred.
@@ -131,7 +133,7 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mo
   let unmappedShared = 0;
   const result = (left: Range[]) => ({ left, unmappedShared });
   if (dirty.length === 0) return result([]);
-  const defer = mode.exact && mode.defer;
+  const defer = mode.defer;
   // A pinned page's mapping shows another layer than its run list: dropping
   // its private copy would show that one. freeze() remaps it instead, or,
   // deferring, it is settled below.
@@ -141,9 +143,14 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mo
   const owned: RangeList[] = [];
   let ownedPages = 0;
   if (mode.exact && pins.length > 0) {
-    const { done, deferred } = freezePinned(e, seg, RangeList.from(intersect(dirty.toArray(), pins)), RangeList.from(subtract(pins, dirty.toArray())));
+    // Pinned pages whose run list names a virtual layer (evict) are in no
+    // file: frozen from memory like the ones written since.
+    let written = RangeList.from(intersect(dirty.toArray(), pins));
+    for (const [layer, under] of listsUnder(seg.runs, RangeList.from(pins))) if (layer !== null && layer.fd < 0) written = unionList(written, under);
+    const { done, deferred } = freezePinned(e, seg, written, subtractList(RangeList.from(pins), written));
     owned.push(done);
-    ownedPages += done.pages;
+    // Counted among `dirty`'s only (virtual ones may not be).
+    ownedPages += overlapPages(done, dirty);
     unmappedShared += deferred;
   }
   for (const [layer, ranges] of listsUnder(seg.runs, candidates)) {
@@ -250,12 +257,14 @@ function freezePinned(e: Engine, seg: LinuxSegment, written: RangeList, clean: R
   let done = new RangeList(0);
   let rest = written;
   for (const [layer, under] of listsUnder(seg.maps, unionList(written, clean))) {
-    if (layer === null || layer.fd < 0 || layer.packing !== null) continue;
+    // A layer closed since (no run list used it any more) has no file to write.
+    if (layer === null || layer.fd < 0) continue;
     const free = layer.refs.unusedIn(under);
     if (free.length === 0) continue;
     // Safety: no run list uses these layer pages, and the only mapping
-    // that shows them, this segment's, holds private copies there.
-    if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, free);
+    // that shows them, this segment's, holds private copies there. (A
+    // packed layer's file never gives its pages to another layer.)
+    if (layer.packing === null && layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, free);
     else e.writer.write(layer, seg.addr, free.toArray());
     replace(e, seg, free.toArray(), layer);
     e.dropper.rangesEach(seg.addr, free);
