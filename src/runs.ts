@@ -514,7 +514,7 @@ function sweep(next: SpanList, freed: Range[], at: number, to: number, before: n
 }
 
 /** Working arrays of RefCounts.addAll and addEach (nothing keeps them past a call). */
-const scratch = { rs: new Int32Array(64), re: new Int32Array(64), spans: new SpanList(64) };
+const scratch = { rs: new Int32Array(64), re: new Int32Array(64), firsts: new Int32Array(64), lasts: new Int32Array(64), spans: new SpanList(64) };
 
 /** The first index below `n` whose value in sorted `values` is above `x` (`n` if none). */
 function firstAbove(values: Int32Array, n: number, x: number): number {
@@ -630,28 +630,28 @@ export class RefCounts {
       fresh.length = m;
       return [];
     }
-    if (this.#addOverList(list, delta)) return [];
+    if (this.#addOverList(list, m, delta)) return [];
     return this.#addSorted(list.starts, list.ends, m, delta);
   }
 
   /**
-   * #addOver for every range of `list` at once: where each range is
-   * exactly a run of touching spans, none falls to zero, and no neighbour
-   * it touches comes to the same count, the counts change in place, in one
-   * walk (a run list scattered into a run a page, counted over a layer
-   * whose spans are those same pages, costs its length, not a sweep and a
-   * splice). False, changing nothing, otherwise. Neighbours never change:
-   * ranges of a RangeList never touch.
+   * Adds `delta` over the first `m` ranges of `list` in place, where that
+   * changes no span's bounds: each range is exactly a run of touching
+   * spans, none falls to zero, and no neighbour it touches comes to the same
+   * count. One walk (a run list scattered into a run a page, counted over a
+   * layer whose spans are those same pages, costs its length, not a sweep
+   * and a splice). False, changing nothing, otherwise. Neighbours never
+   * change: the ranges never touch (a RangeList's, or a single one).
    */
-  #addOverList(list: RangeList, delta: number): boolean {
+  #addOverList(list: { readonly starts: Int32Array; readonly ends: Int32Array }, m: number, delta: number): boolean {
     const { starts, ends, counts, length: n } = this.#spans;
-    const m = list.length;
-    // First and last span of each range, found in one walk, kept in scratch.
-    if (scratch.rs.length < m) {
-      scratch.rs = new Int32Array(Math.max(m, 2 * scratch.rs.length));
-      scratch.re = new Int32Array(scratch.rs.length);
+    // First and last span of each range, found in one walk, kept in scratch
+    // of their own (the ranges may be in scratch.rs and scratch.re).
+    if (scratch.firsts.length < m) {
+      scratch.firsts = new Int32Array(Math.max(m, 2 * scratch.firsts.length));
+      scratch.lasts = new Int32Array(scratch.firsts.length);
     }
-    const { rs: firsts, re: lasts } = scratch;
+    const { firsts, lasts } = scratch;
     let i = firstAbove(ends, n, list.starts[0]!);
     for (let g = 0; g < m; g++) {
       const start = list.starts[g]!;
@@ -680,7 +680,9 @@ export class RefCounts {
     const spans = this.#spans;
     const { starts, ends, counts } = spans;
     if (m === 0) return [];
-    if (m === 1 && this.#addOver(rs[0]!, re[0]!, delta)) return [];
+    // A clone adds its source's run list, often one run over a layer whose
+    // counts are split into many spans: walked once, not swept and spliced.
+    if (m === 1 && this.#addOverList({ starts: rs, ends: re }, 1, delta)) return [];
     // Only the spans the ranges touch (#window) are swept, and the result
     // spliced in: a clone's few ranges over a layer with many spans cost
     // their own size and one move of the spans after them, not a new list
@@ -721,31 +723,6 @@ export class RefCounts {
     }
     spans.splice(i0, i1, next);
     return freed;
-  }
-
-  /**
-   * Adds `delta` over [start, end) in place, where that changes no span's
-   * bounds: the range is exactly a run of touching spans, none falls to
-   * zero, and neither neighbour it touches comes to the same count. False
-   * (nothing changed) otherwise. A clone adds its source's run list, often
-   * one run over a layer whose counts are split into many spans: this
-   * walks them once instead of sweeping and splicing.
-   */
-  #addOver(start: number, end: number, delta: number): boolean {
-    const { starts, ends, counts, length: n } = this.#spans;
-    const i = firstAbove(ends, n, start);
-    if (i >= n || starts[i] !== start) return false;
-    let j = i;
-    for (;;) {
-      if (counts[j]! + delta <= 0) return false;
-      if (ends[j] === end) break;
-      if (ends[j]! > end || j + 1 >= n || starts[j + 1] !== ends[j]) return false;
-      j++;
-    }
-    if (i > 0 && ends[i - 1] === start && counts[i - 1] === counts[i]! + delta) return false;
-    if (j + 1 < n && starts[j + 1] === end && counts[j + 1] === counts[j]! + delta) return false;
-    for (let k = i; k <= j; k++) counts[k]! += delta;
-    return true;
   }
 
   /**
@@ -849,29 +826,18 @@ export class RefCounts {
     return out;
   }
 
+  /** The pages of `list` (sorted, disjoint) no run list uses (count zero): sorted, disjoint. */
+  unusedIn(list: RangeList): RangeList {
+    const used = this.spansIn(list, 0);
+    const usedList = new RangeList(used.length);
+    for (let i = 0; i < used.length; i++) usedList.push(used.starts[i]!, used.ends[i]!);
+    return subtractList(list, usedList);
+  }
+
   /**
    * The parts of `list` whose pages have a count of exactly `count` (above
    * zero): `list` itself where every page of it has that count. One sweep.
    */
-  /** The pages of `list` (sorted, disjoint) no run list uses (count zero): sorted, disjoint. One sweep. */
-  unusedIn(list: RangeList): RangeList {
-    const { starts, ends, length } = this.#spans;
-    const out = new RangeList(list.length);
-    let i = list.length > 0 ? this.#from(list.starts[0]!) : 0;
-    for (let g = 0; g < list.length; g++) {
-      const gs = list.starts[g]!;
-      const ge = list.ends[g]!;
-      while (i < length && ends[i]! <= gs) i++;
-      let at = gs;
-      for (let j = i; j < length && starts[j]! < ge; j++) {
-        if (starts[j]! > at) out.push(at, starts[j]!);
-        at = Math.max(at, ends[j]!);
-      }
-      if (at < ge) out.push(at, ge);
-    }
-    return out;
-  }
-
   listWithCount(list: RangeList, count: number): RangeList {
     const { starts, ends, counts, length } = this.#spans;
     const out = new RangeList(list.length);

@@ -90,6 +90,22 @@ function write(seg: Segment, page: number, pages: readonly number[], value: numb
   }
 }
 
+/**
+ * A segment of 16 pages that wrote pages 1, 3, 5 and 12 again in each of
+ * `rounds` rounds, cloned after each, every clone kept and never read:
+ * from the second freeze on, deferred (where writes are tracked).
+ */
+function rewriting(page: number, rounds: number): { a: Segment; kept: Segment[] } {
+  const a = Segment.create(16 * page);
+  write(a, page, [0, 3, 9], 1);
+  const kept = [a.clone()];
+  for (let round = 2; round < 2 + rounds; round++) {
+    write(a, page, [1, 3, 5, 12], round);
+    kept.push(a.clone());
+  }
+  return { a, kept };
+}
+
 function read(seg: Segment): Uint8Array {
   return seg.byteLength === 0 ? new Uint8Array(0) : new Uint8Array(seg.buffer).slice();
 }
@@ -216,14 +232,7 @@ const scenarios: Scenario[] = [
   {
     name: 'clone() of a segment rewriting the pages its unmapped snapshots share, round after round (deferred: the new contents go to a new layer, its private copies stay)',
     setup: (page) => {
-      const a = Segment.create(16 * page);
-      write(a, page, [0, 3, 9], 1);
-      const kept = [a.clone()];
-      // The same pages round after round: from the second freeze on, deferred (where writes are tracked).
-      for (let round = 2; round < 4; round++) {
-        write(a, page, [1, 3, 5, 12], round);
-        kept.push(a.clone());
-      }
+      const { a, kept } = rewriting(page, 2);
       write(a, page, [1, 3, 5, 12], 4);
       return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };
     },
@@ -231,13 +240,7 @@ const scenarios: Scenario[] = [
   {
     name: 'clone() of a segment whose pinned pages (private copies of pages frozen deferred) are rewritten, and one not',
     setup: (page) => {
-      const a = Segment.create(16 * page);
-      write(a, page, [0, 3, 9], 1);
-      const kept = [a.clone()];
-      for (let round = 2; round < 5; round++) {
-        write(a, page, [1, 3, 5, 12], round);
-        kept.push(a.clone());
-      }
+      const { a, kept } = rewriting(page, 3);
       write(a, page, [1, 3, 12, 14], 5);
       return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };
     },
@@ -245,13 +248,7 @@ const scenarios: Scenario[] = [
   {
     name: 'clone() of a segment with pinned pages once the snapshots that read its layer there are closed (written back into it)',
     setup: (page) => {
-      const a = Segment.create(16 * page);
-      write(a, page, [0, 3, 9], 1);
-      const kept = [a.clone()];
-      for (let round = 2; round < 5; round++) {
-        write(a, page, [1, 3, 5, 12], round);
-        kept.push(a.clone());
-      }
+      const { a, kept } = rewriting(page, 3);
       for (const k of kept.splice(0, 3)) k.close();
       write(a, page, [3, 7], 6);
       return { segs: [a, ...kept], op: () => a.clone(), result: (b) => b[0]! };

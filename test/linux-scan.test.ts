@@ -11,6 +11,10 @@ import {
   isWrittenEntry,
   isZeroPageEntry,
   PAGE_IS_FILE,
+  PAGE_IS_WRITTEN,
+  holdsWrites,
+  PM_SCAN_WP_MATCHING,
+  writtenSinceArg,
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,
   PAGE_IS_SWAPPED,
@@ -90,6 +94,31 @@ describe('scanArgFor()', () => {
         assert.equal(arg.returnMask & (PAGE_IS_FILE | PAGE_IS_PFNZERO), PAGE_IS_FILE | PAGE_IS_PFNZERO);
       }),
     );
+  });
+});
+
+describe('writtenSinceArg() and holdsWrites()', () => {
+  const withWritten = fc.subarray([PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_WRITTEN]).map((bits) => bits.reduce((a, b) => a | b, 0n));
+  it('asks for private pages written since last protected, and protects them again', () => {
+    fc.assert(
+      fc.property(withWritten, (c) => {
+        const arg = writtenSinceArg(0n, 4096n, 0n, 16);
+        const inMemory = (c & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) !== 0n;
+        const privateCopy = (c & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n;
+        assert.equal(kernelMatches(arg, c), inMemory && privateCopy && (c & PAGE_IS_WRITTEN) !== 0n);
+        assert.ok((arg.flags & PM_SCAN_WP_MATCHING) !== 0n);
+      }),
+    );
+  });
+
+  it('counts present pages and swapped ones not write-protected (a marker of a dropped protected page is neither)', () => {
+    fc.assert(
+      fc.property(withWritten, (c) => {
+        assert.equal(holdsWrites(c), (c & PAGE_IS_PRESENT) !== 0n || (c & PAGE_IS_WRITTEN) !== 0n);
+      }),
+    );
+    assert.equal(holdsWrites(PAGE_IS_SWAPPED), false, 'a marker');
+    assert.equal(holdsWrites(PAGE_IS_SWAPPED | PAGE_IS_WRITTEN), true, 'a page swapped out, written');
   });
 });
 

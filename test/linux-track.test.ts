@@ -14,6 +14,7 @@ import type { RangeList } from '../src/runs.ts';
 import { anonymousIn, linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
 import { withLinux } from './helpers/linux.ts';
+import { randomStep } from './helpers/steps.ts';
 
 const PAGE = 4096;
 
@@ -242,25 +243,7 @@ describe('random clones, restores, writes and closes with writes tracked', { ski
         const models: Uint8Array[] = [new Uint8Array(length)];
         try {
           for (let step = 0; step < 200; step++) {
-            const op = pick(10);
-            const i = pick(segs.length);
-            if (op < 5) {
-              const u = new Uint8Array(segs[i]!.buffer);
-              for (let w = 1 + pick(4); w > 0; w--) {
-                const at = pick(length);
-                u[at] = models[i]![at] = 1 + pick(255);
-              }
-            } else if (op < 7 && segs.length < 8) {
-              segs.push(segs[i]!.clone());
-              models.push(models[i]!.slice());
-            } else if (op < 9) {
-              const j = pick(segs.length);
-              segs[i]!.restore(segs[j]!);
-              models[i]!.set(models[j]!);
-            } else if (segs.length > 1) {
-              segs.splice(i, 1)[0]!.close();
-              models.splice(i, 1);
-            }
+            randomStep(segs, models, length, pick);
             const c = pick(segs.length);
             assert.ok(Buffer.from(new Uint8Array(segs[c]!.buffer)).equals(models[c]!), `seed ${seed}, step ${step}: segment ${c} differs`);
           }

@@ -94,18 +94,6 @@ export type MakeLayer = (length: number) => Layer;
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
 
-/** `ranges` as a list where each starts at or after the end of the one before; undefined otherwise. */
-function inOrder(ranges: readonly Range[]): RangeList | undefined {
-  const out = new RangeList(ranges.length);
-  let end = -Infinity;
-  for (const r of ranges) {
-    if (r.start < end) return undefined;
-    if (r.start < r.end) out.push(r.start, r.end);
-    end = r.end;
-  }
-  return out;
-}
-
 /** The runs on a layer, grouped by layer, in their order. */
 export function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
   const byLayer = new Map<Layer, Range[]>();
@@ -319,7 +307,11 @@ export class LayerStore {
   }
 
   /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
-  /** ref() for one layer under a list of ranges (sorted, disjoint). */
+  /**
+   * Adds `delta` to `layer`'s counts under `list` (its mapped counts too
+   * where the segment is `mapped`); punches out the pages no run list uses
+   * any more, and closes the layer when none is left.
+   */
   refList(layer: Layer, list: RangeList, delta: number, mapped: boolean): void {
     if (mapped) layer.mapped.addList(list, delta);
     const freed = layer.refs.addList(list, delta);
@@ -330,23 +322,10 @@ export class LayerStore {
     for (const f of freed) this.punch(layer, f);
   }
 
+  /** Adds `delta` to the counts of every page `runs` (a run list: in order, apart) names, as refList does. */
   ref(runs: Runs, delta: number, mapped: boolean): void {
-    for (const [layer, ranges] of rangesByLayer(runs)) {
-      // A run list's runs come in order: as a list, counted in place where
-      // they are the counts' own spans (RefCounts.addList).
-      const list = inOrder(ranges);
-      if (list !== undefined) {
-        this.refList(layer, list, delta, mapped);
-        continue;
-      }
-      if (mapped) layer.mapped.addAll(ranges, delta);
-      const freed = layer.refs.addAll(ranges, delta);
-      if (layer.refs.empty) {
-        this.close(layer);
-        continue;
-      }
-      for (const f of freed) this.punch(layer, f);
-    }
+    // As lists, counted in place where they are the counts' own spans (RefCounts.addList).
+    for (const [layer, ranges] of rangesByLayer(runs)) this.refList(layer, RangeList.from(ranges), delta, mapped);
   }
 
   /** Frees a range of a layer that no mapping uses. */

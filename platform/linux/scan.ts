@@ -118,19 +118,8 @@ export function holdsWrites(categories: bigint): boolean {
  * scan reports only what is written after this one.
  */
 export function writtenSinceArg(start: bigint, end: bigint, vec: bigint, vecLength: number): ScanArg {
-  const filter = PAGE_IS_FILE | PAGE_IS_PFNZERO;
-  return {
-    flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-    start,
-    end,
-    vec,
-    vecLength,
-    maxPages: 0n,
-    categoryInverted: filter,
-    categoryMask: filter | PAGE_IS_WRITTEN,
-    categoryAnyofMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-    returnMask: PAGE_IS_WRITTEN,
-  };
+  const written = scanArgFor(start, end, vec, vecLength, false);
+  return { ...written, flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, categoryMask: written.categoryMask | PAGE_IS_WRITTEN, returnMask: PAGE_IS_WRITTEN };
 }
 
 /**
