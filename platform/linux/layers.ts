@@ -315,11 +315,14 @@ export class LayerStore {
   refList(layer: Layer, list: RangeList, delta: number, mapped: boolean): void {
     if (mapped) layer.mapped.addList(list, delta);
     const freed = layer.refs.addList(list, delta);
-    if (layer.refs.empty) {
+    // A packed layer's file stays open while other layers use it: the
+    // pages freed here are punched out even when this was the layer's last.
+    if (layer.refs.empty && (layer.file === null || layer.file.layers <= 1)) {
       this.close(layer);
       return;
     }
     for (const f of freed) this.punch(layer, f);
+    if (layer.refs.empty) this.close(layer);
   }
 
   /** Adds `delta` to the counts of every page `runs` (a run list: in order, apart) names, as refList does. */
