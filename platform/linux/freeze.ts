@@ -161,8 +161,7 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mo
     // layer yet.
     const settle = (rs: RangeList): void => {
       if (rs.length === 0) return;
-      if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, rs);
-      else e.writer.write(layer, seg.addr, rs.toArray());
+      writeInPlace(e, layer, seg, rs);
       e.dropper.rangesEach(seg.addr, rs);
       owned.push(rs);
       ownedPages += rs.pages;
@@ -264,8 +263,7 @@ function freezePinned(e: Engine, seg: LinuxSegment, written: RangeList, clean: R
     // Safety: no run list uses these layer pages, and the only mapping
     // that shows them, this segment's, holds private copies there. (A
     // packed layer's file never gives its pages to another layer.)
-    if (layer.packing === null && layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, free);
-    else e.writer.write(layer, seg.addr, free.toArray());
+    writeInPlace(e, layer, seg, free);
     replace(e, seg, free.toArray(), layer);
     e.dropper.rangesEach(seg.addr, free);
     const freed = subtractList(free, clean);
@@ -274,6 +272,17 @@ function freezePinned(e: Engine, seg: LinuxSegment, written: RangeList, clean: R
   }
   const deferred = deferFreeze(e, seg, rest);
   return { done: unionList(done, deferred), deferred: deferred.pages };
+}
+
+/**
+ * Writes the memory of `seg` under `ranges` into `layer`, each page at its
+ * own place there: through the layer's moved-aside mapping where it has one
+ * (only a segment's own layer does, never a packed one), else through the
+ * writer (a pipe, or pwrite).
+ */
+function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeList): void {
+  if (layer.window !== 0n && e.windowCopy) e.writer.toWindow(layer, seg.addr, ranges);
+  else e.writer.write(layer, seg.addr, ranges.toArray());
 }
 
 /**
