@@ -90,6 +90,32 @@ describe('pinned pages', { skip: linuxOnly }, () => {
     });
   });
 
+  it('pages a snapshot wrote since its last freeze stay its own when the same pages are rewritten under it (only its read pages are dropped before the copies)', () => {
+    withLinux({}, () => {
+      const pages = 64;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p;
+      const snap = seg.clone();
+      const view = new Uint8Array(snap.buffer);
+      const original = view.slice(); // every page read: its entries map the layer's pages
+      const own = [2, 5, 40];
+      for (const p of own) view[p * PAGE + 1] = 99;
+      const want = view.slice();
+      for (const p of [1, 2, 3, 5, 8, 40, 41]) bytes[p * PAGE] = 200;
+      const next = seg.clone();
+      assert.deepEqual(view, want, 'its own writes, and the old bytes of the pages rewritten');
+      assert.equal(anonymousIn(snap.address, snap.byteLength), 7 * PAGE, 'a private copy of each page rewritten under it, its own writes among them');
+      assert.deepEqual(new Uint8Array(next.buffer), bytes);
+      const copy = snap.clone();
+      assert.deepEqual(new Uint8Array(copy.buffer), want);
+      snap.restore(copy);
+      assert.deepEqual(view, want);
+      assert.notDeepEqual(want, original);
+      for (const s of [copy, next, snap, seg]) s.close();
+    });
+  });
+
   for (const twinMapped of [false, true]) {
     it(`a snapshot with pinned pages, written, cloned and restored, reads right every way (${twinMapped ? 'every sharer mapped: the old pages kept in their copies alone' : 'a sharer never mapped: the old pages copied to history'})`, () => {
       withLinux({}, (b) => {

@@ -20,8 +20,12 @@ import {
   PAGE_IS_SWAPPED,
   PM_SCAN_ARG_SIZE,
   scanArgFor,
+  fileMappedArg,
+  Scanner,
   type ScanArg,
 } from '../platform/linux/scan.ts';
+import * as sys from '../platform/libc.ts';
+import { linuxOnly } from './helpers/proc.ts';
 
 const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
 
@@ -94,6 +98,50 @@ describe('scanArgFor()', () => {
         assert.equal(arg.returnMask & (PAGE_IS_FILE | PAGE_IS_PFNZERO), PAGE_IS_FILE | PAGE_IS_PFNZERO);
       }),
     );
+  });
+});
+
+describe('fileMappedArg() and Scanner.fileMapped()', () => {
+  it('asks for pages whose entries map their file page: present, a file page, not the zero page', () => {
+    fc.assert(
+      fc.property(categoriesArb, (c) => {
+        const arg = fileMappedArg(0n, 4096n, 0n, 16);
+        assert.equal(kernelMatches(arg, c), (c & PAGE_IS_PRESENT) !== 0n && (c & PAGE_IS_FILE) !== 0n && (c & PAGE_IS_PFNZERO) === 0n);
+      }),
+    );
+  });
+
+  it('finds, within the windows given, the pages of a private file mapping that were read and not written', { skip: linuxOnly }, (t) => {
+    sys.loadLibc();
+    const scanner = new Scanner(4096, undefined);
+    if (scanner.method !== 'pagemap-scan') {
+      scanner.close();
+      t.skip('PAGEMAP_SCAN is not available here');
+      return;
+    }
+    const pages = 128;
+    const fd = sys.memfdCreate('scan-test', sys.MFD_CLOEXEC);
+    sys.ftruncate(fd, pages * 4096);
+    const addr = sys.mmap(null, pages * 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE, fd, 0);
+    try {
+      const bytes = new Uint8Array(sys.view(addr, pages * 4096));
+      let sum = 0;
+      for (const p of [1, 2, 3, 10, 11, 60, 100, 127]) sum += bytes[p * 4096]!; // read: file pages
+      for (const p of [3, 11, 70]) bytes[p * 4096] = 1; // written: private
+      assert.equal(sum, 0);
+      const found = scanner.fileMapped(addr, [
+        { start: 0, end: 12 },
+        { start: 50, end: 80 },
+        { start: 120, end: 128 },
+      ]);
+      const got: number[] = [];
+      for (let i = 0; i < found.length; i++) for (let p = found.starts[i]!; p < found.ends[i]!; p++) got.push(p);
+      assert.deepEqual(got, [1, 2, 10, 60, 127], 'read pages in the windows; not the written ones, nor those outside (100)');
+    } finally {
+      sys.munmap(addr, pages * 4096);
+      sys.closeFd(fd);
+      scanner.close();
+    }
   });
 });
 

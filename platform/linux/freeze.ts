@@ -10,7 +10,7 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, intersect, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, coalesce, intersect, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
 import { pinned, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -312,11 +312,36 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
   const bytes = pages * e.pageSize;
   if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
   try {
-    for (const t of targets) e.dropper.privatize(t.addr, t.ranges);
+    for (const t of targets) e.dropper.privatize(t.addr, t.ranges, fileMappedUnder(e, t.addr, t.ranges));
   } catch {
     return false;
   }
   return true;
+}
+
+/**
+ * Pages this close together are found in one walk of the page table
+ * (Scanner.fileMapped), farther apart in one call each: a call costs
+ * about what walking 32 pages does (from Node.js here: 1.5 µs, against
+ * 2.7 ms for the 65,536 entries of 256 MiB).
+ */
+const WALK_GAP = 32;
+
+/**
+ * The pages under the sorted `ranges` of the mapping at `addr` whose
+ * entries map their file's page (Scanner.fileMapped); none where that
+ * cannot be learned. Pages a segment wrote since its last freeze are
+ * private: never among them.
+ */
+function fileMappedUnder(e: Engine, addr: bigint, ranges: readonly Range[]): RangeList {
+  const list = RangeList.from(ranges);
+  let found: RangeList;
+  try {
+    found = e.scanner.fileMapped(addr, coalesce(ranges, WALK_GAP));
+  } catch {
+    return new RangeList(0);
+  }
+  return subtractList(list, subtractList(list, found));
 }
 
 /**

@@ -98,6 +98,27 @@ export function scanArgFor(start: bigint, end: bigint, vec: bigint, vecLength: n
 }
 
 /**
+ * The PAGEMAP_SCAN question for [start, end) of a private file mapping:
+ * pages whose page-table entry maps their file's page (present, a file
+ * page, not the zero page), so dropping the entry changes no byte: the
+ * next fault maps the same page again.
+ */
+export function fileMappedArg(start: bigint, end: bigint, vec: bigint, vecLength: number): ScanArg {
+  return {
+    flags: 0n,
+    start,
+    end,
+    vec,
+    vecLength,
+    maxPages: 0n,
+    categoryInverted: PAGE_IS_PFNZERO,
+    categoryMask: PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+    categoryAnyofMask: 0n,
+    returnMask: PAGE_IS_PRESENT | PAGE_IS_FILE,
+  };
+}
+
+/**
  * Whether a region PAGEMAP_SCAN reports as present or swapped holds pages
  * written since their segment's last freeze: present ones do; a swapped
  * entry still write-protected (not PAGE_IS_WRITTEN) does not. It is the
@@ -223,6 +244,22 @@ export class Scanner {
     return this.#scanIoctl(addr, pages, undefined, true);
   }
 
+  /**
+   * Pages within the sorted `windows` of pages from `addr` mapping their
+   * file's page (fileMappedArg), one walk a window: their entries can be
+   * dropped without changing a byte. Empty where PAGEMAP_SCAN is not available.
+   */
+  fileMapped(addr: bigint, windows: readonly Range[]): RangeList {
+    const out = new RangeList();
+    if (this.method !== 'pagemap-scan') return out;
+    const page = BigInt(this.#pageSize);
+    for (const w of windows) {
+      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, false, true);
+      for (let i = 0; i < found.length; i++) out.push(w.start + found.starts[i]!, w.start + found.ends[i]!);
+    }
+    return out;
+  }
+
   /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
   forDrop(addr: bigint, pages: number): { written: Range[]; present: number } {
     if (this.method !== 'pagemap-scan') {
@@ -244,8 +281,9 @@ export class Scanner {
    * `each`, every range in memory instead, given to `each` with its
    * PAGE_IS_* categories (the return value is then empty). With `since`,
    * only those written since last protected, protecting them (writtenSinceArg).
+   * With `file`, the pages mapping their file's page (fileMappedArg).
    */
-  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void, since = false, protectedToo = false): RangeList {
+  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void, since = false, protectedToo = false, file = false): RangeList {
     const arg = this.#scratchArg!;
     const vec = this.#scratchVec!;
     const page = this.#pageSize;
@@ -256,7 +294,10 @@ export class Scanner {
     let start = addr;
     while (start < end) {
       const vecAt = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
-      encodeScanArg(arg, since ? writtenSinceArg(start, end, vecAt, SCAN_REGIONS) : scanArgFor(start, end, vecAt, SCAN_REGIONS, each !== undefined));
+      encodeScanArg(
+        arg,
+        since ? writtenSinceArg(start, end, vecAt, SCAN_REGIONS) : file ? fileMappedArg(start, end, vecAt, SCAN_REGIONS) : scanArgFor(start, end, vecAt, SCAN_REGIONS, each !== undefined),
+      );
       const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
       for (let i = 0; i < n; i++) {
         const s = offset(i * 3) / page;
@@ -266,7 +307,7 @@ export class Scanner {
           each(s, e, categories);
           continue;
         }
-        if (since || protectedToo || holdsWrites(categories)) out.push(s, e);
+        if (since || file || protectedToo || holdsWrites(categories)) out.push(s, e);
       }
       // walk_end is unreliable once many regions come back (seen on 6.18):
       // a short array means the walk reached the end.
