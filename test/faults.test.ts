@@ -192,12 +192,16 @@ const scenarios: Scenario[] = [
     },
   },
   {
-    name: 'clone() after writes to pages a mapped snapshot shares (it takes private copies of them, then they are frozen in place)',
+    name: 'clone() after writes to pages a mapped snapshot shares and has read (it drops those entries, takes private copies of them, its own write kept, then they are frozen in place)',
     setup: (page) => {
       const a = Segment.create(16 * page);
       write(a, page, [0, 3, 9], 1);
       const c = a.clone();
-      void c.buffer; // mapped
+      const view = new Uint8Array(c.buffer); // mapped
+      let sum = 0;
+      for (let i = 0; i < view.length; i += page) sum += view[i]!; // read: entries that map the layer's pages
+      if (sum !== 3) throw new Error(`read ${sum}`);
+      write(c, page, [5], 3); // its own, not yet frozen
       write(a, page, [1, 3, 5, 12], 2);
       return { segs: [a, c], op: () => a.clone(), result: (b) => b[0]! };
     },
