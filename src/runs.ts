@@ -135,6 +135,23 @@ export function differing<L>(a: readonly Run<L>[], b: readonly Run<L>[]): Range[
   return out;
 }
 
+/** differing(), as a list. */
+export function differingList<L>(a: readonly Run<L>[], b: readonly Run<L>[]): RangeList {
+  const out = new RangeList();
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
+    const y = b[j]!;
+    const start = Math.max(x.start, y.start);
+    const end = Math.min(x.end, y.end);
+    if (start < end && x.layer !== y.layer) out.push(start, end);
+    if (x.end <= y.end) i++;
+    else j++;
+  }
+  return out;
+}
+
 /** The pages both of sorted, disjoint `a` and `b` are in: sorted, disjoint. */
 export function intersect(a: readonly Range[], b: readonly Range[]): Range[] {
   if (a.length === 0 || b.length === 0) return [];
@@ -272,6 +289,21 @@ export function subtractList(a: RangeList, b: RangeList): RangeList {
       if (b.starts[k]! > s) out.push(s, b.starts[k]!);
       s = Math.max(s, b.ends[k]!);
     }
+  }
+  return out;
+}
+
+/** The pages both lists `a` and `b` hold. One sweep. */
+export function intersectList(a: RangeList, b: RangeList): RangeList {
+  const out = new RangeList(Math.min(a.length, b.length));
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const start = Math.max(a.starts[i]!, b.starts[j]!);
+    const end = Math.min(a.ends[i]!, b.ends[j]!);
+    if (start < end) out.push(start, end);
+    if (a.ends[i]! <= b.ends[j]!) i++;
+    else j++;
   }
   return out;
 }

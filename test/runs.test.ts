@@ -8,7 +8,9 @@ import {
   clip,
   coalesce,
   differing,
+  differingList,
   intersect,
+  intersectList,
   layerAt,
   merge,
   overlay,
@@ -28,6 +30,7 @@ import {
   type Range,
   type Run,
 } from '../src/runs.ts';
+import { listsByLayer, rangesByLayer, type Layer as LinuxLayer } from '../platform/linux/layers.ts';
 
 type Layer = string | null;
 type Model = (Layer | undefined)[];
@@ -206,6 +209,19 @@ describe('differing()', () => {
       opts,
     );
   });
+
+  it('as a list (differingList), gives the same ranges', () => {
+    fc.assert(
+      fc.property(coveringRunsArb, coveringRunsArb, (a, b) => {
+        const n = Math.min(a[a.length - 1]!.end, b[b.length - 1]!.end);
+        const clipA = clip(a, { start: 0, end: n });
+        const clipB = clip(b, { start: 0, end: n });
+        const want = differing(clipA, clipB).map((r) => ({ start: r.start, end: r.end }));
+        assert.deepEqual(differingList(clipA, clipB).toArray().map((r) => ({ start: r.start, end: r.end })), want);
+      }),
+      opts,
+    );
+  });
 });
 
 describe('select()', () => {
@@ -329,6 +345,17 @@ describe('intersect()', () => {
         assert.deepEqual([...pagesOf(out)].sort((x, y) => x - y), want);
         assertSortedDisjoint(out);
         assert.equal(pageCount(out), want.length);
+      }),
+      opts,
+    );
+  });
+
+  it('as lists (intersectList), gives the same pages, touching ranges joined', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, (a, b) => {
+        const out = intersectList(RangeList.from(coalesce(a)), RangeList.from(coalesce(b)));
+        const want = coalesce(intersect(a, b)).map((r) => ({ start: r.start, end: r.end }));
+        assert.deepEqual(out.toArray().map((r) => ({ start: r.start, end: r.end })), want);
       }),
       opts,
     );
@@ -800,5 +827,31 @@ describe('RefCounts', () => {
     assert.throws(() => rc.add(0, 4, -1), /below zero/);
     assert.throws(() => rc.add(2, 4, -2), /below zero/);
     assert.equal(rc.pages, 2);
+  });
+});
+
+describe('listsByLayer()', () => {
+  it('gives each layer the pages rangesByLayer() gives it, as a list (touching runs joined)', () => {
+    const objects = new Map<string, LinuxLayer>();
+    const layerOf = (name: Layer): LinuxLayer | null => {
+      if (name === null) return null;
+      if (!objects.has(name)) objects.set(name, { name } as unknown as LinuxLayer);
+      return objects.get(name)!;
+    };
+    fc.assert(
+      fc.property(runsArb, (runs) => {
+        const linux = runs.map((r) => ({ start: r.start, end: r.end, layer: layerOf(r.layer) }));
+        const want = rangesByLayer(linux);
+        const got = listsByLayer(linux);
+        assert.deepEqual([...got.keys()], [...want.keys()]);
+        for (const [layer, ranges] of want) {
+          assert.deepEqual(
+            got.get(layer)!.toArray().map((r) => ({ start: r.start, end: r.end })),
+            coalesce(ranges).map((r) => ({ start: r.start, end: r.end })),
+          );
+        }
+      }),
+      opts,
+    );
   });
 });

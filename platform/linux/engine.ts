@@ -2,7 +2,7 @@
 // parts every operation uses (wired together by LinuxBackend), and the
 // bookkeeping that keeps run lists, reference counts and the mapping count
 // consistent.
-import { differing, listsUnder, overlayList, RangeList, unionList, type Range } from '../../src/runs.ts';
+import { differing, differingList, listsUnder, overlayList, RangeList, unionList, type Range } from '../../src/runs.ts';
 import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
@@ -275,5 +275,10 @@ export function replace(e: Engine, seg: LinuxSegment, ranges: readonly Range[], 
 
 /** The pinned pages of `seg` (see LinuxSegment.maps): sorted, disjoint. */
 export function pinned(seg: LinuxSegment): Range[] {
-  return seg.maps === seg.runs || !seg.mapped ? [] : differing(seg.maps, seg.runs);
+  return pinnedList(seg).toArray();
+}
+
+/** pinned(), as a list. */
+export function pinnedList(seg: LinuxSegment): RangeList {
+  return seg.maps === seg.runs || !seg.mapped ? new RangeList(0) : differingList(seg.maps, seg.runs);
 }

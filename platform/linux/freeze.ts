@@ -10,9 +10,9 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, coalesce, intersect, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
-import { pinned, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
+import { pinnedList, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
@@ -137,17 +137,17 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mo
   // A pinned page's mapping shows another layer than its run list: dropping
   // its private copy would show that one. freeze() remaps it instead, or,
   // deferring, it is settled below.
-  const pins = seg.maps === seg.runs ? [] : pinned(seg);
-  const candidates = pins.length === 0 ? dirty : RangeList.from(subtract(dirty.toArray(), pins));
+  const pins = pinnedList(seg);
+  const candidates = pins.length === 0 ? dirty : subtractList(dirty, pins);
   // What was settled, each list in page order.
   const owned: RangeList[] = [];
   let ownedPages = 0;
   if (mode.exact && pins.length > 0) {
     // Pinned pages whose run list names a virtual layer (evict) are in no
     // file: frozen from memory like the ones written since.
-    let written = RangeList.from(intersect(dirty.toArray(), pins));
-    for (const [layer, under] of listsUnder(seg.runs, RangeList.from(pins))) if (layer !== null && layer.fd < 0) written = unionList(written, under);
-    const { done, deferred } = freezePinned(e, seg, written, subtractList(RangeList.from(pins), written));
+    let written = intersectList(dirty, pins);
+    for (const [layer, under] of listsUnder(seg.runs, pins)) if (layer !== null && layer.fd < 0) written = unionList(written, under);
+    const { done, deferred } = freezePinned(e, seg, written, subtractList(pins, written));
     owned.push(done);
     // Counted among `dirty`'s only (virtual ones may not be).
     ownedPages += overlapPages(done, dirty);

@@ -94,6 +94,23 @@ export type MakeLayer = (length: number) => Layer;
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
 
+/** rangesByLayer(), as lists (touching runs of a layer joined). */
+export function listsByLayer(runs: Runs): Map<Layer, RangeList> {
+  const byLayer = new Map<Layer, RangeList>();
+  let last: Layer | null = null;
+  let list: RangeList | undefined;
+  for (const r of runs) {
+    if (r.layer === null) continue;
+    if (r.layer !== last) {
+      last = r.layer;
+      list = byLayer.get(r.layer);
+      if (list === undefined) byLayer.set(r.layer, (list = new RangeList()));
+    }
+    list!.push(r.start, r.end);
+  }
+  return byLayer;
+}
+
 /** The runs on a layer, grouped by layer, in their order. */
 export function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
   const byLayer = new Map<Layer, Range[]>();
@@ -328,7 +345,7 @@ export class LayerStore {
   /** Adds `delta` to the counts of every page `runs` (a run list: in order, apart) names, as refList does. */
   ref(runs: Runs, delta: number, mapped: boolean): void {
     // As lists, counted in place where they are the counts' own spans (RefCounts.addList).
-    for (const [layer, ranges] of rangesByLayer(runs)) this.refList(layer, RangeList.from(ranges), delta, mapped);
+    for (const [layer, ranges] of listsByLayer(runs)) this.refList(layer, ranges, delta, mapped);
   }
 
   /** Frees a range of a layer that no mapping uses. */
