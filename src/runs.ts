@@ -663,7 +663,25 @@ export class RefCounts {
       return [];
     }
     if (this.#addOverList(list, m, delta)) return [];
+    if (this.#clearsAll(list, m, delta)) {
+      this.#spans.length = 0;
+      return list.toArray();
+    }
     return this.#addSorted(list.starts, list.ends, m, delta);
+  }
+
+  /**
+   * Whether adding `delta` over the first `m` ranges of `list` brings every
+   * count to zero: the ranges are the spans themselves, each counted
+   * `-delta` (a segment whose run list was the only one on a layer moving
+   * off all of it, as a deferred freeze does to its last packed layer's
+   * mapped counts each round).
+   */
+  #clearsAll(list: RangeList, m: number, delta: number): boolean {
+    const { starts, ends, counts, length: n } = this.#spans;
+    if (n !== m || delta >= 0) return false;
+    for (let i = 0; i < n; i++) if (starts[i] !== list.starts[i] || ends[i] !== list.ends[i] || counts[i] !== -delta) return false;
+    return true;
   }
 
   /**

@@ -735,6 +735,29 @@ describe('RefCounts', () => {
     );
   });
 
+  it('addList() taking away every count at once frees what addAll() frees, and leaves no counts', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.integer({ min: 1, max: 3 }), fc.integer({ min: 0, max: 1 }), (ranges, count, extra) => {
+        const list = RangeList.from(coalesce(ranges));
+        if (list.length === 0) return;
+        const a = new RefCounts();
+        const b = new RefCounts();
+        a.addList(list, count);
+        b.addAll(list.toArray(), count);
+        // With `extra`, one more count on the first range: not all fall to zero.
+        if (extra) {
+          a.add(list.starts[0]!, list.ends[0]!, 1);
+          b.add(list.starts[0]!, list.ends[0]!, 1);
+        }
+        const want = b.addAll(list.toArray(), -count).map((r) => ({ start: r.start, end: r.end }));
+        assert.deepEqual(a.addList(list, -count).map((r) => ({ start: r.start, end: r.end })), want);
+        assert.deepEqual(a.all(), b.all());
+        assert.equal(a.empty, extra === 0);
+      }),
+      opts,
+    );
+  });
+
   it('agrees with per-page counts through any sequence of adds and releases', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 40 }), fc.array(fc.tuple(fc.nat(SPAN), fc.nat(SPAN), fc.integer({ min: 1, max: 4 })), { minLength: 3, maxLength: 3 }), (ops, probes) => {

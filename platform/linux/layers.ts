@@ -323,7 +323,6 @@ export class LayerStore {
     return this.#add(new Layer(file.fd, length, held === pages ? packing : new Packing(written, at), file));
   }
 
-  /** Adds `delta` to the reference counts of every layer run (and the mapped counts, for a `mapped` segment); frees what falls to zero. */
   /**
    * Adds `delta` to `layer`'s counts under `list` (its mapped counts too
    * where the segment is `mapped`); punches out the pages no run list uses
