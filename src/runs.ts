@@ -120,19 +120,7 @@ export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Ru
  * layers: sorted, disjoint, merged. One sweep over both.
  */
 export function differing<L>(a: readonly Run<L>[], b: readonly Run<L>[]): Range[] {
-  const out: Range[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length && j < b.length) {
-    const x = a[i]!;
-    const y = b[j]!;
-    const start = Math.max(x.start, y.start);
-    const end = Math.min(x.end, y.end);
-    if (start < end && x.layer !== y.layer) appendRange(out, start, end);
-    if (x.end <= y.end) i++;
-    else j++;
-  }
-  return out;
+  return differingList(a, b).toArray();
 }
 
 /** differing(), as a list. */

@@ -56,6 +56,14 @@ function keptAndRead(pattern: 'stride' | 'random', pages: number, rounds: number
   }
 }
 
+/** A segment of `pages` pages, the first byte of page p holding p. */
+function numbered(pages: number): { seg: Segment; bytes: Uint8Array } {
+  const seg = Segment.create(pages * PAGE);
+  const bytes = new Uint8Array(seg.buffer);
+  for (let p = 0; p < pages; p++) bytes[p * PAGE] = p;
+  return { seg, bytes };
+}
+
 describe('pinned pages', { skip: linuxOnly }, () => {
   for (const pattern of ['stride', 'random'] as const) {
     it(`kept snapshots that are read keep one mapping each while the segment freezes in place under them (${pattern} writes)`, () => {
@@ -93,9 +101,7 @@ describe('pinned pages', { skip: linuxOnly }, () => {
   it('pages a snapshot wrote since its last freeze stay its own when the same pages are rewritten under it (only its read pages are dropped before the copies)', () => {
     withLinux({}, () => {
       const pages = 64;
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p;
+      const { seg, bytes } = numbered(pages);
       const snap = seg.clone();
       const view = new Uint8Array(snap.buffer);
       const original = view.slice(); // every page read: its entries map the layer's pages
@@ -159,9 +165,7 @@ describe('pinned pages', { skip: linuxOnly }, () => {
   it('without process_madvise, and without MADV_POPULATE_WRITE, pages are made private by touching them: bytes unchanged', () => {
     withLinux({}, () => {
       const pages = 64;
-      const seg = Segment.create(pages * PAGE);
-      const bytes = new Uint8Array(seg.buffer);
-      for (let p = 0; p < pages; p++) bytes[p * PAGE] = p;
+      const { seg, bytes } = numbered(pages);
       const snap = seg.clone();
       const want = new Uint8Array(snap.buffer).slice();
       for (let p = 0; p < pages; p += 2) bytes[p * PAGE] = 200;

@@ -105,12 +105,7 @@ export function scanArgFor(start: bigint, end: bigint, vec: bigint, vecLength: n
  */
 export function fileMappedArg(start: bigint, end: bigint, vec: bigint, vecLength: number): ScanArg {
   return {
-    flags: 0n,
-    start,
-    end,
-    vec,
-    vecLength,
-    maxPages: 0n,
+    ...scanArgFor(start, end, vec, vecLength, true),
     categoryInverted: PAGE_IS_PFNZERO,
     categoryMask: PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO,
     categoryAnyofMask: 0n,
