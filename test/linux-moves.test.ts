@@ -9,6 +9,7 @@ import { memoryStats, Segment } from '../src/index.ts';
 import { linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
 import { withLinux } from './helpers/linux.ts';
+import type { LinuxSegment } from '../platform/linux/engine.ts';
 
 interface Layer {
   readonly name: string;
@@ -168,6 +169,52 @@ describe('eviction log', () => {
 describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
   const PAGE = 4096;
   const pages = 256;
+
+  it('stats() and memoryStats() of kept snapshots keep no re-pointed run list, and measure what the re-pointed one says', () => {
+    withLinux({}, (b) => {
+      // The backend's handle of each clone, to see whether its run list was re-pointed.
+      const handles: LinuxSegment[] = [];
+      const clone = b.clone.bind(b);
+      b.clone = (source: LinuxSegment) => {
+        const h = clone(source);
+        handles.push(h);
+        return h;
+      };
+      const random = rng(9);
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      const kept: Segment[] = [];
+      try {
+        for (let round = 0; round < 12; round++) {
+          for (let i = 0; i < pages / 10; i++) bytes[Math.floor(random() * pages) * PAGE] = round + 2;
+          kept.push(seg.clone());
+        }
+        const epochs = handles.map((h) => h.epoch);
+        const measured = kept.map((k) => k.stats());
+        const total = memoryStats();
+        assert.deepEqual(
+          handles.map((h) => h.epoch),
+          epochs,
+          'no run list re-pointed by measuring',
+        );
+        // Re-pointed now (read): the same figures.
+        for (const h of handles) void h.runs;
+        assert.ok(
+          handles.some((h, i) => h.epoch !== epochs[i]),
+          'the older snapshots had evictions to re-point past',
+        );
+        assert.deepEqual(
+          kept.map((k) => k.stats()),
+          measured,
+        );
+        assert.deepEqual(memoryStats(), total);
+      } finally {
+        for (const k of kept) k.close();
+        seg.close();
+      }
+    });
+  });
 
   for (const privatize of [true, false]) {
     it(`read, cloned, restored from, measured or closed after many rounds of random writes, every snapshot reads what it was cloned from${privatize ? '' : ' (no pinned pages)'}`, () => {

@@ -36,18 +36,21 @@ const now = () => performance.now();
 const gc = () => (globalThis as { gc?: () => void }).gc?.();
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
+/** The memory figures of the case process; the process's own first, before memoryStats() does any work of its own. */
 function snapshot() {
   const mi = readProc('/proc/meminfo');
   const st = readProc('/proc/self/status');
+  const held = heldMemory();
+  const mapsLines = readProc('/proc/self/maps').split('\n').filter(Boolean).length;
   const ms = memoryStats();
   return {
-    held: heldMemory(),
+    held,
     accounted: ms.layerBytes + ms.privateBytes,
     machine: kb(mi, 'Shmem') + kb(mi, 'AnonPages'),
     pageTables: kb(mi, 'PageTables'),
     process: kb(st, 'RssAnon') + kb(st, 'RssShmem'),
-    mapsLines: readProc('/proc/self/maps').split('\n').filter(Boolean).length,
-    memforkMappings: memoryStats().mappings,
+    mapsLines,
+    memforkMappings: ms.mappings,
   };
 }
 

@@ -273,7 +273,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     let priv = pageCount(dirty);
     let shared = 0;
     // The pages not written since, by layer: one sweep of each layer's counts.
-    for (const [layer, ranges] of rangesByLayer(select(seg.runs, subtract([{ start: 0, end: seg.pages }], dirty)))) {
+    for (const [layer, ranges] of rangesByLayer(select(seg.runsNow, subtract([{ start: 0, end: seg.pages }], dirty)))) {
       const alone = layer.refs.countEqualEach(ranges, 1);
       ranges.forEach((r, i) => {
         priv += alone[i]!;

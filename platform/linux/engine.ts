@@ -86,6 +86,16 @@ export class LinuxSegment {
     return this.#runs;
   }
 
+  /**
+   * The run list as `runs` reads it, without keeping the re-pointed list:
+   * for a look (stats) that leaves memory as it found it. A snapshot kept
+   * through many later evictions re-points into a run a page evicted since,
+   * an object each, which only the operations that need it should keep.
+   */
+  get runsNow(): Runs {
+    return this.#epoch === this.#moves.epoch ? this.#runs : this.#moves.resolve(this.#runs, this.#epoch, this.pages);
+  }
+
   set runs(runs: Runs) {
     this.#runs = runs;
     this.#epoch = this.#moves.epoch;
