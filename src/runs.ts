@@ -866,10 +866,7 @@ export class RefCounts {
 
   /** The pages of `list` (sorted, disjoint) no run list uses (count zero): sorted, disjoint. */
   unusedIn(list: RangeList): RangeList {
-    const used = this.spansIn(list, 0);
-    const usedList = new RangeList(used.length);
-    for (let i = 0; i < used.length; i++) usedList.push(used.starts[i]!, used.ends[i]!);
-    return subtractList(list, usedList);
+    return subtractList(list, pagesOfSpans(this.spansIn(list, 0)));
   }
 
   /**

@@ -341,7 +341,7 @@ function fileMappedUnder(e: Engine, addr: bigint, ranges: readonly Range[]): Ran
   } catch {
     return new RangeList(0);
   }
-  return subtractList(list, subtractList(list, found));
+  return intersectList(list, found);
 }
 
 /**
