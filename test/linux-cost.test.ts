@@ -3,15 +3,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, RefCounts, type Range, type Run } from '../src/runs.ts';
+import { merge, RangeList, RefCounts, type Range, type Run } from '../src/runs.ts';
 import {
   chargeMapping,
   COMPACT_WINDOWS,
   COPIES_PER_MAPPING,
   compactionFor,
   COPY_COST,
+  defersFreeze,
   duplicateLimit,
   FLATTEN_EARLY,
+  fitToBudget,
   flattenPoint,
   joinToFit,
   largestLayer,
@@ -275,19 +277,26 @@ describe('restoreRunsTooMany()', () => {
   });
 });
 
-describe('joinToFit()', () => {
-  /** Sorted, disjoint page ranges with gaps between them. */
-  const rangesArb = fc
-    .array(fc.record({ gap: fc.integer({ min: 1, max: 20 }), len: fc.integer({ min: 1, max: 5 }) }), { maxLength: 60 })
-    .map((parts) => {
-      let at = 0;
-      return parts.map(({ gap, len }) => {
-        const r = { start: at + gap, end: at + gap + len };
-        at = r.end;
-        return r;
-      });
+/** Sorted, disjoint page ranges with gaps between them. */
+const rangesArb = fc
+  .array(fc.record({ gap: fc.integer({ min: 1, max: 20 }), len: fc.integer({ min: 1, max: 5 }) }), { maxLength: 60 })
+  .map((parts) => {
+    let at = 0;
+    return parts.map(({ gap, len }) => {
+      const r = { start: at + gap, end: at + gap + len };
+      at = r.end;
+      return r;
     });
+  });
 
+/** The pages of `ranges`, one number each. */
+const pagesOf = (ranges: readonly Range[]): Set<number> => {
+  const out = new Set<number>();
+  for (const r of ranges) for (let p = r.start; p < r.end; p++) out.add(p);
+  return out;
+};
+
+describe('joinToFit()', () => {
   it('keeps at most the runs asked for, covers every input page, and copies only the smallest gaps between them', () => {
     fc.assert(
       fc.property(rangesArb, fc.integer({ min: 0, max: 70 }), (ranges, most) => {
@@ -310,6 +319,55 @@ describe('joinToFit()', () => {
         const gaps = ranges.slice(1).map((r, i) => r.start - ranges[i]!.end).sort((a, b) => a - b);
         const least = gaps.slice(0, ranges.length - Math.max(1, most)).reduce((n, g) => n + g, 0);
         assert.equal(added, least);
+      }),
+    );
+  });
+});
+
+describe('fitToBudget()', () => {
+  const PAGE = 4096;
+  it('keeps the written runs where two mappings each take at most half the free budget', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.integer({ min: 0, max: 400 }), (dirty, free) => {
+        let asked = 0;
+        const out = fitToBudget(dirty, free, PAGE, () => (asked++, 0));
+        if (4 * dirty.length <= free) {
+          assert.equal(out, dirty);
+          // The machine's free memory is not asked for then (a read of /proc/meminfo).
+          assert.equal(asked, 0);
+        }
+      }),
+    );
+  });
+
+  it('joins beyond that down to an eighth of the free budget, covering every written page, where the copy takes at most a quarter of the free memory; else keeps them', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.integer({ min: 0, max: 400 }), fc.integer({ min: 0, max: 4000 }), (dirty, free, availablePages) => {
+        const out = fitToBudget(dirty, free, PAGE, () => availablePages * PAGE);
+        if (4 * dirty.length <= free) return;
+        const joined = joinToFit(dirty, Math.floor(free / 8));
+        const extra = pagesOf(joined).size - pagesOf(dirty).size;
+        if (4 * extra <= availablePages) {
+          assert.deepEqual(out, joined);
+          assert.ok(out.length <= Math.max(1, Math.floor(free / 8)));
+          for (const p of pagesOf(dirty)) assert.ok(pagesOf(out).has(p), `page ${p} left out`);
+        } else {
+          assert.equal(out, dirty);
+        }
+      }),
+    );
+  });
+});
+
+describe('defersFreeze()', () => {
+  it('defers where at least half the pages written were written the round before too, never before a first freeze', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, fc.boolean(), (now, before, first) => {
+        const written = RangeList.from(now);
+        const last = first ? null : RangeList.from(before);
+        const mine = pagesOf(now);
+        const again = [...mine].filter((p) => pagesOf(before).has(p)).length;
+        assert.equal(defersFreeze(written, last), !first && 2 * again >= mine.size);
       }),
     );
   });

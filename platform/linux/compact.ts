@@ -2,10 +2,11 @@
 // needs fewer mappings, as the cost model (cost.ts) plans it. A mapped
 // segment is frozen over the planned windows (each remap maps the same
 // bytes); an unmapped one, a run list only, is rewritten file to file.
+import { pageCount } from '../../src/runs.ts';
 import { duplicateLimit, plan } from './cost.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
-import type { Layer, MakeLayer, Runs } from './layers.ts';
+import { rangesByLayer, type Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapRuns, unreserve } from './mapper.ts';
 import { copyPages } from './writer.ts';
 
@@ -82,4 +83,48 @@ function copyRunsFileToFile(e: Engine, runs: Runs, layer: Layer): boolean {
     }
   }
   return true;
+}
+
+/**
+ * The layer store's way to reclaim descriptors: flattens segments that are
+ * the only users of two layers or more (flattening makes one layer, so
+ * anything less closes none: kept snapshots of one segment share most of
+ * their layers), those freeing the most first, until some layers close,
+ * making layers with `make` (which never reclaims). Where no segment
+ * qualifies, nothing is done: the budget is then passed, and only the
+ * process's real limit (EMFILE) refuses.
+ */
+export function reclaimDescriptors(e: Engine, make: MakeLayer): void {
+  const before = e.layers.size;
+  const freed = new Map<LinuxSegment, number>();
+  for (const s of e.segments) {
+    const n = soleLayers(s);
+    if (n >= 2) freed.set(s, n);
+  }
+  const candidates = [...freed.keys()].sort((a, b) => freed.get(b)! - freed.get(a)!);
+  for (const seg of candidates) {
+    // An earlier flattening may have left this one sharing its layers.
+    if (soleLayers(seg) < 2) continue;
+    try {
+      compact(e, seg, 0, duplicateLimit(seg.pages), make);
+    } catch {
+      break;
+    }
+    if (e.layers.size < before - 1) break;
+  }
+}
+
+/** Layers only `seg`'s run list uses: they close if it stops using them. */
+function soleLayers(seg: LinuxSegment): number {
+  let n = 0;
+  for (const [layer, ranges] of rangesByLayer(seg.runs)) {
+    // A virtual layer holds no descriptor.
+    if (layer.fd < 0) continue;
+    const used = pageCount(ranges);
+    if (layer.refs.pages !== used) continue;
+    let alone = 0;
+    for (const k of layer.refs.countEqualEach(ranges, 1)) alone += k;
+    if (alone === used) n++;
+  }
+  return n;
 }

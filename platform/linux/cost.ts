@@ -2,7 +2,7 @@
 // runs into one new layer (compaction) pays for itself, and which pages it
 // rewrites. Pure functions over run lists and reference counts, free of
 // system calls, so they are property-tested apart from the kernel.
-import { coalesce, pageCount, type Range, type RefCounts, type Run, type Span } from '../../src/runs.ts';
+import { coalesce, overlapPages, pageCount, type Range, type RangeList, type RefCounts, type Run, type Span } from '../../src/runs.ts';
 
 /** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
 export interface Counted {
@@ -274,4 +274,34 @@ export function joinToFit(ranges: readonly Range[], most: number): Range[] {
     if (i + 1 < ranges.length) start = ranges[i + 1]!.start;
   }
   return out;
+}
+
+/**
+ * Whether a freeze that found `written` (pages written since the last one)
+ * defers (freezeInPlace): the segment rewrote mostly the pages it wrote
+ * the round before (`last`, null before its first freeze), so it will
+ * likely rewrite them again, and a copy of each round's contents for the
+ * clone is then the only one. At least half of them, counted in pages.
+ */
+export function defersFreeze(written: RangeList, last: RangeList | null): boolean {
+  return last !== null && 2 * overlapPages(written, last) >= written.pages;
+}
+
+/**
+ * What a freeze maps, given the written runs `dirty` left after freezing
+ * in place (two mappings each) and `free` mappings of the budget: `dirty`
+ * itself where its runs take at most half of that; else joined across
+ * their smallest gaps down to an eighth of it (joinToFit), copying the
+ * clean pages between them too, where that copy, `extraBytes(joined)`
+ * bytes, is at most a quarter of the memory the machine has free
+ * (`available` bytes, which leaves room for the next rounds of writes and
+ * reads). Else `dirty`: the budget then refuses the freeze (ENOMEM), where
+ * the copy could run the machine out of memory (the kernel's OOM killer
+ * ends the process).
+ */
+export function fitToBudget(dirty: readonly Range[], free: number, pageSize: number, available: () => number): readonly Range[] {
+  if (2 * dirty.length <= free / 2) return dirty;
+  const joined = joinToFit(dirty, Math.floor(free / 8));
+  const extra = (pageCount(joined) - pageCount(dirty)) * pageSize;
+  return extra <= available() / 4 ? joined : dirty;
 }

@@ -170,11 +170,13 @@ export interface Engine {
   readonly windowCopy: boolean;
   /** Whether other mapped segments may take private copies of pages a segment rewrites in place (freeze.ts). */
   readonly privatize: boolean;
+  /** Runs one segment may reach before it is compacted whatever the cost (prepare.ts). */
+  readonly maxRuns: number;
   /** Bytes of memory the machine has free for copies (MemAvailable, or a test's figure). */
   availableMemory(): number;
   /** Makes room for `needed` more mappings, compacting other segments; throws ENOMEM when it cannot. */
   ensureRoom(needed: number, pages: number): void;
-  /** Brings `seg` to the state a clone or restore can share: private, its written pages in a layer (LinuxBackend). */
+  /** Brings `seg` to the state a clone or restore can share: private, its written pages in a layer (prepare.ts). */
   prepare(seg: LinuxSegment): void;
 }
 

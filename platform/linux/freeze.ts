@@ -78,7 +78,7 @@ export function makePrivate(e: Engine, seg: LinuxSegment): void {
  * each step leaves every page reading as before. A new layer comes from
  * `newLayer`.
  */
-export function freeze(e: Engine, seg: LinuxSegment, dirty: Range[], written: readonly Range[], newLayer: MakeLayer): void {
+export function freeze(e: Engine, seg: LinuxSegment, dirty: readonly Range[], written: readonly Range[], newLayer: MakeLayer): void {
   if (dirty.length === 0) return;
   const reused = e.layers.reusable(seg.length, dirty);
   const layer = reused ?? newLayer(seg.length);

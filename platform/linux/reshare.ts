@@ -85,3 +85,18 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): void {
   seg.debt = 0;
   seg.scanned = 0;
 }
+
+/** The layers with a moved-aside mapping that `seg`'s run list uses: the ones it may leave to a sole sharer (shareAgain). */
+export function windowedLayers(seg: LinuxSegment): Set<Layer> {
+  const out = new Set<Layer>();
+  for (const r of seg.runs) if (r.layer !== null && r.layer.window !== 0n) out.add(r.layer);
+  return out;
+}
+
+/** After a segment stopped using `layers` (windowedLayers): one whose last other user that was takes it back shared. */
+export function shareAgain(e: Engine, layers: Set<Layer>): void {
+  for (const layer of layers) {
+    const sole = soleSharer(e.segments, layer);
+    if (sole !== undefined) reshare(e, sole, layer);
+  }
+}
