@@ -143,6 +143,7 @@ test('the bench in quick mode prints its table and writes JSON and SVG', async (
 interface MatrixJson {
   matrix: {
     peer: { path?: string; missing?: string };
+    caseProcess: string;
     cases: {
       name: string;
       pattern: string;
@@ -171,6 +172,10 @@ test('the bench matrix records a crashed case and goes on, checks every kept sna
     assert.match(r.stdout, /^all sizes: \d+ of 21 cases failed/m);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8')) as MatrixJson;
     const cases = json.matrix.cases;
+    // On Node.js the cases run as the package ships (a bundle), not with the TypeScript compiler in their heap.
+    const native = 'Bun' in globalThis || 'Deno' in globalThis;
+    assert.match(json.matrix.caseProcess, native ? /^TypeScript run by the runtime/ : /^bundled with tsup/);
+    assert.match(r.stdout, new RegExp(`memfork cases: ${native ? 'TypeScript' : 'bundled'}`));
     assert.equal(cases.length, 21, 'seven patterns, three modes');
     for (const c of cases) assert.match(r.stdout, new RegExp(`^${c.name.replace(/[()%]/g, '\\$&')}\\s`, 'm'), `a row for ${c.name}`);
     const crash = cases.find((c) => c.pattern === 'stride3' && c.mode === 'kept')!;

@@ -7,6 +7,7 @@
 // fork() peer is fork-peer.c, built here with the system's C compiler into
 // the output folder; without a compiler the fork column says why it is empty.
 import { spawn, spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -102,6 +103,8 @@ export interface MatrixResult {
   reserve: number;
   shared: boolean;
   peer: { path?: string; compiler?: string; missing?: string };
+  /** How the memfork case processes ran: bundled, as the package ships, or through ts-node (and why). */
+  caseProcess: string;
   skipped: { size: number; why: string }[];
   /** Per size: µs to drop one written page, by madvise() a page, process_madvise() batches (C), madvise() through koffi (JS). */
   drops: ({ size: number } & Drops)[];
@@ -163,6 +166,45 @@ function tsChild(file: string): { command: string; args: string[] } {
   }
   if ('Bun' in globalThis) return { command: process.execPath, args: [file] };
   return { command: process.execPath, args: [...process.execArgv, file] };
+}
+
+/**
+ * How to start a case process. On Node.js, matrix-case.ts bundled with the
+ * library as the package ships it (tsup), into node_modules/.cache so that
+ * koffi resolves from there: run through ts-node, a case process carries
+ * the TypeScript compiler in its heap (about 60 MiB, against 6 for the
+ * bundle), and every garbage collection a round brings on takes that much
+ * longer, counted as memfork's time (a snapshot read through its 256 MiB
+ * buffer is external memory to V8, which collects for it: a full
+ * collection each round, 3 to 5 ms each under ts-node). Bun and Deno run
+ * TypeScript themselves; where bundling fails, ts-node it is, and `how`
+ * says so.
+ */
+function caseProcess(): { command: string; args: string[]; how: string; outDir?: string } {
+  const file = path.join(hereDir(), 'matrix-case.ts');
+  if ('Deno' in globalThis || 'Bun' in globalThis) return { ...tsChild(file), how: 'TypeScript run by the runtime' };
+  const root = path.resolve(hereDir(), '..', '..');
+  // One folder a bench process: two benches at once never share a file.
+  const outDir = path.join(root, 'node_modules', '.cache', 'memfork-bench', String(process.pid));
+  let why: string;
+  try {
+    const req = createRequire(path.join(root, 'package.json'));
+    const cli = path.join(path.dirname(req.resolve('tsup/package.json')), (req('tsup/package.json') as { bin: { tsup: string } }).bin.tsup);
+    const r = spawnSync(
+      process.execPath,
+      [cli, file, '--format', 'cjs', '--platform', 'node', '--target', 'node20', '--external', 'koffi', '--out-dir', outDir, '--no-config', '--silent'],
+      { cwd: root, encoding: 'utf8' },
+    );
+    const out = path.join(outDir, 'matrix-case.js');
+    if (r.status === 0 && fs.existsSync(out)) {
+      const gc = process.execArgv.filter((a) => a === '--expose-gc');
+      return { command: process.execPath, args: [...gc, out], how: 'bundled with tsup, as the package ships', outDir };
+    }
+    why = (r.stderr || r.error?.message || `tsup exited with ${r.status}`).trim().split('\n')[0]!;
+  } catch (err) {
+    why = (err as Error).message;
+  }
+  return { ...tsChild(file), how: `through ts-node (bundling failed: ${why})` };
 }
 
 // ---- the fork() peer ----------------------------------------------------------------
@@ -259,13 +301,16 @@ class CaseChild {
   #waiting: ((r: { result?: CaseResult; outcome?: string }) => void) | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(shared: boolean, timeoutMs: number) {
+  readonly #process: { command: string; args: string[] };
+
+  constructor(shared: boolean, timeoutMs: number, process: { command: string; args: string[] }) {
     this.#shared = shared;
     this.#timeoutMs = timeoutMs;
+    this.#process = process;
   }
 
   #start(): ReturnType<typeof spawn> {
-    const { command, args } = tsChild(path.join(hereDir(), 'matrix-case.ts'));
+    const { command, args } = this.#process;
     const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.#lines = '';
     this.#stderr = '';
@@ -414,8 +459,20 @@ function summarize(m: CaseResult | undefined, f: PeerResult | undefined, mode: M
 
 export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
   const peer = buildPeer(o.outDir);
-  o.log(`\n== pattern matrix: ${o.rounds} rounds; fork() peer: ${peer.path !== undefined ? `${peer.path} (built with ${peer.compiler})` : peer.missing} ==`);
-  const result: MatrixResult = { rounds: o.rounds, seed: o.seed, reserve: o.reserve, shared: o.shared, peer, skipped: [], drops: [], cases: [], geomean: [] };
+  const cases = caseProcess();
+  o.log(`\n== pattern matrix: ${o.rounds} rounds; fork() peer: ${peer.path !== undefined ? `${peer.path} (built with ${peer.compiler})` : peer.missing}; memfork cases: ${cases.how} ==`);
+  const result: MatrixResult = {
+    rounds: o.rounds,
+    seed: o.seed,
+    reserve: o.reserve,
+    shared: o.shared,
+    peer,
+    caseProcess: cases.how,
+    skipped: [],
+    drops: [],
+    cases: [],
+    geomean: [],
+  };
   const list = patterns.filter((p) => o.patterns.includes(p.id));
   const modeList = modes.filter((m) => o.modes.includes(m.id));
   for (const size of o.sizes) {
@@ -428,7 +485,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
       continue;
     }
     o.log(`\n  ${fmtBytes(size)}`);
-    const child = new CaseChild(o.shared, o.caseTimeoutMs);
+    const child = new CaseChild(o.shared, o.caseTimeoutMs, cases);
     const drops: Drops = { c: NaN, cBatched: NaN, js: NaN, jsBatched: NaN };
     try {
       for (const p of list) {
@@ -482,6 +539,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
     );
   }
   result.geomean = geomeans(result.cases, o.sizes);
+  if (cases.outDir !== undefined) fs.rmSync(cases.outDir, { recursive: true, force: true });
   return result;
 }
 
@@ -526,7 +584,7 @@ export function printMatrix(r: MatrixResult): void {
   console.log();
   console.log(
     `pattern matrix: ${r.rounds} rounds a case, each: write the pattern (one byte a page), clone(); fork() peer: ` +
-      `${r.peer.path !== undefined ? `fork-peer.c (${r.peer.compiler})` : r.peer.missing}`,
+      `${r.peer.path !== undefined ? `fork-peer.c (${r.peer.compiler})` : r.peer.missing}; memfork cases: ${r.caseProcess ?? 'through ts-node'}`,
   );
   for (const s of r.skipped) console.log(`${fmtBytes(s.size)}: skipped, ${s.why}`);
   const sizes = [...new Set(r.cases.map((c) => c.size))];
