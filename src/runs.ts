@@ -233,6 +233,41 @@ export class RangeList {
     this.length = n + 1;
   }
 
+  /** Appends every range of `list`, the first at or after this one's last start: what push() of each does, the ranges past the last one's end copied at once. */
+  append(list: RangeList): void {
+    // Those that touch or overlap the last range join it, one by one.
+    let k = 0;
+    while (k < list.length && (k === 0 || list.starts[k]! <= this.ends[this.length - 1]!)) {
+      this.push(list.starts[k]!, list.ends[k]!);
+      k++;
+    }
+    const n = this.length;
+    const more = list.length - k;
+    if (more === 0) return;
+    let capacity = this.starts.length;
+    while (capacity < n + more) capacity *= 2;
+    if (capacity !== this.starts.length) {
+      const starts = new Int32Array(capacity);
+      const ends = new Int32Array(capacity);
+      starts.set(this.starts.subarray(0, n));
+      ends.set(this.ends.subarray(0, n));
+      this.starts = starts;
+      this.ends = ends;
+    }
+    this.starts.set(list.starts.subarray(k, list.length), n);
+    this.ends.set(list.ends.subarray(k, list.length), n);
+    this.length = n + more;
+  }
+
+  /** Ranges `from` to `to` (exclusive) of this list, as a list of their own. */
+  slice(from: number, to: number): RangeList {
+    const out = new RangeList(to - from);
+    out.starts.set(this.starts.subarray(from, to));
+    out.ends.set(this.ends.subarray(from, to));
+    out.length = to - from;
+    return out;
+  }
+
   /** Total pages. */
   get pages(): number {
     let n = 0;
@@ -493,6 +528,24 @@ export class SpanList {
     return out;
   }
 
+  /**
+   * Appends spans `from` to `to` (exclusive) of `list`, which satisfy the
+   * invariant among themselves: the first joins the last span here where
+   * they touch with the same count (push), the rest are copied at once.
+   */
+  appendFrom(list: SpanList, from: number, to: number): void {
+    if (from >= to) return;
+    this.push(list.starts[from]!, list.ends[from]!, list.counts[from]!);
+    const n = this.length;
+    const more = to - from - 1;
+    if (more === 0) return;
+    while (n + more > this.starts.length) this.#grow();
+    this.starts.set(list.starts.subarray(from + 1, to), n);
+    this.ends.set(list.ends.subarray(from + 1, to), n);
+    this.counts.set(list.counts.subarray(from + 1, to), n);
+    this.length = n + more;
+  }
+
   /** Replaces the spans from index `from` to `to` (exclusive) with those of `list`, in place (grown first where they do not fit). */
   splice(from: number, to: number, list: SpanList): void {
     const n = this.length;
@@ -551,6 +604,35 @@ function firstAbove(values: Int32Array, n: number, x: number): number {
 /** The first index below `n` whose value in sorted `values` is at least `x` (`n` if none). */
 function firstAtOrAbove(values: Int32Array, n: number, x: number): number {
   return firstAbove(values, n, x - 1);
+}
+
+/**
+ * The first index from `i` on, below `n`, whose value in sorted `values` is
+ * above `x` (`n` if none): `i` itself in one compare where it is, else by
+ * steps doubling from `i`, then halving. A sweep of scattered ranges over
+ * many spans steps over the spans between them in a few compares, not one
+ * each (a layer under scattered writes kept through many rounds has two
+ * spans a page ever rewritten, and a clone sweeps its counts several times).
+ */
+export function nextAbove(values: Int32Array, i: number, n: number, x: number): number {
+  if (i >= n || values[i]! > x) return i;
+  // values[lo] <= x throughout; the answer is in (lo, hi].
+  let lo = i;
+  let step = 1;
+  let hi = i + 1;
+  while (hi < n && values[hi]! <= x) {
+    lo = hi;
+    step *= 2;
+    hi = lo + step;
+  }
+  if (hi > n) hi = n;
+  lo++;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (values[mid]! > x) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
 }
 
 /** Page positions above this are refused: counts are kept in 32-bit arrays. */
@@ -784,6 +866,19 @@ export class RefCounts {
     while (at !== Infinity) {
       while (i < i1 && ends[i]! <= at) i++;
       while (j < m && parts.ends[j]! <= at) j++;
+      if (j < m && parts.starts[j]! > at && i < i1 && starts[i]! >= at) {
+        // Between two parts, not inside a span: the spans that end before
+        // the next part begins are unchanged, copied at once (scattered
+        // parts over a layer of many spans cost their own number, not the
+        // spans').
+        const k = nextAbove(ends, i, i1, parts.starts[j]!);
+        if (k > i) {
+          next.appendFrom(spans, i, k);
+          i = k;
+          at = Math.min(i < i1 ? starts[i]! : Infinity, parts.starts[j]!);
+          continue;
+        }
+      }
       const inSpan = i < i1 && starts[i]! <= at;
       const inPart = j < m && parts.starts[j]! <= at;
       let to = Infinity;
@@ -821,7 +916,7 @@ export class RefCounts {
     const { starts, ends, length } = this.#spans;
     let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < length && ends[i]! <= r.start) i++;
+      i = nextAbove(ends, i, length, r.start);
       if (i < length && starts[i]! < r.end) return true;
     }
     return false;
@@ -839,7 +934,7 @@ export class RefCounts {
     for (let g = 0; g < ranges.length; g++) {
       const gs = ranges.starts[g]!;
       const ge = ranges.ends[g]!;
-      while (i < length && ends[i]! <= gs) i++;
+      i = nextAbove(ends, i, length, gs);
       for (let j = i; j < length && starts[j]! < ge; j++) {
         if (counts[j]! <= less) continue;
         out.push(Math.max(starts[j]!, gs), Math.min(ends[j]!, ge), counts[j]! - less);
@@ -854,7 +949,7 @@ export class RefCounts {
     const out: number[] = [];
     let i = ranges.length > 0 ? this.#from(ranges[0]!.start) : 0;
     for (const r of ranges) {
-      while (i < length && ends[i]! <= r.start) i++;
+      i = nextAbove(ends, i, length, r.start);
       let k = 0;
       for (let j = i; j < length && starts[j]! < r.end; j++) {
         if (counts[j] === count) k += Math.min(ends[j]!, r.end) - Math.max(starts[j]!, r.start);
@@ -881,7 +976,7 @@ export class RefCounts {
     for (let g = 0; g < list.length; g++) {
       const gs = list.starts[g]!;
       const ge = list.ends[g]!;
-      while (i < length && ends[i]! <= gs) i++;
+      i = nextAbove(ends, i, length, gs);
       let at = gs;
       for (let j = i; j < length && starts[j]! < ge; j++) {
         const start = Math.max(starts[j]!, gs);

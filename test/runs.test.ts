@@ -12,6 +12,7 @@ import {
   intersectList,
   layerAt,
   merge,
+  nextAbove,
   overlay,
   overlayList,
   pagesOfSpans,
@@ -225,6 +226,22 @@ describe('select()', () => {
   });
 });
 
+describe('nextAbove()', () => {
+  it('is the first index from i on whose value is above x, as a walk finds it', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: -50, max: 50 }), { maxLength: 80 }), fc.nat(90), fc.integer({ min: -60, max: 60 }), (raw, from, x) => {
+        const values = Int32Array.from(raw.sort((a, b) => a - b));
+        const n = values.length;
+        const i = Math.min(from, n);
+        let walk = i;
+        while (walk < n && values[walk]! <= x) walk++;
+        assert.equal(nextAbove(values, i, n, x), walk);
+      }),
+      opts,
+    );
+  });
+});
+
 describe('RangeList', () => {
   /** A list's ranges as plain objects. */
   const plain = (l: RangeList) => l.toArray().map((r) => ({ start: r.start, end: r.end }));
@@ -252,6 +269,29 @@ describe('RangeList', () => {
         const list = new RangeList(0);
         for (const r of ranges) list.push(r.start, r.end);
         assert.deepEqual(plain(list), coalesce(ranges));
+      }),
+      opts,
+    );
+  });
+
+  it('append() gives what a push() of each range gives, wherever the list starts (touching, overlapping or past the last range), and slice() copies a stretch', () => {
+    fc.assert(
+      fc.property(rangesArb, rangesArb, fc.integer({ min: -8, max: 8 }), fc.nat(4), (a, b, shift, capacity) => {
+        const head = RangeList.from(a);
+        // `b` moved to start at or after the last range's start of `a`: touching, overlapping or apart.
+        const lastStart = head.length > 0 ? head.starts[head.length - 1]! : 0;
+        const lift = b.length > 0 ? Math.max(0, lastStart + shift - b[0]!.start) : 0;
+        const tail = RangeList.from(b.map((r) => ({ start: r.start + lift, end: r.end + lift })));
+        const want = new RangeList(capacity);
+        const got = new RangeList(capacity);
+        for (const l of [head, tail]) for (let i = 0; i < l.length; i++) want.push(l.starts[i]!, l.ends[i]!);
+        got.append(head);
+        got.append(tail);
+        assert.deepEqual(plain(got), plain(want));
+        for (let from = 0; from <= want.length; from++) {
+          const to = Math.min(want.length, from + 1 + (capacity % 3));
+          assert.deepEqual(plain(want.slice(from, to)), plain(want).slice(from, to));
+        }
       }),
       opts,
     );

@@ -385,7 +385,7 @@ function evict(e: Engine, seg: LinuxSegment, layer: Layer, ranges: RangeList, se
         e.layers.packed(layer.length, real, (fd, packing) => {
           try {
             copyOut(e, layer, fd, packing, real, (batch) => {
-              for (let i = 0; i < batch.length; i++) copied.push(batch.starts[i]!, batch.ends[i]!);
+              copied.append(batch);
               settle(batch);
             });
           } catch (err) {
@@ -437,59 +437,57 @@ const BATCH_PAGES = 1024;
  * `from`'s moved-aside mapping where the segment writes through it (so the
  * pages it rewrites have page-table entries there), each stretch of them
  * between two long ones, up to a batch, in one Writer.gather (a few calls
- * for up to UIO_MAXIOV ranges): a call per page costs more than the copy. Long ranges,
- * and all of them without a window, go file to file: no page is read
- * through a mapping, where one without a page-table entry would fault in
- * (a hole of the layer would even be allocated). Stops early where the
- * kernel will not copy between memory files and there is no window.
+ * for up to UIO_MAXIOV ranges) handed on whole: a call per page costs more
+ * than the copy, and so does any work per range beyond the iovec (the
+ * first clones of a process run this before the JIT has compiled it).
+ * Long ranges, and all of them without a window, go file to file: no page
+ * is read through a mapping, where one without a page-table entry would
+ * fault in (a hole of the layer would even be allocated). Stops early
+ * where the kernel will not copy between memory files and there is no
+ * window.
  */
 function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: RangeList, copied: (batch: RangeList) => void): void {
   const page = e.pageSize;
   const window = e.windowCopy ? from.window : 0n;
-  // Copied, not yet handed on: a batch at a time.
-  let done = new RangeList(UIO_MAXIOV);
+  const { starts, ends } = ranges;
+  // Long ranges copied file to file, not yet handed on: a batch at a time.
+  let done = new RangeList(16);
   let donePages = 0;
   const hand = (force: boolean) => {
     if (done.length === 0 || (!force && done.length < UIO_MAXIOV && donePages < BATCH_PAGES)) return;
     const batch = done;
-    done = new RangeList(UIO_MAXIOV);
+    done = new RangeList(16);
     donePages = 0;
     copied(batch);
   };
-  const copiedOne = (start: number, end: number) => {
-    done.push(start, end);
-    donePages += end - start;
+  // Ranges i to j - 1 through the window, in one Writer.gather; handed on
+  // after what was copied before them.
+  const viaWindow = (list: RangeList) => {
+    e.writer.gather(to, window, list, packing.filePage(list.starts[0]!) * page);
+    hand(true);
+    copied(list);
   };
-  // Ranges for one Writer.gather, a batch at a time (the list is reused).
-  const stretch = new RangeList(UIO_MAXIOV);
-  let stretchPages = 0;
-  const flush = () => {
-    if (stretch.length === 0) return;
-    e.writer.gather(to, window, stretch, packing.filePage(stretch.starts[0]!) * page);
-    for (let i = 0; i < stretch.length; i++) copiedOne(stretch.starts[i]!, stretch.ends[i]!);
-    stretch.length = 0;
-    stretchPages = 0;
-    hand(false);
-  };
-  const viaWindow = (start: number, end: number) => {
-    stretch.push(start, end);
-    stretchPages += end - start;
-    if (stretch.length >= UIO_MAXIOV || stretchPages >= BATCH_PAGES) flush();
-  };
+  const short = (i: number) => window !== 0n && (ends[i]! - starts[i]! < FILE_COPY_LONG || !e.features.fileCopy);
   // A failure throws: what was copied and not handed on is left out, as if
   // never copied (nothing points to it yet).
-  for (let i = 0; i < ranges.length; i++) {
-    const rs = ranges.starts[i]!;
-    const re = ranges.ends[i]!;
-    if (window !== 0n && (re - rs < FILE_COPY_LONG || !e.features.fileCopy)) {
-      viaWindow(rs, re);
+  for (let i = 0; i < ranges.length; ) {
+    if (short(i)) {
+      let j = i;
+      let pages = 0;
+      while (j < ranges.length && j - i < UIO_MAXIOV && pages < BATCH_PAGES && short(j)) {
+        pages += ends[j]! - starts[j]!;
+        j++;
+      }
+      viaWindow(ranges.slice(i, j));
+      i = j;
       continue;
     }
-    flush();
-    for (let start = rs; start < re; start += BATCH_PAGES) {
-      const part = { start, end: Math.min(re, start + BATCH_PAGES) };
-      if (copyPages(e.features, page, from, part, to, packing.filePage(start))) {
-        copiedOne(part.start, part.end);
+    const re = ends[i]!;
+    for (let start = starts[i]!; start < re; start += BATCH_PAGES) {
+      const end = Math.min(re, start + BATCH_PAGES);
+      if (copyPages(e.features, page, from, { start, end }, to, packing.filePage(start))) {
+        done.push(start, end);
+        donePages += end - start;
         hand(false);
         continue;
       }
@@ -498,10 +496,12 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: R
         return;
       }
       // Refused (and from then on): through the window.
-      viaWindow(part.start, part.end);
+      const part = new RangeList(1);
+      part.push(start, end);
+      viaWindow(part);
     }
+    i++;
   }
-  flush();
   hand(true);
 }
 
