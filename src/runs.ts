@@ -715,10 +715,15 @@ export class RefCounts {
     return this.#addSorted(rs, re, m, delta);
   }
 
-  /** addAll() for a list of ranges (sorted and disjoint, as a RangeList is), without a Range object for each. */
-  addList(list: RangeList, delta: number): Range[] {
+  /**
+   * addAll() for a list of ranges (sorted and disjoint, as a RangeList is),
+   * without a Range object for each; the ranges freed come back as a list
+   * too (`list` itself where it frees them all: a deferred freeze takes a
+   * run a page off its last packed layer's mapped counts each round).
+   */
+  addList(list: RangeList, delta: number): RangeList {
     const m = list.length;
-    if (m === 0) return [];
+    if (m === 0) return new RangeList(0);
     if (list.starts[0]! < 0 || list.ends[m - 1]! > MAX_PAGE) throw new Error('memfork internal error: page range out of reach of the counts');
     const spans = this.#spans;
     if (spans.length === 0 && delta > 0) {
@@ -730,14 +735,14 @@ export class RefCounts {
       fresh.ends.set(list.ends.subarray(0, m));
       fresh.counts.fill(delta, 0, m);
       fresh.length = m;
-      return [];
+      return new RangeList(0);
     }
-    if (this.#addOverList(list, m, delta)) return [];
+    if (this.#addOverList(list, m, delta)) return new RangeList(0);
     if (this.#clearsAll(list, m, delta)) {
       this.#spans.length = 0;
-      return list.toArray();
+      return list;
     }
-    return this.#addSorted(list.starts, list.ends, m, delta);
+    return RangeList.from(this.#addSorted(list.starts, list.ends, m, delta));
   }
 
   /**

@@ -337,7 +337,7 @@ export class LayerStore {
       this.close(layer);
       return;
     }
-    for (const f of freed) this.punch(layer, f);
+    for (let i = 0; i < freed.length; i++) this.punch(layer, { start: freed.starts[i]!, end: freed.ends[i]! });
     if (layer.refs.empty) this.close(layer);
   }
 
