@@ -20,6 +20,7 @@ import {
   MAP_COST,
   plan,
   privatizeWorth,
+  rebasePays,
   restoreRunsTooMany,
   restoreCopyPays,
   RESTORE_COPY_SHARE,
@@ -353,6 +354,26 @@ describe('fitToBudget()', () => {
           for (const p of pagesOf(dirty)) assert.ok(pagesOf(out).has(p), `page ${p} left out`);
         } else {
           assert.equal(out, dirty);
+        }
+      }),
+    );
+  });
+});
+
+describe('rebasePays()', () => {
+  it('moves once the redundant copies made and to be made reach twice the segment, with memory for it, never for no copies', () => {
+    fc.assert(
+      fc.property(fc.nat(500), fc.nat(500), fc.integer({ min: 1, max: 500 }), fc.boolean(), (privatized, copies, pages, memory) => {
+        let asked = 0;
+        const affordable = () => (asked++, memory);
+        const pays = copies > 0 && privatized + copies >= 2 * pages;
+        assert.equal(rebasePays(privatized, copies, pages, affordable), memory && pays);
+        // The free memory is read only where the copies would pay for the move.
+        assert.equal(asked, pays ? 1 : 0);
+        // More copies made or to be made never turn a move into none.
+        if (rebasePays(privatized, copies, pages, affordable)) {
+          assert.ok(rebasePays(privatized + 1, copies, pages, affordable));
+          assert.ok(rebasePays(privatized, copies + 1, pages, affordable));
         }
       }),
     );

@@ -305,3 +305,25 @@ export function fitToBudget(dirty: readonly Range[], free: number, pageSize: num
   const extra = (pageCount(joined) - pageCount(dirty)) * pageSize;
   return extra <= available() / 4 ? joined : dirty;
 }
+
+/**
+ * Whether a segment whose in-place rewrites have made other mapped
+ * segments (snapshots that were read) take `privatized` redundant private
+ * copies since it last moved to a new layer (a copy of a page beyond the
+ * first of it: `fork()` keeps one old copy for all its children), and
+ * would now make them take `copies` more, moves to a new layer instead: a
+ * copy of its `pages` pages, after which the old layer is never rewritten
+ * again and the snapshots that show it need no more copies. Where each
+ * round rewrites new pages at random, every older read snapshot copies
+ * them (n snapshots: about n/2 copies of each, kept), and moving bounds
+ * that; where the same pages are rewritten each round, only the newest
+ * copies them, none is redundant, and a move would gain nothing. It moves
+ * once the redundant copies reach twice its size (ski rental, with the
+ * move's own copy and the rounds it saves counted against it: over six
+ * rounds of 10% at random no move, over 100 rounds of 1% one every 20 or
+ * so). `affordable()`: whether the machine has the memory for the move,
+ * asked only when the copies would pay for it (it may read /proc/meminfo).
+ */
+export function rebasePays(privatized: number, copies: number, pages: number, affordable: () => boolean): boolean {
+  return copies > 0 && privatized + copies >= 2 * pages && affordable();
+}

@@ -46,6 +46,13 @@ export class LinuxSegment {
    * the next one's (writtenForFreeze). Null when there are none.
    */
   pending: RangeList | null = null;
+  /**
+   * Redundant private copies (beyond the first of each page) other mapped
+   * segments took of its layer's pages so it could rewrite them in place
+   * (freeze.ts, privatizeSharers), since it last moved to a new layer:
+   * when they add up to twice its size, it moves (cost.ts, rebasePays).
+   */
+  privatized = 0;
   /** The pages its last freeze found written (null before one): whether it rewrites the same pages round after round. */
   lastWritten: RangeList | null = null;
   /**

@@ -11,8 +11,8 @@
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
 import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
-import { HOLE_MIN_PAGES, privatizeWorth, worthwhileHoles } from './cost.ts';
-import { pinnedList, pointAt, replace, type Engine, type LinuxSegment } from './engine.ts';
+import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, worthwhileHoles } from './cost.ts';
+import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
@@ -123,15 +123,23 @@ export function freeze(e: Engine, seg: LinuxSegment, dirty: readonly Range[], wr
  * later scans telling which it rewrites, and where every page of `dirty`
  * is a private copy).
  *
- * Returns the pages left over, and how many written pages were on layer
- * pages only unmapped segments share besides, or pinned and frozen deferred.
+ * Returns the pages left over, how many written pages were on layer
+ * pages only unmapped segments share besides, or pinned and frozen
+ * deferred, and whether the segment should move to a new layer rather
+ * than have read snapshots copy the pages left (rebase).
  *
  * A failure leaves the segment reading as before: its private copies stay
  * until dropped, and the layer pages changed are its alone.
  */
-export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mode: { exact: boolean; defer: boolean }): { left: Range[]; unmappedShared: number } {
+export function freezeInPlace(
+  e: Engine,
+  seg: LinuxSegment,
+  dirty: RangeList,
+  mode: { exact: boolean; defer: boolean },
+): { left: Range[]; unmappedShared: number; rebase: boolean } {
   let unmappedShared = 0;
-  const result = (left: Range[]) => ({ left, unmappedShared });
+  let rebaseNext = false;
+  const result = (left: Range[]) => ({ left, unmappedShared, rebase: rebaseNext });
   if (dirty.length === 0) return result([]);
   const defer = mode.defer;
   // A pinned page's mapping shows another layer than its run list: dropping
@@ -197,9 +205,12 @@ export function freezeInPlace(e: Engine, seg: LinuxSegment, dirty: RangeList, mo
     // place as before: a clone of them read at once would take a private
     // copy of each page the new layer holds, twice fork()'s memory.
     let movable = defer ? new RangeList(0) : unmappedOnly;
-    if (unmappedOnly !== shared && e.privatize) {
+    if (unmappedOnly !== shared && e.privatize && !rebaseNext) {
       const mappedToo = privatizeWorth(layer.mapped.spansIn(subtractList(shared, unmappedOnly)).toArray());
-      if (mappedToo.length > 0 && privatizeSharers(e, seg, layer, mappedToo)) movable = unionList(movable, RangeList.from(mappedToo));
+      const verdict = mappedToo.length > 0 ? privatizeSharers(e, seg, layer, mappedToo) : 'refused';
+      if (verdict === 'done') movable = unionList(movable, RangeList.from(mappedToo));
+      // Left as they are: the segment moves to a new layer instead (prepare.ts).
+      else if (verdict === 'rebase') rebaseNext = true;
     }
     if (movable.length > 0) evict(e, seg, layer, movable, settle);
   }
@@ -292,7 +303,7 @@ function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeL
  * more than a quarter of the memory the machine has free, or the kernel
  * refused them (some may have been made: they change no byte).
  */
-function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): boolean {
+function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): 'done' | 'refused' | 'rebase' {
   const targets: { addr: bigint; ranges: Range[] }[] = [];
   const byRuns = new Map<Runs, Range[]>();
   let pages = 0;
@@ -309,14 +320,38 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
     targets.push({ addr: other.addr, ranges: on });
     pages += pageCount(on);
   }
+  // Copies beyond the first of each page are the redundant ones.
+  let distinct = new RangeList(0);
+  for (const on of byRuns.values()) if (on.length > 0) distinct = unionList(distinct, RangeList.from(on));
+  const redundant = pages - distinct.pages;
+  // A segment with pinned pages keeps private copies across freezes
+  // (deferred): it does not move. A move copies the segment: as private
+  // copies, up to UNCHECKED_COPY without asking the machine.
+  const affordable = () => seg.length <= UNCHECKED_COPY || seg.length <= e.availableMemory() / 4;
+  if (seg.maps === seg.runs && rebasePays(seg.privatized, redundant, seg.pages, affordable)) return 'rebase';
   const bytes = pages * e.pageSize;
-  if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
+  if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return 'refused';
   try {
     for (const t of targets) e.dropper.privatize(t.addr, t.ranges, fileMappedUnder(e, t.addr, t.ranges));
   } catch {
-    return false;
+    return 'refused';
   }
-  return true;
+  seg.privatized += redundant;
+  return 'done';
+}
+
+/**
+ * Moves `seg` to a new layer (rebasePays, cost.ts): its whole contents
+ * written into one (its written pages from memory, the rest file to file)
+ * and remapped from it, as a freeze of the whole segment. The layer it
+ * leaves is then only its snapshots', never rewritten again. Atomic in
+ * content, like any freeze; throws where it could not be done, changing
+ * nothing any segment reads.
+ */
+export function rebase(e: Engine, seg: LinuxSegment): void {
+  // One mapping over the whole segment replaces what it had: no room needed.
+  freeze(e, seg, [{ start: 0, end: seg.pages }], scanWritten(e, seg), (length) => e.layers.newLayer(length));
+  seg.privatized = 0;
 }
 
 /**

@@ -9,7 +9,7 @@ import { coalesce, type Range } from '../../src/runs.ts';
 import { compact } from './compact.ts';
 import { compactionFor, defersFreeze, fitToBudget, JOIN_GAP } from './cost.ts';
 import { writtenForFreeze, type Engine, type LinuxSegment } from './engine.ts';
-import { freeze, freezeInPlace, makePrivate } from './freeze.ts';
+import { freeze, freezeInPlace, makePrivate, rebase } from './freeze.ts';
 
 /**
  * Brings `seg` to the state a clone or restore can share: private, its
@@ -37,6 +37,14 @@ export function prepare(e: Engine, seg: LinuxSegment): void {
     // The next scan then reports exactly what is rewritten.
     seg.deferNext = defer && done.unmappedShared > 0;
     seg.lastWritten = scan.written;
+    if (done.rebase) {
+      // Read snapshots have copied as much of its layer as moving costs:
+      // it moves, and leaves that layer to them (cost.ts, rebasePays). A
+      // failure leaves it as it was, its pages left still private.
+      rebase(e, seg);
+      seg.pending = null;
+      return;
+    }
   }
   // Freezing adds up to two mappings per written run: a clone that can be
   // done is not refused for the budget while the machine has the memory.
