@@ -299,9 +299,11 @@ function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeL
 /**
  * Makes every mapped segment other than `seg` whose run list has `layer`
  * under `ranges` take a private copy of those pages (Dropper.privatize), so
- * the layer can be rewritten under them. False, where the copies would take
- * more than a quarter of the memory the machine has free, or the kernel
- * refused them (some may have been made: they change no byte).
+ * the layer can be rewritten under them: 'done'. 'refused' where the
+ * copies would take more than a quarter of the memory the machine has
+ * free, or the kernel refused them (some may have been made: they change
+ * no byte); 'rebase', making none, where `seg` should move to a new layer
+ * instead (rebasePays, cost.ts).
  */
 function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): 'done' | 'refused' | 'rebase' {
   const targets: { addr: bigint; ranges: Range[] }[] = [];
@@ -349,9 +351,14 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
  * nothing any segment reads.
  */
 export function rebase(e: Engine, seg: LinuxSegment): void {
-  // One mapping over the whole segment replaces what it had: no room needed.
-  freeze(e, seg, [{ start: 0, end: seg.pages }], scanWritten(e, seg), (length) => e.layers.newLayer(length));
-  seg.privatized = 0;
+  try {
+    // One mapping over the whole segment replaces what it had: no room needed.
+    freeze(e, seg, [{ start: 0, end: seg.pages }], scanWritten(e, seg), (length) => e.layers.newLayer(length));
+  } finally {
+    // Counted afresh either way: after a failure (no descriptor for a new
+    // layer, say), the next freezes take private copies as before.
+    seg.privatized = 0;
+  }
 }
 
 /**
