@@ -244,15 +244,9 @@ export class RangeList {
     const n = this.length;
     const more = list.length - k;
     if (more === 0) return;
-    let capacity = this.starts.length;
-    while (capacity < n + more) capacity *= 2;
-    if (capacity !== this.starts.length) {
-      const starts = new Int32Array(capacity);
-      const ends = new Int32Array(capacity);
-      starts.set(this.starts.subarray(0, n));
-      ends.set(this.ends.subarray(0, n));
-      this.starts = starts;
-      this.ends = ends;
+    while (n + more > this.starts.length) {
+      this.starts = doubled(this.starts);
+      this.ends = doubled(this.ends);
     }
     this.starts.set(list.starts.subarray(k, list.length), n);
     this.ends.set(list.ends.subarray(k, list.length), n);
@@ -362,6 +356,40 @@ export function pageCount(ranges: readonly Range[]): number {
   let n = 0;
   for (const r of ranges) n += r.end - r.start;
   return n;
+}
+
+/**
+ * Pages in at least one of `lists` (each of ranges sorted and disjoint;
+ * the lists may overlap one another): the starts and the ends sorted apart
+ * and swept together, no list built.
+ */
+export function unionPages(lists: readonly (readonly Range[])[]): number {
+  let total = 0;
+  for (const l of lists) total += l.length;
+  const starts = new Int32Array(total);
+  const ends = new Int32Array(total);
+  let k = 0;
+  for (const l of lists) {
+    for (const r of l) {
+      starts[k] = r.start;
+      ends[k] = r.end;
+      k++;
+    }
+  }
+  starts.sort();
+  ends.sort();
+  // Every start comes before its own end, so `open` never goes below 0.
+  let pages = 0;
+  let open = 0;
+  let from = 0;
+  let j = 0;
+  for (let i = 0; i < total; i++) {
+    const s = starts[i]!;
+    for (; j < total && ends[j]! <= s; j++) if (--open === 0) pages += ends[j]! - from;
+    if (open++ === 0) from = s;
+  }
+  for (; j < total; j++) if (--open === 0) pages += ends[j]! - from;
+  return pages;
 }
 
 /**

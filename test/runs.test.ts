@@ -27,6 +27,7 @@ import {
   subtract,
   subtractList,
   unionList,
+  unionPages,
   type Range,
   type Run,
 } from '../src/runs.ts';
@@ -442,6 +443,21 @@ describe('pageCount()', () => {
       }),
     );
     assert.equal(pageCount([]), 0);
+  });
+});
+
+describe('unionPages()', () => {
+  it('counts the pages in any of several lists, once each', () => {
+    fc.assert(
+      fc.property(fc.array(rangesArb, { maxLength: 6 }), (lists) => {
+        const all = new Set<number>();
+        for (const l of lists) for (const p of pagesOf(l)) all.add(p);
+        assert.equal(unionPages(lists), all.size);
+      }),
+      opts,
+    );
+    assert.equal(unionPages([]), 0);
+    assert.equal(unionPages([[{ start: 0, end: 4 }], [{ start: 4, end: 6 }], [{ start: 2, end: 5 }]]), 6);
   });
 });
 

@@ -10,7 +10,7 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, worthwhileHoles } from './cost.ts';
 import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -323,9 +323,7 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
     pages += pageCount(on);
   }
   // Copies beyond the first of each page are the redundant ones.
-  let distinct = new RangeList(0);
-  for (const on of byRuns.values()) if (on.length > 0) distinct = unionList(distinct, RangeList.from(on));
-  const redundant = pages - distinct.pages;
+  const redundant = targets.length < 2 ? 0 : pages - unionPages([...byRuns.values()]);
   // A segment with pinned pages keeps private copies across freezes
   // (deferred): it does not move. A move copies the segment: as private
   // copies, up to UNCHECKED_COPY without asking the machine.

@@ -38,8 +38,9 @@ export function prepare(e: Engine, seg: LinuxSegment): void {
     seg.deferNext = defer && done.unmappedShared > 0;
     seg.lastWritten = scan.written;
     if (done.rebase) {
-      // Read snapshots have copied as much of its layer as moving costs:
-      // it moves, and leaves that layer to them (cost.ts, rebasePays). A
+      // Read snapshots have made twice its size in redundant copies of
+      // its layer: it moves, and leaves that layer to them (cost.ts,
+      // rebasePays). A
       // failure leaves it as it was, its pages left still private.
       rebase(e, seg);
       seg.pending = null;
