@@ -403,8 +403,11 @@ export function unionPages(lists: readonly (readonly Range[])[]): number {
  */
 export class Packing {
   readonly #starts: Int32Array;
-  readonly #ends: Int32Array;
-  /** The file page of each range's first page. */
+  /**
+   * The file page of each range's first page, and one past the last
+   * range's last page: range i holds firsts[i + 1] - firsts[i] pages (its
+   * end is not kept, a third of the memory).
+   */
   readonly #firsts: Int32Array;
   /** Pages held. */
   readonly pages: number;
@@ -412,14 +415,14 @@ export class Packing {
   /** The pages of `ranges` stored from file page `at` on. */
   constructor(ranges: RangeList, at = 0) {
     const n = ranges.length;
-    const firsts = new Int32Array(n);
+    const firsts = new Int32Array(n + 1);
     let file = at;
     for (let i = 0; i < n; i++) {
       firsts[i] = file;
       file += ranges.ends[i]! - ranges.starts[i]!;
     }
+    firsts[n] = file;
     this.#starts = ranges.starts.slice(0, n);
-    this.#ends = ranges.ends.slice(0, n);
     this.#firsts = firsts;
     this.pages = file - at;
   }
@@ -434,8 +437,9 @@ export class Packing {
       if (starts[mid]! <= page) lo = mid;
       else hi = mid - 1;
     }
-    if (starts.length === 0 || page < starts[lo]! || page >= this.#ends[lo]!) throw new Error(`memfork internal error: page ${page} is not in this packed layer`);
-    return this.#firsts[lo]! + page - starts[lo]!;
+    const offset = page - starts[lo]!;
+    if (starts.length === 0 || offset < 0 || offset >= this.#firsts[lo + 1]! - this.#firsts[lo]!) throw new Error(`memfork internal error: page ${page} is not in this packed layer`);
+    return this.#firsts[lo]! + offset;
   }
 }
 
@@ -590,12 +594,21 @@ export class SpanList {
     ends.set(list.ends.subarray(0, list.length), from);
     counts.set(list.counts.subarray(0, list.length), from);
     this.length = length;
+    // A quarter full: half the room given back (a layer's counts shrink as
+    // its run lists move off it, and keep no room for what they held).
+    if (length <= this.starts.length >> 2 && this.starts.length > 64) this.#resize(Math.max(4, 2 * length));
   }
 
   #grow(): void {
     this.starts = doubled(this.starts);
     this.ends = doubled(this.ends);
     this.counts = doubled(this.counts);
+  }
+
+  #resize(capacity: number): void {
+    this.starts = this.starts.slice(0, capacity);
+    this.ends = this.ends.slice(0, capacity);
+    this.counts = this.counts.slice(0, capacity);
   }
 }
 
@@ -767,7 +780,7 @@ export class RefCounts {
     }
     if (this.#addOverList(list, m, delta)) return new RangeList(0);
     if (this.#clearsAll(list, m, delta)) {
-      this.#spans.length = 0;
+      this.#spans = new SpanList(0);
       return list;
     }
     return RangeList.from(this.#addSorted(list.starts, list.ends, m, delta));

@@ -517,6 +517,41 @@ describe('Packing', () => {
   });
 });
 
+describe('SpanList.splice()', () => {
+  it('replaces spans in place as an array splice does, and gives back room once a quarter full', () => {
+    const spanArb = fc.array(fc.tuple(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 3 }), fc.integer({ min: 1, max: 5 })), { maxLength: 400, size: 'max' });
+    const toList = (spans: readonly [number, number, number][]) => {
+      const out: { start: number; end: number; count: number }[] = [];
+      let at = 0;
+      for (const [gap, len, count] of spans) {
+        out.push({ start: at + gap, end: at + gap + len, count });
+        at += gap + len;
+      }
+      return out;
+    };
+    fc.assert(
+      fc.property(spanArb, fc.nat(), fc.nat(), fc.integer({ min: 0, max: 3 }), (spans, a, b, k) => {
+        const model = toList(spans);
+        const list = SpanList.from(model);
+        const from = model.length === 0 ? 0 : a % (model.length + 1);
+        const to = from + (model.length === from ? 0 : b % (model.length - from + 1));
+        // Replacements that fit between the spans kept either side.
+        const lo = from > 0 ? model[from - 1]!.end : 0;
+        const hi = to < model.length ? model[to]!.start : lo + 100;
+        const repl: { start: number; end: number; count: number }[] = [];
+        for (let i = 0; i < k && lo + 2 * i + 2 <= hi; i++) repl.push({ start: lo + 2 * i + 1, end: lo + 2 * i + 2, count: 7 });
+        list.splice(from, to, SpanList.from(repl));
+        model.splice(from, to - from, ...repl);
+        assert.deepEqual(list.toArray(), model);
+        assert.ok(list.starts.length <= 64 || list.starts.length < 4 * list.length, `room ${list.starts.length} for ${list.length}`);
+        assert.equal(list.ends.length, list.starts.length);
+        assert.equal(list.counts.length, list.starts.length);
+      }),
+      opts,
+    );
+  });
+});
+
 describe('RefCounts', () => {
   type Op =
     | { kind: 'add'; start: number; end: number; delta: number }
