@@ -48,45 +48,31 @@ export function overlay<L>(base: readonly Run<L>[], top: readonly Range[], layer
 }
 
 /**
- * overlay() for a list of ranges, in one pass over both and without
- * sorting: the same result. Runs of `base` that come through whole are
- * shared, not copied.
+ * overlay() for a run list and a list of ranges, in one pass over both and
+ * without sorting: the same result.
  */
-export function overlayList<L>(base: readonly Run<L>[], top: RangeList, layer: L): Run<L>[] {
-  const out: Run<L>[] = [];
-  const emit = (start: number, end: number, l: L, whole: Run<L> | undefined): void => {
-    const n = out.length;
-    if (n > 0) {
-      const last = out[n - 1]!;
-      if (last.layer === l && last.end === start) {
-        out[n - 1] = { start: last.start, end, layer: l };
-        return;
-      }
-    }
-    out.push(whole ?? { start, end, layer: l });
-  };
+export function overlayList<L>(base: RunList<L>, top: RangeList, layer: L): RunList<L> {
+  const out = new RunList<L>(base.length + 2 * top.length);
+  const { starts, ends, layers } = base;
+  const n = base.length;
   let i = 0;
   // Pages of `base` before `cut` are covered by a range of `top` already emitted.
-  let cut = -Infinity;
-  const baseUntil = (limit: number): void => {
-    for (; i < base.length && base[i]!.start < limit; i++) {
-      const r = base[i]!;
-      const start = Math.max(r.start, cut);
-      const end = Math.min(r.end, limit);
-      if (start < end) emit(start, end, r.layer, start === r.start && end === r.end ? r : undefined);
-      if (r.end > limit) return;
+  let cut = -1;
+  for (let g = 0; g <= top.length; g++) {
+    const limit = g < top.length ? top.starts[g]! : Infinity;
+    for (; i < n && starts[i]! < limit; i++) {
+      const end = Math.min(ends[i]!, limit);
+      const from = Math.max(starts[i]!, cut);
+      if (from < end) out.push(from, end, layers[i]!);
+      if (ends[i]! > limit) break;
     }
-  };
-  for (let g = 0; g < top.length; g++) {
-    const start = top.starts[g]!;
+    if (g === top.length) break;
     const end = top.ends[g]!;
-    baseUntil(start);
-    emit(start, end, layer, undefined);
+    out.push(limit, end, layer);
     cut = end;
-    while (i < base.length && base[i]!.end <= end) i++;
+    while (i < n && ends[i]! <= end) i++;
   }
-  baseUntil(Infinity);
-  return out;
+  return out.seal();
 }
 
 /** The parts of `runs` that fall inside `range`, clipped to it. */
@@ -120,21 +106,21 @@ export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Ru
  * layers: sorted, disjoint, merged. One sweep over both.
  */
 export function differing<L>(a: readonly Run<L>[], b: readonly Run<L>[]): Range[] {
-  return differingList(a, b).toArray();
+  return differingList(RunList.from(a), RunList.from(b)).toArray();
 }
 
-/** differing(), as a list. */
-export function differingList<L>(a: readonly Run<L>[], b: readonly Run<L>[]): RangeList {
+/** differing(), for run lists, as a list. */
+export function differingList<L>(a: RunList<L>, b: RunList<L>): RangeList {
   const out = new RangeList();
   let i = 0;
   let j = 0;
   while (i < a.length && j < b.length) {
-    const x = a[i]!;
-    const y = b[j]!;
-    const start = Math.max(x.start, y.start);
-    const end = Math.min(x.end, y.end);
-    if (start < end && x.layer !== y.layer) out.push(start, end);
-    if (x.end <= y.end) i++;
+    const xe = a.ends[i]!;
+    const ye = b.ends[j]!;
+    const start = Math.max(a.starts[i]!, b.starts[j]!);
+    const end = Math.min(xe, ye);
+    if (start < end && a.layers[i] !== b.layers[j]) out.push(start, end);
+    if (xe <= ye) i++;
     else j++;
   }
   return out;
@@ -191,6 +177,85 @@ function doubled(a: Int32Array): Int32Array {
   const b = new Int32Array(2 * a.length);
   b.set(a);
   return b;
+}
+
+/**
+ * A run list in two Int32Arrays and an array of layers: 16 bytes a run,
+ * where a Run object each took 56 (48 the object, 8 its slot), most of
+ * them made afresh by every clone of a scattered run list, so the young
+ * generation grew to hold them. Built with push(), then sealed, and
+ * treated as immutable from then on: replaced, never edited, so that two
+ * segments holding the same RunList object hold the same contents.
+ */
+export class RunList<L> {
+  starts: Int32Array;
+  ends: Int32Array;
+  layers: L[] = [];
+  length = 0;
+
+  constructor(capacity = 16) {
+    this.starts = new Int32Array(Math.max(1, capacity));
+    this.ends = new Int32Array(Math.max(1, capacity));
+  }
+
+  /** One run. */
+  static of<L>(start: number, end: number, layer: L): RunList<L> {
+    const out = new RunList<L>(1);
+    out.push(start, end, layer);
+    return out;
+  }
+
+  /** `runs` (sorted, disjoint) as a list, touching runs of one layer joined. */
+  static from<L>(runs: readonly Run<L>[]): RunList<L> {
+    const out = new RunList<L>(runs.length);
+    for (const r of runs) out.push(r.start, r.end, r.layer);
+    return out.seal();
+  }
+
+  /** Appends [start, end) on `layer`, at or after the last run's end: joined with it where they touch on the same layer. */
+  push(start: number, end: number, layer: L): void {
+    const n = this.length;
+    if (n > 0 && this.ends[n - 1] === start && this.layers[n - 1] === layer) {
+      this.ends[n - 1] = end;
+      return;
+    }
+    if (n === this.starts.length) {
+      this.starts = doubled(this.starts);
+      this.ends = doubled(this.ends);
+    }
+    this.starts[n] = start;
+    this.ends[n] = end;
+    this.layers[n] = layer;
+    this.length = n + 1;
+  }
+
+  /** Gives back the room beyond its length (a list kept takes what it holds: an array grown by push keeps up to half again); returns itself. */
+  seal(): this {
+    const n = this.length;
+    if (this.starts.length !== n) {
+      this.starts = this.starts.slice(0, n);
+      this.ends = this.ends.slice(0, n);
+    }
+    this.layers = this.layers.slice(0, n);
+    return this;
+  }
+
+  /** Run `i` as an object. */
+  at(i: number): Run<L> {
+    return { start: this.starts[i]!, end: this.ends[i]!, layer: this.layers[i]! };
+  }
+
+  /** The runs as objects. */
+  toArray(): Run<L>[] {
+    const out: Run<L>[] = new Array(this.length);
+    for (let i = 0; i < this.length; i++) out[i] = this.at(i);
+    return out;
+  }
+
+  /** Whether some run is on `layer`. */
+  shows(layer: L): boolean {
+    return this.layers.includes(layer);
+  }
 }
 
 /**
@@ -330,22 +395,43 @@ export function intersectList(a: RangeList, b: RangeList): RangeList {
  * them), in order, clipped to the runs: as select() gives them, grouped by
  * layer. A run list of one run gives `list` itself.
  */
-export function listsUnder<L>(runs: readonly Run<L>[], list: RangeList): Map<L, RangeList> {
+export function listsUnder<L>(runs: RunList<L>, list: RangeList): Map<L, RangeList> {
   const out = new Map<L, RangeList>();
   if (list.length === 0) return out;
+  const { starts, ends, layers } = runs;
+  const n = runs.length;
   const first = list.starts[0]!;
   const last = list.ends[list.length - 1]!;
-  if (runs.length === 1 && runs[0]!.start <= first && runs[0]!.end >= last) return out.set(runs[0]!.layer, list);
+  if (n === 1 && starts[0]! <= first && ends[0]! >= last) return out.set(layers[0]!, list);
   let i = 0;
+  let lastLayer: L | undefined;
+  let to: RangeList | undefined;
   for (let g = 0; g < list.length; g++) {
     const gs = list.starts[g]!;
     const ge = list.ends[g]!;
-    while (i < runs.length && runs[i]!.end <= gs) i++;
-    for (let j = i; j < runs.length && runs[j]!.start < ge; j++) {
-      const r = runs[j]!;
-      let to = out.get(r.layer);
-      if (to === undefined) out.set(r.layer, (to = new RangeList()));
-      to.push(Math.max(r.start, gs), Math.min(r.end, ge));
+    while (i < n && ends[i]! <= gs) i++;
+    for (let j = i; j < n && starts[j]! < ge; j++) {
+      const layer = layers[j]!;
+      if (to === undefined || layer !== lastLayer) {
+        lastLayer = layer;
+        to = out.get(layer);
+        if (to === undefined) out.set(layer, (to = new RangeList()));
+      }
+      to.push(Math.max(starts[j]!, gs), Math.min(ends[j]!, ge));
+    }
+  }
+  return out;
+}
+
+/** The parts of `runs` under the sorted, disjoint `ranges`, as select() gives them. */
+export function selectIn<L>(runs: RunList<L>, ranges: readonly Range[]): Run<L>[] {
+  const out: Run<L>[] = [];
+  const { starts, ends, layers } = runs;
+  let i = 0;
+  for (const g of ranges) {
+    while (i < runs.length && ends[i]! <= g.start) i++;
+    for (let j = i; j < runs.length && starts[j]! < g.end; j++) {
+      out.push({ start: Math.max(starts[j]!, g.start), end: Math.min(ends[j]!, g.end), layer: layers[j]! });
     }
   }
   return out;

@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, RangeList, RefCounts, type Range, type Run } from '../src/runs.ts';
+import { merge, RangeList, RefCounts, RunList, type Range, type Run } from '../src/runs.ts';
 import {
   chargeMapping,
   COMPACT_WINDOWS,
@@ -83,7 +83,7 @@ describe('sharedPages()', () => {
       fc.property(segmentsArb, ({ lists, first }) => {
         const { runLists } = build(lists, PAGES, first);
         const runs = runLists[0]!;
-        const got = sharedPages(runs);
+        const got = sharedPages(RunList.from(runs));
         runs.forEach((r, i) => {
           let want = 0;
           for (let p = r.start; p < r.end; p++) if (r.layer === null || users(runLists, runs, p) > 1) want++;
@@ -101,14 +101,14 @@ describe('largestLayer()', () => {
         const runs = build(lists, PAGES, first).runLists[0]!;
         const total = new Map<FakeLayer | null, number>();
         for (const r of runs) total.set(r.layer, (total.get(r.layer) ?? 0) + r.end - r.start);
-        const best = largestLayer(runs);
+        const best = largestLayer(RunList.from(runs));
         for (const n of total.values()) assert.ok(total.get(best)! >= n);
       }),
     );
   });
 
   it('is null for no runs', () => {
-    assert.equal(largestLayer([]), null);
+    assert.equal(largestLayer(new RunList<FakeLayer | null>(0)), null);
   });
 });
 
@@ -117,8 +117,8 @@ describe('plan()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.nat(2 * PAGES), ({ lists, first }, limit) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const dup = sharedPages(runs).reduce((a, b) => a + b, 0);
-        const p = plan(runs, PAGES, 0, limit);
+        const dup = sharedPages(RunList.from(runs)).reduce((a, b) => a + b, 0);
+        const p = plan(RunList.from(runs), PAGES, 0, limit);
         if (runs.length > 1 && dup <= limit) assert.deepEqual(p, { windows: [{ start: 0, end: PAGES }], duplicated: dup });
         else assert.equal(p, undefined);
       }),
@@ -129,10 +129,10 @@ describe('plan()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.integer({ min: 1, max: 6 }), fc.nat(2 * PAGES), ({ lists, first }, windows, limit) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const p = plan(runs, PAGES, windows, limit);
+        const p = plan(RunList.from(runs), PAGES, windows, limit);
         if (p === undefined) return;
-        const base = largestLayer(runs);
-        const shared = sharedPages(runs);
+        const base = largestLayer(RunList.from(runs));
+        const shared = sharedPages(RunList.from(runs));
         // Windows are sorted, disjoint, inside the segment, and on run boundaries.
         const bounds = new Set(runs.flatMap((r) => [r.start, r.end]));
         let last = -1;
@@ -159,10 +159,10 @@ describe('plan()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.integer({ min: 1, max: 6 }), fc.nat(2 * PAGES), ({ lists, first }, windows, limit) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const p = plan(runs, PAGES, windows, limit);
+        const p = plan(RunList.from(runs), PAGES, windows, limit);
         if (p === undefined || p.windows.length <= windows) return;
         // Each main-layer gap left between two windows would pass the limit.
-        const shared = sharedPages(runs);
+        const shared = sharedPages(RunList.from(runs));
         for (let k = 0; k + 1 < p.windows.length; k++) {
           const gap = runs.findIndex((r) => r.start === p.windows[k]!.end);
           assert.ok(p.duplicated + shared[gap]! > limit);
@@ -177,11 +177,11 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.integer({ min: 8, max: 40 }), ({ lists, first }, maxRuns) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const c = compactionFor(runs, PAGES, 0, maxRuns, () => ({ used: 0, limit: 1000 }));
+        const c = compactionFor(RunList.from(runs), PAGES, 0, maxRuns, () => ({ used: 0, limit: 1000 }));
         if (runs.length > maxRuns) assert.deepEqual(c, { windows: maxRuns >> 2, limit: Infinity });
         else assert.equal(c, undefined, 'no debt, no compaction');
         if (runs.length <= 2 * COMPACT_WINDOWS + 1) {
-          assert.equal(compactionFor(runs, PAGES, Infinity, Math.max(runs.length, 8), () => ({ used: 0, limit: 1000 })), undefined);
+          assert.equal(compactionFor(RunList.from(runs), PAGES, Infinity, Math.max(runs.length, 8), () => ({ used: 0, limit: 1000 })), undefined);
         }
       }),
     );
@@ -191,8 +191,8 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.nat(2000), fc.nat(2000), fc.nat(999), ({ lists, first }, d1, extra, used) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const at = compactionFor(runs, PAGES, d1, 1000, () => ({ used, limit: 1000 }));
-        if (at !== undefined) assert.deepEqual(compactionFor(runs, PAGES, d1 + extra, 1000, () => ({ used, limit: 1000 })), at);
+        const at = compactionFor(RunList.from(runs), PAGES, d1, 1000, () => ({ used, limit: 1000 }));
+        if (at !== undefined) assert.deepEqual(compactionFor(RunList.from(runs), PAGES, d1 + extra, 1000, () => ({ used, limit: 1000 })), at);
       }),
     );
   });
@@ -201,9 +201,9 @@ describe('compactionFor()', () => {
     fc.assert(
       fc.property(segmentsArb, fc.nat(2000), ({ lists, first }, debt) => {
         const runs = build(lists, PAGES, first).runLists[0]!;
-        const c = compactionFor(runs, PAGES, debt, 1000, () => ({ used: 0, limit: 1000 }));
+        const c = compactionFor(RunList.from(runs), PAGES, debt, 1000, () => ({ used: 0, limit: 1000 }));
         if (c === undefined || c.windows === 0) return;
-        const p = plan(runs, PAGES, c.windows, c.limit)!;
+        const p = plan(RunList.from(runs), PAGES, c.windows, c.limit)!;
         const copied = p.windows.reduce((n, w) => n + w.end - w.start, 0);
         assert.ok(debt >= COPY_COST * copied);
       }),

@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, RangeList, type Range, type Run } from '../src/runs.ts';
+import { merge, RangeList, RunList, type Range, type Run } from '../src/runs.ts';
 import { applyByPage, applyEach, byPageCheaper, Moves, type Move } from '../platform/linux/moves.ts';
 import { memoryStats, Segment } from '../src/index.ts';
 import { linuxOnly } from './helpers/proc.ts';
@@ -22,7 +22,7 @@ const layers: L[] = [null, ...named];
 const opts = { numRuns: 1000 };
 
 /** Runs covering [0, PAGES), merged, as a segment's run list is. */
-const runsArb: fc.Arbitrary<Run<L>[]> = fc
+const runsArb: fc.Arbitrary<RunList<L>> = fc
   .array(fc.tuple(fc.integer({ min: 1, max: 12 }), fc.constantFrom(...layers)), { minLength: 1, maxLength: 16 })
   .map((parts) => {
     const out: Run<L>[] = [];
@@ -33,7 +33,7 @@ const runsArb: fc.Arbitrary<Run<L>[]> = fc
       at += len;
     }
     if (at < PAGES) out.push({ start: at, end: PAGES, layer: parts[0]![1] });
-    return merge(out);
+    return RunList.from(merge(out));
   });
 
 /** Sorted, disjoint ranges inside [0, PAGES), not empty. */
@@ -56,9 +56,9 @@ const moveArb: fc.Arbitrary<Move<L>> = fc
   .filter(([from, to]) => from !== to)
   .map(([from, to, ranges]) => ({ from, to, ranges: RangeList.from(ranges), pages: ranges.reduce((n, r) => n + r.end - r.start, 0) }));
 
-function pagesOf(runs: readonly Run<L>[]): L[] {
+function pagesOf(runs: RunList<L>): L[] {
   const out: L[] = [];
-  for (const r of runs) for (let p = r.start; p < r.end; p++) out[p] = r.layer;
+  for (const r of runs.toArray()) for (let p = r.start; p < r.end; p++) out[p] = r.layer;
   return out;
 }
 
@@ -66,11 +66,14 @@ function modelApply(model: L[], m: Move<L>): void {
   for (const g of m.ranges.toArray()) for (let p = g.start; p < g.end; p++) if (model[p] === m.from) model[p] = m.to;
 }
 
-function assertMerged(runs: readonly Run<L>[]): void {
+function assertMerged(list: RunList<L>): void {
+  const runs = list.toArray();
   for (let i = 1; i < runs.length; i++) {
     assert.equal(runs[i - 1]!.end, runs[i]!.start, 'runs cover the pages without gaps');
     assert.notEqual(runs[i - 1]!.layer, runs[i]!.layer, 'touching runs of one layer are merged');
   }
+  assert.equal(list.starts.length, list.length, 'no room kept beyond its runs');
+  assert.equal(list.layers.length, list.length);
 }
 
 describe('eviction log', () => {
@@ -82,7 +85,7 @@ describe('eviction log', () => {
         const each = applyEach(runs, moves);
         const byPage = applyByPage(runs, moves, PAGES);
         assert.deepEqual(pagesOf(each), model);
-        assert.deepEqual(byPage, each);
+        assert.deepEqual(byPage.toArray(), each.toArray());
         assertMerged(byPage);
       }),
       opts,
@@ -120,7 +123,7 @@ describe('eviction log', () => {
       fc.property(fc.array(stepArb, { maxLength: 30 }), (steps) => {
         const log = new Moves<L>();
         const pushed: Move<L>[] = [];
-        const held: { runs: readonly Run<L>[]; epoch: number; model: L[] }[] = [];
+        const held: { runs: RunList<L>; epoch: number; model: L[] }[] = [];
         for (const s of steps) {
           if (s.kind === 'take') {
             held.push({ runs: s.runs, epoch: log.epoch, model: pagesOf(s.runs) });
@@ -136,12 +139,12 @@ describe('eviction log', () => {
             for (const layer of named) {
               const since = pushed.slice(h.epoch).some((m) => m.to === layer);
               assert.equal(log.movedToSince(layer, h.epoch), since);
-              if (!h.runs.some((r) => r.layer === layer) && h.model.includes(layer)) assert.ok(since, 'shown now, so moved to since');
+              if (!h.runs.shows(layer) && h.model.includes(layer)) assert.ok(since, 'shown now, so moved to since');
             }
             const now = log.resolve(h.runs, h.epoch, PAGES);
             assert.deepEqual(pagesOf(now), h.model);
             assertMerged(now);
-            assert.deepEqual(log.resolve(h.runs, h.epoch, PAGES), now, 'resolved again: the same run list');
+            assert.deepEqual(log.resolve(h.runs, h.epoch, PAGES).toArray(), now.toArray(), 'resolved again: the same run list');
             h.runs = now;
             h.epoch = log.epoch;
           }
@@ -159,7 +162,7 @@ describe('eviction log', () => {
 
   it('refuses to resolve a run list older than the entries it kept', () => {
     const log = new Moves<L>();
-    const runs: Run<L>[] = [{ start: 0, end: PAGES, layer: named[0]! }];
+    const runs = RunList.of<L>(0, PAGES, named[0]!);
     log.push(named[0]!, named[1]!, RangeList.from([{ start: 0, end: 4 }]));
     log.trim(1);
     assert.throws(() => log.resolve(runs, 0, PAGES), /older than the eviction log/);

@@ -20,6 +20,8 @@ import {
   listsUnder,
   pageCount,
   RangeList,
+  RunList,
+  selectIn,
   RefCounts,
   sameCounts,
   select,
@@ -158,19 +160,40 @@ describe('overlay()', () => {
 });
 
 describe('overlayList()', () => {
-  it('gives what overlay() gives, sharing the base runs it keeps whole', () => {
+  it('gives what overlay() gives, as a sealed run list', () => {
     fc.assert(
       fc.property(runsArb, rangesArb, fc.constantFrom(...layers), (base, top, layer) => {
-        const out = overlayList(base, RangeList.from(coalesce(top)), layer);
-        assert.deepEqual(out, overlay(base, top, layer));
-        assertMerged(out);
-        for (const r of out) {
-          const same = base.find((b) => b.start === r.start && b.end === r.end && b.layer === r.layer);
-          if (same !== undefined && !base.some((b) => b !== same && b.layer === same.layer && (b.end === same.start || b.start === same.end))) {
-            const covered = top.some((t) => t.start < r.end && t.end > r.start);
-            if (!covered && r.layer !== layer) assert.equal(r, same, 'a base run kept whole is the same object');
-          }
-        }
+        const out = overlayList(RunList.from(base), RangeList.from(coalesce(top)), layer);
+        assert.deepEqual(out.toArray(), overlay(base, top, layer));
+        assertMerged(out.toArray());
+        assert.equal(out.starts.length, out.length);
+        assert.equal(out.layers.length, out.length);
+      }),
+      opts,
+    );
+  });
+});
+
+describe('RunList', () => {
+  it('holds what merge() gives, run by run', () => {
+    fc.assert(
+      fc.property(runsArb, (runs) => {
+        const list = RunList.from(runs);
+        assert.deepEqual(list.toArray(), merge(runs));
+        for (let i = 0; i < list.length; i++) assert.deepEqual(list.at(i), merge(runs)[i]);
+        for (const layer of layers) assert.equal(list.shows(layer), runs.some((r) => r.layer === layer));
+      }),
+      opts,
+    );
+    assert.deepEqual(RunList.of(2, 5, 'a').toArray(), [{ start: 2, end: 5, layer: 'a' }]);
+    assert.equal(new RunList<Layer>(0).toArray().length, 0);
+  });
+
+  it('selectIn() gives what select() gives', () => {
+    fc.assert(
+      fc.property(runsArb, rangesArb, (runs, ranges) => {
+        const merged = merge(runs);
+        assert.deepEqual(selectIn(RunList.from(runs), coalesce(ranges)), select(merged, coalesce(ranges)));
       }),
       opts,
     );
@@ -323,12 +346,12 @@ describe('RangeList', () => {
         const end = runs[runs.length - 1]!.end;
         const inside = ranges.filter((r) => r.end <= end);
         const list = RangeList.from(inside);
-        const out = listsUnder(runs, list);
+        const out = listsUnder(RunList.from(runs), list);
         const want = new Map<Layer, Range[]>();
         for (const r of select(runs, coalesce(inside))) want.set(r.layer, [...(want.get(r.layer) ?? []), { start: r.start, end: r.end }]);
         assert.deepEqual([...out.keys()].sort(), [...want.keys()].sort());
         for (const [layer, l] of out) assert.deepEqual(plain(l), coalesce(want.get(layer)!));
-        const one = [{ start: 0, end, layer: 'a' as Layer }];
+        const one = RunList.of<Layer>(0, end, 'a');
         if (list.length > 0) assert.equal(listsUnder(one, list).get('a'), list);
       }),
       opts,
@@ -942,7 +965,7 @@ describe('listsByLayer()', () => {
       fc.property(runsArb, (runs) => {
         const linux = runs.map((r) => ({ start: r.start, end: r.end, layer: layerOf(r.layer) }));
         const want = rangesByLayer(linux);
-        const got = listsByLayer(linux);
+        const got = listsByLayer(RunList.from(linux));
         assert.deepEqual([...got.keys()], [...want.keys()]);
         for (const [layer, ranges] of want) {
           assert.deepEqual(

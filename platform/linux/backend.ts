@@ -34,12 +34,12 @@
 // kernel was found to allow.
 import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts';
 import { maxViewLength } from '../../src/runtime.ts';
-import { pageCount, select, subtract, type Range } from '../../src/runs.ts';
+import { pageCount, RunList, selectIn, subtract, type Range } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
 import { MapBudget } from './budget.ts';
 import { compact, reclaimDescriptors } from './compact.ts';
 import { Dropper } from './drop.ts';
-import { LinuxSegment, scanWritten, setRuns, type Engine } from './engine.ts';
+import { EMPTY, LinuxSegment, scanWritten, setRuns, type Engine } from './engine.ts';
 import { assumeFeatures, type Features } from './features.ts';
 import { LayerStore, rangesByLayer, type Layer } from './layers.ts';
 import { mapShared, reserve, reserveAligned, unreserve } from './mapper.ts';
@@ -211,7 +211,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     }
     const seg = new LinuxSegment(addr, length, this.pageSize, true, this.#moves);
     seg.shared = layer;
-    setRuns(this.#engine, seg, [{ start: 0, end: pages, layer }]);
+    setRuns(this.#engine, seg, RunList.of(0, pages, layer));
     this.#segments.add(seg);
     return seg;
   }
@@ -245,7 +245,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       this.#segments.delete(seg);
       if (!seg.mapped) this.#budget.segments--;
       const before = this.#windowed(seg);
-      setRuns(this.#engine, seg, []);
+      setRuns(this.#engine, seg, EMPTY);
       shareAgain(this.#engine, before);
     }
     // A layer this closed may have left its moved-aside mapping behind:
@@ -275,7 +275,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     let priv = pageCount(dirty);
     let shared = 0;
     // The pages not written since, by layer: one sweep of each layer's counts.
-    for (const [layer, ranges] of rangesByLayer(select(seg.runsNow, subtract([{ start: 0, end: seg.pages }], dirty)))) {
+    for (const [layer, ranges] of rangesByLayer(selectIn(seg.runsNow, subtract([{ start: 0, end: seg.pages }], dirty)))) {
       const alone = layer.refs.countEqualEach(ranges, 1);
       ranges.forEach((r, i) => {
         priv += alone[i]!;

@@ -14,7 +14,7 @@ import type { Windows } from './move-aside.ts';
 interface Compactable {
   readonly mapped: boolean;
   /** What its mappings show: one mapping each. */
-  readonly maps: readonly unknown[];
+  readonly maps: { readonly length: number };
 }
 
 /** The mappings one backend's segments use, against its budget. */

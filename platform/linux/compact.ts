@@ -2,7 +2,7 @@
 // needs fewer mappings, as the cost model (cost.ts) plans it. A mapped
 // segment is frozen over the planned windows (each remap maps the same
 // bytes); an unmapped one, a run list only, is rewritten file to file.
-import { pageCount } from '../../src/runs.ts';
+import { pageCount, RunList } from '../../src/runs.ts';
 import { duplicateLimit, plan } from './cost.ts';
 import { scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
@@ -49,7 +49,7 @@ export function compactUnmapped(e: Engine, seg: LinuxSegment, newLayer: MakeLaye
       // Through memory: the run list mapped for the copy, then unmapped.
       const scratch = mapRuns(e.pageSize, null, seg.runs, seg.length);
       try {
-        const data = seg.runs.filter((r) => r.layer !== null);
+        const data = seg.runs.toArray().filter((r) => r.layer !== null);
         e.writer.write(layer, scratch, data);
       } finally {
         unreserve(scratch, seg.length);
@@ -59,7 +59,7 @@ export function compactUnmapped(e: Engine, seg: LinuxSegment, newLayer: MakeLaye
     e.layers.close(layer);
     throw err;
   }
-  setRuns(e, seg, [{ start: 0, end: seg.pages, layer }]);
+  setRuns(e, seg, RunList.of(0, seg.pages, layer));
   seg.debt = 0;
 }
 
@@ -74,12 +74,14 @@ export const DATA_SCAN_MIN = 256;
  * the copy). False, partway, where the kernel will not copy between memory files.
  */
 function copyRunsFileToFile(e: Engine, runs: Runs, layer: Layer): boolean {
-  for (const r of runs) {
-    if (r.layer === null) continue;
+  for (let i = 0; i < runs.length; i++) {
+    const from = runs.layers[i]!;
+    if (from === null) continue;
+    const r = { start: runs.starts[i]!, end: runs.ends[i]! };
     // A packed layer holds only pages in use: no holes to look for.
-    const data = r.end - r.start < DATA_SCAN_MIN || r.layer.packing !== null ? [r] : e.layers.dataRanges(r.layer.fd, r.start, r.end);
+    const data = r.end - r.start < DATA_SCAN_MIN || from.packing !== null ? [r] : e.layers.dataRanges(from.fd, r.start, r.end);
     for (const d of data) {
-      if (!copyPages(e.features, e.pageSize, r.layer, d, layer.fd, d.start)) return false;
+      if (!copyPages(e.features, e.pageSize, from, d, layer.fd, d.start)) return false;
     }
   }
   return true;

@@ -2,7 +2,7 @@
 // runs into one new layer (compaction) pays for itself, and which pages it
 // rewrites. Pure functions over run lists and reference counts, free of
 // system calls, so they are property-tested apart from the kernel.
-import { coalesce, overlapPages, pageCount, type Range, type RangeList, type RefCounts, type Run, type Span } from '../../src/runs.ts';
+import { coalesce, overlapPages, pageCount, type Range, type RangeList, type RefCounts, type RunList, type Span } from '../../src/runs.ts';
 
 /** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
 export interface Counted {
@@ -69,7 +69,7 @@ export interface Plan {
  * cost beyond a compacted run list's; returns the new debt, which the segment
  * that now shares the run list takes over.
  */
-export function chargeMapping(source: { debt: number; readonly runs: readonly Range[] }): number {
+export function chargeMapping(source: { debt: number; readonly runs: { readonly length: number } }): number {
   source.debt += MAP_COST * Math.max(0, source.runs.length - 2 * COMPACT_WINDOWS - 1);
   return source.debt;
 }
@@ -96,7 +96,7 @@ export function flattenPoint(pages: number, used: number, budget: number): numbe
  * can cost a system call).
  */
 export function compactionFor<L extends Counted>(
-  runs: readonly Run<L | null>[],
+  runs: RunList<L | null>,
   pages: number,
   debt: number,
   maxRuns: number,
@@ -143,7 +143,7 @@ export function restoreCopyPays(fits: boolean, differing: number, pages: number)
  * are joined cheapest first until the windows are few enough or the limit is
  * reached. Returns undefined when no plan within the limit reduces the runs.
  */
-export function plan<L extends Counted>(runs: readonly Run<L | null>[], pages: number, windows: number, limit: number): Plan | undefined {
+export function plan<L extends Counted>(runs: RunList<L | null>, pages: number, windows: number, limit: number): Plan | undefined {
   const shared = sharedPages(runs);
   if (windows === 0) {
     let dup = 0;
@@ -156,21 +156,23 @@ export function plan<L extends Counted>(runs: readonly Run<L | null>[], pages: n
   const gaps: { at: number; cost: number; size: number }[] = [];
   let dup = 0;
   let pendingGap: { cost: number; size: number } | undefined;
-  runs.forEach((r, i) => {
-    if (r.layer === base) {
-      if (ranges.length > 0) pendingGap = { cost: shared[i]!, size: r.end - r.start };
-      return;
+  for (let i = 0; i < runs.length; i++) {
+    const start = runs.starts[i]!;
+    const end = runs.ends[i]!;
+    if (runs.layers[i] === base) {
+      if (ranges.length > 0) pendingGap = { cost: shared[i]!, size: end - start };
+      continue;
     }
     dup += shared[i]!;
     const last = ranges[ranges.length - 1];
-    if (last !== undefined && last.end === r.start) {
-      last.end = r.end;
+    if (last !== undefined && last.end === start) {
+      last.end = end;
     } else {
       if (last !== undefined && pendingGap !== undefined) gaps.push({ at: ranges.length - 1, ...pendingGap });
-      ranges.push({ start: r.start, end: r.end });
+      ranges.push({ start, end });
     }
     pendingGap = undefined;
-  });
+  }
   if (ranges.length === 0 || dup > limit) return undefined;
   gaps.sort((a, b) => a.cost - b.cost || a.size - b.size);
   const joined = new Set<number>();
@@ -216,36 +218,45 @@ export function worthwhileHoles(holes: readonly Range[]): Range[] {
  * layer that another run also uses, and anonymous pages (copying allocates
  * them). One sweep per layer.
  */
-export function sharedPages<L extends Counted>(runs: readonly Run<L | null>[]): number[] {
+export function sharedPages<L extends Counted>(runs: RunList<L | null>): number[] {
   const out = new Array<number>(runs.length).fill(0);
   const byLayer = new Map<L, number[]>();
-  runs.forEach((r, i) => {
-    if (r.layer === null) {
-      out[i] = r.end - r.start;
-      return;
+  for (let i = 0; i < runs.length; i++) {
+    const layer = runs.layers[i]!;
+    if (layer === null) {
+      out[i] = runs.ends[i]! - runs.starts[i]!;
+      continue;
     }
-    const list = byLayer.get(r.layer);
-    if (list === undefined) byLayer.set(r.layer, [i]);
+    const list = byLayer.get(layer);
+    if (list === undefined) byLayer.set(layer, [i]);
     else list.push(i);
-  });
+  }
   for (const [layer, indices] of byLayer) {
-    const alone = layer.refs.countEqualEach(indices.map((i) => runs[i]!), 1);
-    indices.forEach((i, k) => (out[i] = runs[i]!.end - runs[i]!.start - alone[k]!));
+    const alone = layer.refs.countEqualEach(
+      indices.map((i) => runs.at(i)),
+      1,
+    );
+    indices.forEach((i, k) => (out[i] = runs.ends[i]! - runs.starts[i]! - alone[k]!));
   }
   return out;
 }
 
-/** The layer (or anonymous memory, null) holding the most pages in `runs`; null for no runs. */
-export function largestLayer<L>(runs: readonly Run<L | null>[]): L | null {
+/**
+ * The layer (or anonymous memory, null) holding the most pages in `runs`
+ * among those `eligible` says may (all by default); null for none.
+ */
+export function largestLayer<L>(runs: RunList<L | null>, eligible: (layer: L | null) => boolean = () => true): L | null {
   const sizes = new Map<L | null, number>();
   let best: L | null = null;
   let bestSize = -1;
-  for (const r of runs) {
-    const n = (sizes.get(r.layer) ?? 0) + r.end - r.start;
-    sizes.set(r.layer, n);
+  for (let i = 0; i < runs.length; i++) {
+    const layer = runs.layers[i]!;
+    if (!eligible(layer)) continue;
+    const n = (sizes.get(layer) ?? 0) + runs.ends[i]! - runs.starts[i]!;
+    sizes.set(layer, n);
     if (n > bestSize) {
       bestSize = n;
-      best = r.layer;
+      best = layer;
     }
   }
   return best;

@@ -2,7 +2,7 @@
 // parts every operation uses (wired together by LinuxBackend), and the
 // bookkeeping that keeps run lists, reference counts and the mapping count
 // consistent.
-import { differing, differingList, listsUnder, overlayList, RangeList, unionList, type Range } from '../../src/runs.ts';
+import { differingList, listsUnder, overlayList, RangeList, RunList, unionList, type Range } from '../../src/runs.ts';
 import type { MapBudget } from './budget.ts';
 import type { Dropper } from './drop.ts';
 import type { Features } from './features.ts';
@@ -12,6 +12,9 @@ import type { Windows } from './move-aside.ts';
 import type { Scanner } from './scan.ts';
 import type { WriteTracker } from './track.ts';
 import type { Writer } from './writer.ts';
+
+/** The run list of no pages (a segment's before its first, and after release). */
+export const EMPTY: Runs = new RunList<Layer | null>(0);
 
 /** The Linux backend's handle for one segment. */
 export class LinuxSegment {
@@ -64,10 +67,10 @@ export class LinuxSegment {
   deferNext = false;
   released = false;
   readonly #moves: Moves<Layer | null>;
-  #runs: Runs = [];
+  #runs: Runs = EMPTY;
   /** The eviction log's epoch `#runs` was read at (moves.ts). */
   #epoch: number;
-  #maps: Runs = [];
+  #maps: Runs = EMPTY;
 
   constructor(addr: bigint, length: number, pageSize: number, mapped: boolean, moves: Moves<Layer | null>) {
     this.addr = addr;
@@ -80,7 +83,7 @@ export class LinuxSegment {
 
   /**
    * Which layer holds each page, covering [0, pages). Treated as immutable:
-   * replaced, never edited, so two segments with the same array object are
+   * replaced, never edited, so two segments with the same list object are
    * known to hold the same contents apart from pages written since. Pages
    * another segment has since rewritten in place are re-pointed on reading
    * (moves.ts); the reference counts already say where they are.
@@ -117,8 +120,7 @@ export class LinuxSegment {
    */
   mayShow(layer: Layer): boolean {
     if (this.#epoch !== this.#moves.epoch && this.#moves.movedToSince(layer, this.#epoch)) return true;
-    for (const r of this.#runs) if (r.layer === layer) return true;
-    return false;
+    return this.#runs.shows(layer);
   }
 
   /** The oldest eviction this segment's run list has not yet been re-pointed past. */
@@ -137,7 +139,7 @@ export class LinuxSegment {
 
   /**
    * Which layer each of its mappings shows, while `mapped`: the same as
-   * `runs` (the same array) except at pinned pages. A page is pinned where
+   * `runs` (the same list) except at pinned pages. A page is pinned where
    * the layer its mapping shows was rewritten under it after the segment
    * made a private copy of the page (a neighbour frozen in place, freeze.ts):
    * the private copy holds what `runs` says, and the mapping would show
@@ -286,7 +288,7 @@ export function replace(e: Engine, seg: LinuxSegment, ranges: readonly Range[], 
   let maps = runs;
   if (seg.maps !== seg.runs) {
     maps = overlayList(seg.maps, list, layer);
-    if (differing(maps, runs).length === 0) maps = runs;
+    if (differingList(maps, runs).length === 0) maps = runs;
   }
   setRuns(e, seg, runs, maps);
   if (layer !== null && layer.refs.empty) e.layers.close(layer);

@@ -10,7 +10,7 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, select, subtract, subtractList, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, worthwhileHoles } from './cost.ts';
 import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -315,7 +315,7 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
     if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
     let on = byRuns.get(other.runs);
     if (on === undefined) {
-      on = select(other.runs, ranges).filter((r) => r.layer === layer);
+      on = selectIn(other.runs, ranges).filter((r) => r.layer === layer);
       byRuns.set(other.runs, on);
     }
     if (on.length === 0) continue;
@@ -565,7 +565,7 @@ function othersIn(counts: RefCounts, ranges: RangeList): SpanList {
  */
 function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range[], written: readonly Range[]): void {
   const fromLayers = e.features.fileCopy
-    ? select(seg.runs, subtract(ranges, written)).filter(
+    ? selectIn(seg.runs, subtract(ranges, written)).filter(
         // A virtual layer has no file: its pages are the segment's memory.
         (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.layer.fd >= 0 && r.end - r.start >= FILE_COPY_MIN,
       )

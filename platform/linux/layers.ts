@@ -6,7 +6,7 @@
 // in turn.
 import * as sys from '../libc.ts';
 import { errnoOf } from '../../src/errors.ts';
-import { coalesce, Packing, RangeList, type Range, type Run, RefCounts } from '../../src/runs.ts';
+import { coalesce, Packing, RangeList, RunList, type Range, type Run, RefCounts } from '../../src/runs.ts';
 import { FLOOR, ProcessFdBudget } from './fd-budget.ts';
 import type { Features } from './features.ts';
 import type { Windows } from './move-aside.ts';
@@ -86,7 +86,7 @@ export interface PackedFile {
 }
 
 /** A run list: which layer holds each page range of a segment (null: anonymous memory). */
-export type Runs = readonly Run<Layer | null>[];
+export type Runs = RunList<Layer | null>;
 
 /** Makes a layer of `length` bytes. */
 export type MakeLayer = (length: number) => Layer;
@@ -97,24 +97,27 @@ const REUSE_CANDIDATES = 4;
 /** rangesByLayer(), as lists (touching runs of a layer joined). */
 export function listsByLayer(runs: Runs): Map<Layer, RangeList> {
   const byLayer = new Map<Layer, RangeList>();
+  const { starts, ends, layers } = runs;
   let last: Layer | null = null;
   let list: RangeList | undefined;
-  for (const r of runs) {
-    if (r.layer === null) continue;
-    if (r.layer !== last) {
-      last = r.layer;
-      list = byLayer.get(r.layer);
-      if (list === undefined) byLayer.set(r.layer, (list = new RangeList()));
+  for (let i = 0; i < runs.length; i++) {
+    const layer = layers[i]!;
+    if (layer === null) continue;
+    if (layer !== last) {
+      last = layer;
+      list = byLayer.get(layer);
+      if (list === undefined) byLayer.set(layer, (list = new RangeList()));
     }
-    list!.push(r.start, r.end);
+    list!.push(starts[i]!, ends[i]!);
   }
   return byLayer;
 }
 
 /** The runs on a layer, grouped by layer, in their order. */
-export function rangesByLayer(runs: Runs): Map<Layer, Range[]> {
+export function rangesByLayer(runs: Runs | readonly Run<Layer | null>[]): Map<Layer, Range[]> {
   const byLayer = new Map<Layer, Range[]>();
-  for (const r of runs) {
+  const all = runs instanceof RunList ? runs.toArray() : runs;
+  for (const r of all) {
     if (r.layer === null) continue;
     const list = byLayer.get(r.layer);
     if (list === undefined) byLayer.set(r.layer, [r]);

@@ -47,7 +47,10 @@ export function mapRuns(pageSize: number, at: bigint | null, runs: Runs, length:
   const addr = map(at, length, RW, flags, base === null ? -1 : base.fd, 0);
   onFirstMapped?.();
   try {
-    for (const r of runs) if (r.layer !== base) mapRange(pageSize, addr, r, r.layer);
+    for (let i = 0; i < runs.length; i++) {
+      const layer = runs.layers[i]!;
+      if (layer !== base) mapRange(pageSize, addr, { start: runs.starts[i]!, end: runs.ends[i]! }, layer);
+    }
   } catch (err) {
     if (at === null) {
       try {
@@ -67,7 +70,7 @@ export function mapRuns(pageSize: number, at: bigint | null, runs: Runs, length:
  * only its own pages, not page i at offset i.
  */
 export function baseLayer(runs: Runs): Layer | null {
-  return largestLayer(runs.filter((r) => r.layer === null || r.layer.packing === null));
+  return largestLayer(runs, (layer) => layer === null || layer.packing === null);
 }
 
 /** Maps one page range of `layer` (or anonymous memory) at its place in the segment at `base`. */

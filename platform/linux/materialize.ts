@@ -4,7 +4,7 @@
 // one mapping each, or, where they would not fit the mapping budget, its
 // largest layer is mapped whole and the pages other layers hold are read in.
 import { systemError } from '../../src/errors.ts';
-import { pageCount } from '../../src/runs.ts';
+import { pageCount, RunList } from '../../src/runs.ts';
 import * as sys from '../libc.ts';
 import { chargeMapping } from './cost.ts';
 import { setRuns, type Engine, type LinuxSegment } from './engine.ts';
@@ -53,8 +53,8 @@ export function materialize(e: Engine, seg: LinuxSegment): void {
  */
 function byCopy(e: Engine, seg: LinuxSegment): void {
   const base = baseLayer(seg.runs);
-  const whole: Runs = [{ start: 0, end: seg.pages, layer: base }];
-  const others = seg.runs.filter((r) => r.layer !== base);
+  const whole: Runs = RunList.of(0, seg.pages, base);
+  const others = seg.runs.toArray().filter((r) => r.layer !== base);
   // Private copies are memory: refused (ENOMEM) rather than run the
   // machine out of it, where the kernel's OOM killer would end the process.
   const bytes = pageCount(others) * e.pageSize;
@@ -71,6 +71,6 @@ function byCopy(e: Engine, seg: LinuxSegment): void {
   }
   setRuns(e, seg, whole);
   seg.mapped = true;
-  if (base !== null) base.mapped.addAll(whole, 1);
+  if (base !== null) base.mapped.add(0, seg.pages, 1);
   seg.debt = 0;
 }

@@ -7,7 +7,7 @@
 // list many entries behind is re-pointed in one pass over its pages.
 //
 // Pure: no system calls; property-tested against applying entries one by one.
-import { overlay, select, type RangeList, type Run } from '../../src/runs.ts';
+import { listsUnder, overlayList, RunList, type RangeList } from '../../src/runs.ts';
 
 /** One eviction: every run list on `from` under `ranges` (sorted, disjoint) reads `to` there from then on. */
 export interface Move<L> {
@@ -19,16 +19,17 @@ export interface Move<L> {
 }
 
 /**
- * `runs` with `moves` applied in order, one at a time: select and overlay
- * per entry that finds its layer. Cost: the run list's length per entry.
+ * `runs` with `moves` applied in order, one at a time: the pages of each
+ * entry on its layer found (listsUnder) and overlaid, per entry that finds
+ * its layer. Cost: the run list's length per entry.
  */
-export function applyEach<L>(runs: readonly Run<L>[], moves: readonly Move<L>[]): readonly Run<L>[] {
-  const layers = new Set<L>(runs.map((r) => r.layer));
+export function applyEach<L>(runs: RunList<L>, moves: readonly Move<L>[]): RunList<L> {
+  const layers = new Set<L>(runs.layers);
   for (const m of moves) {
     if (!layers.has(m.from)) continue;
-    const on = select(runs, m.ranges.toArray()).filter((r) => r.layer === m.from);
-    if (on.length === 0) continue;
-    runs = overlay(runs, on, m.to);
+    const on = listsUnder(runs, m.ranges).get(m.from);
+    if (on === undefined) continue;
+    runs = overlayList(runs, on, m.to);
     layers.add(m.to);
   }
   return runs;
@@ -40,7 +41,7 @@ export function applyEach<L>(runs: readonly Run<L>[], moves: readonly Move<L>[])
  * the pages gathered back into runs. Cost: the page count, plus the pages
  * of the entries; for many entries far less than applyEach.
  */
-export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[], pages: number): readonly Run<L>[] {
+export function applyByPage<L>(runs: RunList<L>, moves: readonly Move<L>[], pages: number): RunList<L> {
   if (runs.length === 0) return runs;
   const table: L[] = [];
   const index = new Map<L, number>();
@@ -54,7 +55,7 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
     return i;
   };
   const at = new Uint32Array(pages);
-  for (const r of runs) at.fill(indexOf(r.layer), r.start, r.end);
+  for (let i = 0; i < runs.length; i++) at.fill(indexOf(runs.layers[i]!), runs.starts[i]!, runs.ends[i]!);
   for (const m of moves) {
     const from = index.get(m.from);
     if (from === undefined) continue;
@@ -64,16 +65,16 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
       for (let p = starts[g]!, end = ends[g]!; p < end; p++) if (at[p] === from) at[p] = to;
     }
   }
-  const out: Run<L>[] = [];
-  const first = runs[0]!.start;
-  const last = runs[runs.length - 1]!.end;
+  const out = new RunList<L>(runs.length);
+  const first = runs.starts[0]!;
+  const last = runs.ends[runs.length - 1]!;
   let start = first;
   for (let p = first + 1; p <= last; p++) {
     if (p < last && at[p] === at[start]) continue;
-    out.push({ start, end: p, layer: table[at[start]!]! });
+    out.push(start, p, table[at[start]!]!);
     start = p;
   }
-  return out;
+  return out.seal();
 }
 
 /**
@@ -81,7 +82,7 @@ export function applyByPage<L>(runs: readonly Run<L>[], moves: readonly Move<L>[
  * runs on `pages` pages: one pass over the pages, or select and overlay per
  * entry, each over the run list as the entries before it left it (an entry
  * of r ranges can split it into up to 2r more runs). Rough weights: a
- * typed-array element costs an eighth of a run object.
+ * page's element costs an eighth of a run.
  */
 export function byPageCheaper(length: number, pages: number, moves: readonly Move<unknown>[]): boolean {
   let each = 0;
@@ -138,12 +139,12 @@ export class Moves<L extends object | null> {
 
   /**
    * `runs`, read at `epoch`, as it reads now. Not cached: two segments that
-   * shared a run list may resolve to two equal arrays, which only costs a
+   * shared a run list may resolve to two equal lists, which only costs a
    * restore between them its fast path (restore.ts), where a cache keyed by
    * run list would keep every version of a mapped segment's run list alive
    * through its `maps`.
    */
-  resolve(runs: readonly Run<L>[], epoch: number, pages: number): readonly Run<L>[] {
+  resolve(runs: RunList<L>, epoch: number, pages: number): RunList<L> {
     const now = this.epoch;
     if (epoch === now) return runs;
     if (epoch < this.#base) throw new Error('run list older than the eviction log');

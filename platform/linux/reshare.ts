@@ -7,7 +7,7 @@
 // private). Snapshots taken and let go one after another then cost a
 // first clone each, whatever was written between them.
 import * as sys from '../libc.ts';
-import { RangeList } from '../../src/runs.ts';
+import { RangeList, RunList } from '../../src/runs.ts';
 import { mapShared } from './mapper.ts';
 import { scanWrittenList, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import type { Layer } from './layers.ts';
@@ -27,9 +27,10 @@ export function soleSharer(segments: Iterable<LinuxSegment>, layer: Layer): Linu
     if (seg.maps !== runs) continue;
     const on = new RangeList(runs.length);
     let other = false;
-    for (const r of runs) {
-      if (r.layer === layer) on.push(r.start, r.end);
-      else if (r.layer !== null) other = true;
+    for (let i = 0; i < runs.length; i++) {
+      const l = runs.layers[i];
+      if (l === layer) on.push(runs.starts[i]!, runs.ends[i]!);
+      else if (l !== null) other = true;
     }
     if (other || on.length === 0) continue;
     // Every page any run list uses is one of this segment's (each used once).
@@ -80,7 +81,7 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): void {
     mapShared(seg.addr, seg.length, layer.fd);
     e.windows.drop(layer);
   }
-  setRuns(e, seg, [{ start: 0, end: seg.pages, layer }]);
+  setRuns(e, seg, RunList.of(0, seg.pages, layer));
   seg.shared = layer;
   seg.debt = 0;
   seg.scanned = 0;
@@ -89,7 +90,7 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): void {
 /** The layers with a moved-aside mapping that `seg`'s run list uses: the ones it may leave to a sole sharer (shareAgain). */
 export function windowedLayers(seg: LinuxSegment): Set<Layer> {
   const out = new Set<Layer>();
-  for (const r of seg.runs) if (r.layer !== null && r.layer.window !== 0n) out.add(r.layer);
+  for (const layer of seg.runs.layers) if (layer !== null && layer.window !== 0n) out.add(layer);
   return out;
 }
 

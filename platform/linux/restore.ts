@@ -8,7 +8,7 @@
 // way, a failure leaves the target reading as it did.
 import * as sys from '../libc.ts';
 import { SegmentError, errnoOf } from '../../src/errors.ts';
-import { coalesce, differing, intersect, pageCount, RangeList, select, subtract, type Range } from '../../src/runs.ts';
+import { coalesce, differingList, intersect, pageCount, RangeList, selectIn, subtract, type Range } from '../../src/runs.ts';
 import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
 import { pinned, scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
@@ -94,21 +94,21 @@ function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): b
   const free = e.budget.limit(source.runs.length) - e.budget.used;
   if (!restoreRunsTooMany(source.runs.length, free)) return false;
   const fits = source.runs.length <= free;
-  if (!restoreCopyPays(fits, pageCount(differing(target.runs, source.runs)), target.pages)) return false;
+  if (!restoreCopyPays(fits, differingList(target.runs, source.runs).pages, target.pages)) return false;
   e.prepare(target);
-  const diff = differing(target.runs, source.runs);
+  const diff = differingList(target.runs, source.runs).toArray();
   if (!restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
   const page = e.pageSize;
   try {
     // Safety: the runs lie inside the target's own mapping.
-    readRuns(page, target.addr, select(source.runs, diff));
+    readRuns(page, target.addr, selectIn(source.runs, diff));
   } catch (err) {
     // Only the target's private copies of `diff` changed: dropping them
     // reverts those pages to its run list, which is what it read before;
     // pinned ones are read back from it instead.
     const pins = intersect(diff, pinned(target));
     for (const r of subtract(diff, pins)) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
-    readRuns(page, target.addr, select(target.runs, pins));
+    readRuns(page, target.addr, selectIn(target.runs, pins));
     throw err;
   }
   return true;
@@ -154,7 +154,7 @@ const PINNED_ASIDE = 256 * 2 ** 20;
 function dropPinned(e: Engine, seg: LinuxSegment, written: readonly Range[], pins: readonly Range[]): boolean {
   const page = e.pageSize;
   if (pageCount(pins) * page > PINNED_ASIDE) return false;
-  const aside = select(seg.runs, pins).map((r) => {
+  const aside = selectIn(seg.runs, pins).map((r) => {
     const bytes = new Uint8Array((r.end - r.start) * page);
     if (r.layer !== null) readAside(r.layer.fd, bytes, r.layer.filePage(r.start) * page);
     return { at: seg.addr + BigInt(r.start * page), bytes };
