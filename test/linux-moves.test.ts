@@ -219,6 +219,48 @@ describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
     });
   });
 
+  it('run lists kept by segments hold no room beyond their runs', () => {
+    withLinux({}, (b) => {
+      const handles: LinuxSegment[] = [];
+      const clone = b.clone.bind(b);
+      b.clone = (source: LinuxSegment) => {
+        const h = clone(source);
+        handles.push(h);
+        return h;
+      };
+      const random = rng(11);
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      const kept: Segment[] = [];
+      const tight = (what: string) => {
+        for (const h of handles) {
+          if (h.released) continue;
+          for (const list of [h.runs, h.maps]) {
+            assert.equal(list.starts.length, list.length, `${what}: starts`);
+            assert.equal(list.ends.length, list.length, `${what}: ends`);
+            assert.equal(list.layers.length, list.length, `${what}: layers`);
+          }
+        }
+      };
+      try {
+        for (let round = 0; round < 16; round++) {
+          // Strided rounds then scattered ones: run lists of a run a page.
+          if (round < 8) for (let p = round % 2; p < pages; p += 2) bytes[p * PAGE] = round + 2;
+          else for (let i = 0; i < pages / 10; i++) bytes[Math.floor(random() * pages) * PAGE] = round + 2;
+          kept.push(seg.clone());
+          if (round % 4 === 3) void new Uint8Array(kept[round - 1]!.buffer)[0];
+          if (round === 12) seg.restore(kept[5]!);
+          tight(`round ${round}`);
+        }
+        assert.ok(handles.some((h) => h.runs.length > pages / 4), 'some run list is scattered');
+      } finally {
+        for (const k of kept) k.close();
+        seg.close();
+      }
+    });
+  });
+
   for (const privatize of [true, false]) {
     it(`read, cloned, restored from, measured or closed after many rounds of random writes, every snapshot reads what it was cloned from${privatize ? '' : ' (no pinned pages)'}`, () => {
       withLinux({ privatize }, (b) => {
