@@ -109,6 +109,10 @@ describe('eviction log', () => {
     // run list already split at each of them.
     const everyOther = RangeList.from(Array.from({ length: 32_768 }, (_, i) => ({ start: 2 * i, end: 2 * i + 1 })));
     assert.equal(byPageCheaper(65_536, 65_536, [{ from: null, to: named[0]!, ranges: everyOther, pages: 32_768 }]), true, 'one entry of every 2nd page: by page');
+    // One entry of a thousand pages over a run list of a run a page: the
+    // pass over the pages builds as long a run list as the entry does.
+    const thousand = RangeList.from(Array.from({ length: 1000 }, (_, i) => ({ start: 65 * i, end: 65 * i + 1 })));
+    assert.equal(byPageCheaper(65_536, 65_536, [{ from: null, to: named[0]!, ranges: thousand, pages: 1000 }]), false, 'one scattered entry over a run a page: entry by entry');
   });
 
   it('resolves run lists read at any epoch to what they read now', () => {
