@@ -172,11 +172,19 @@ export function coalesce(ranges: readonly Range[], gap = 0): Range[] {
   return out;
 }
 
-/** `a`'s elements in an array twice as long: room for a list to grow (RangeList, SpanList). */
+/** `a`'s elements in an array twice as long: room for a list to grow (RangeList, RunList, SpanList). */
 function doubled(a: Int32Array): Int32Array {
   const b = new Int32Array(2 * a.length);
   b.set(a);
   return b;
+}
+
+/** Doubles the room of `list`'s starts and ends until `length` fit (RangeList, RunList). */
+function roomFor(list: { starts: Int32Array; ends: Int32Array }, length: number): void {
+  while (length > list.starts.length) {
+    list.starts = doubled(list.starts);
+    list.ends = doubled(list.ends);
+  }
 }
 
 /**
@@ -219,10 +227,7 @@ export class RunList<L> {
       this.ends[n - 1] = end;
       return;
     }
-    if (n === this.starts.length) {
-      this.starts = doubled(this.starts);
-      this.ends = doubled(this.ends);
-    }
+    roomFor(this, n + 1);
     this.starts[n] = start;
     this.ends[n] = end;
     this.layers[n] = layer;
@@ -289,10 +294,7 @@ export class RangeList {
       if (end > this.ends[n - 1]!) this.ends[n - 1] = end;
       return;
     }
-    if (n === this.starts.length) {
-      this.starts = doubled(this.starts);
-      this.ends = doubled(this.ends);
-    }
+    roomFor(this, n + 1);
     this.starts[n] = start;
     this.ends[n] = end;
     this.length = n + 1;
@@ -309,10 +311,7 @@ export class RangeList {
     const n = this.length;
     const more = list.length - k;
     if (more === 0) return;
-    while (n + more > this.starts.length) {
-      this.starts = doubled(this.starts);
-      this.ends = doubled(this.ends);
-    }
+    roomFor(this, n + more);
     this.starts.set(list.starts.subarray(k, list.length), n);
     this.ends.set(list.ends.subarray(k, list.length), n);
     this.length = n + more;

@@ -10,6 +10,7 @@ import { linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
 import { withLinux } from './helpers/linux.ts';
 import type { LinuxSegment } from '../platform/linux/engine.ts';
+import type { LinuxBackend } from '../platform/linux/index.ts';
 
 interface Layer {
   readonly name: string;
@@ -173,6 +174,18 @@ describe('eviction log', () => {
   });
 });
 
+/** The backend's handle of every clone `b` makes from now on, in order. */
+function cloneHandles(b: LinuxBackend): LinuxSegment[] {
+  const handles: LinuxSegment[] = [];
+  const clone = b.clone.bind(b);
+  b.clone = (source: LinuxSegment) => {
+    const h = clone(source);
+    handles.push(h);
+    return h;
+  };
+  return handles;
+}
+
 describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
   const PAGE = 4096;
   const pages = 256;
@@ -180,13 +193,7 @@ describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
   it('stats() and memoryStats() of kept snapshots keep no re-pointed run list, and measure what the re-pointed one says', () => {
     withLinux({}, (b) => {
       // The backend's handle of each clone, to see whether its run list was re-pointed.
-      const handles: LinuxSegment[] = [];
-      const clone = b.clone.bind(b);
-      b.clone = (source: LinuxSegment) => {
-        const h = clone(source);
-        handles.push(h);
-        return h;
-      };
+      const handles = cloneHandles(b);
       const random = rng(9);
       const seg = Segment.create(pages * PAGE);
       const bytes = new Uint8Array(seg.buffer);
@@ -225,13 +232,7 @@ describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
 
   it('run lists kept by segments hold no room beyond their runs', () => {
     withLinux({}, (b) => {
-      const handles: LinuxSegment[] = [];
-      const clone = b.clone.bind(b);
-      b.clone = (source: LinuxSegment) => {
-        const h = clone(source);
-        handles.push(h);
-        return h;
-      };
+      const handles = cloneHandles(b);
       const random = rng(11);
       const seg = Segment.create(pages * PAGE);
       const bytes = new Uint8Array(seg.buffer);
