@@ -230,6 +230,38 @@ describe('kept snapshots re-pointed when read', { skip: linuxOnly }, () => {
     });
   });
 
+  it('a clone under read snapshots re-points only those that still show the pages it rewrites', () => {
+    withLinux({}, (b) => {
+      const handles = cloneHandles(b);
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      const kept: { snap: Segment; want: Uint8Array }[] = [];
+      const round = (r: number) => {
+        for (let p = 0; p < pages; p += 2) bytes[p * PAGE] = r + 2;
+        const snap = seg.clone();
+        // Read: mapped, so the next round's rewrite makes it take copies.
+        void new Uint8Array(snap.buffer)[0];
+        kept.push({ snap, want: bytes.slice() });
+      };
+      try {
+        for (let r = 0; r < 10; r++) round(r);
+        const epochs = handles.map((h) => h.epoch);
+        round(10);
+        // The newest snapshot took copies of the pages rewritten; the ones
+        // before it took theirs rounds ago and were not looked at.
+        assert.deepEqual(
+          handles.slice(0, 8).map((h) => h.epoch),
+          epochs.slice(0, 8),
+        );
+        for (const [i, k] of kept.entries()) assert.ok(Buffer.from(k.snap.buffer).equals(k.want), `snapshot ${i} reads what it was cloned from`);
+      } finally {
+        for (const k of kept) k.snap.close();
+        seg.close();
+      }
+    });
+  });
+
   it('run lists kept by segments hold no room beyond their runs', () => {
     withLinux({}, (b) => {
       const handles = cloneHandles(b);

@@ -308,8 +308,19 @@ function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeL
 function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): 'done' | 'refused' | 'rebase' {
   const targets: { addr: bigint; ranges: Range[] }[] = [];
   const byRuns = new Map<Runs, Range[]>();
+  // The mapped counts say how many (segment, page) pairs besides `seg`'s
+  // show the layer under `ranges`; once those are found, the other
+  // segments are not looked at, their run lists not re-pointed. Newest
+  // first: the snapshot cloned last is the one that still shows the pages
+  // just rewritten, where older ones took their copies rounds ago (every
+  // 2nd page at 256 MiB, 30 snapshots read: re-pointing each cost 3.4 ms
+  // a clone).
+  let needed = 0;
+  const others = layer.mapped.spansIn(RangeList.from(ranges), 1);
+  for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
   let pages = 0;
-  for (const other of e.segments) {
+  for (const other of [...e.segments].reverse()) {
+    if (pages >= needed) break;
     // Most segments never showed the layer: skipped without re-pointing
     // their run lists (with hundreds kept, that would cost more than the copies).
     if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
