@@ -315,8 +315,9 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
   // just rewritten, where older ones took their copies rounds ago (every
   // 2nd page at 256 MiB, 30 snapshots read: re-pointing each cost 3.4 ms
   // a clone).
+  const list = RangeList.from(ranges);
   let needed = 0;
-  const others = layer.mapped.spansIn(RangeList.from(ranges), 1);
+  const others = layer.mapped.spansIn(list, 1);
   for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
   let pages = 0;
   for (const other of [...e.segments].reverse()) {
@@ -326,7 +327,7 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: re
     if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
     let on = byRuns.get(other.runs);
     if (on === undefined) {
-      on = selectIn(other.runs, ranges).filter((r) => r.layer === layer);
+      on = listsUnder(other.runs, list).get(layer)?.toArray() ?? [];
       byRuns.set(other.runs, on);
     }
     if (on.length === 0) continue;
