@@ -19,37 +19,9 @@ export interface Span extends Range {
 }
 
 /**
- * Merges adjacent runs of the same layer. Page i lives at offset i of a
- * layer, or in a packed one at an offset that grows with i page by page
- * over the ranges it holds (Packing): either way, two touching runs of one
- * layer are one contiguous file range.
- */
-export function merge<L>(runs: readonly Run<L>[]): Run<L>[] {
-  const out: Run<L>[] = [];
-  for (const r of runs) {
-    const last = out[out.length - 1];
-    if (last !== undefined && last.layer === r.layer && last.end === r.start) {
-      out[out.length - 1] = { start: last.start, end: r.end, layer: r.layer };
-    } else {
-      out.push(r);
-    }
-  }
-  return out;
-}
-
-/**
- * `base` with every range of `top` (sorted, disjoint) replaced by `layer`.
- * The result covers exactly what `base` covers plus `top`, merged.
- */
-export function overlay<L>(base: readonly Run<L>[], top: readonly Range[], layer: L): Run<L>[] {
-  const kept = select(base, subtract(coalesce(base), top));
-  const added = top.map((r) => ({ start: r.start, end: r.end, layer }));
-  return merge([...kept, ...added].sort((a, b) => a.start - b.start));
-}
-
-/**
- * overlay() for a run list and a list of ranges, in one pass over both and
- * without sorting: the same result.
+ * `base` with every range of `top` replaced by `layer`: the result covers
+ * exactly what `base` covers plus `top`, touching runs of one layer
+ * joined. One pass over both, no sorting.
  */
 export function overlayList<L>(base: RunList<L>, top: RangeList, layer: L): RunList<L> {
   const out = new RunList<L>(base.length + 2 * top.length);
@@ -85,31 +57,10 @@ export function clip<L>(runs: readonly Run<L>[], range: Range): Run<L>[] {
   return out;
 }
 
-/** The parts of `runs` under the sorted, disjoint `ranges`. */
-export function select<L>(runs: readonly Run<L>[], ranges: readonly Range[]): Run<L>[] {
-  const out: Run<L>[] = [];
-  let i = 0;
-  for (const g of ranges) {
-    while (i < runs.length && runs[i]!.end <= g.start) i++;
-    for (let j = i; j < runs.length && runs[j]!.start < g.end; j++) {
-      const r = runs[j]!;
-      // Ranges are never changed in place: a run wholly inside is shared.
-      if (r.start >= g.start && r.end <= g.end) out.push(r);
-      else out.push({ start: Math.max(r.start, g.start), end: Math.min(r.end, g.end), layer: r.layer });
-    }
-  }
-  return out;
-}
-
 /**
  * The pages where two run lists covering the same pages name different
- * layers: sorted, disjoint, merged. One sweep over both.
+ * layers: sorted, disjoint, joined. One sweep over both.
  */
-export function differing<L>(a: readonly Run<L>[], b: readonly Run<L>[]): Range[] {
-  return differingList(RunList.from(a), RunList.from(b)).toArray();
-}
-
-/** differing(), for run lists, as a list. */
 export function differingList<L>(a: RunList<L>, b: RunList<L>): RangeList {
   const out = new RangeList();
   let i = 0;
@@ -391,8 +342,8 @@ export function intersectList(a: RangeList, b: RangeList): RangeList {
 
 /**
  * The parts of `list` under each layer of `runs` (sorted, disjoint, covering
- * them), in order, clipped to the runs: as select() gives them, grouped by
- * layer. A run list of one run gives `list` itself.
+ * them), in order, clipped to the runs, grouped by layer. A run list of
+ * one run gives `list` itself.
  */
 export function listsUnder<L>(runs: RunList<L>, list: RangeList): Map<L, RangeList> {
   const out = new Map<L, RangeList>();
@@ -422,7 +373,7 @@ export function listsUnder<L>(runs: RunList<L>, list: RangeList): Map<L, RangeLi
   return out;
 }
 
-/** The parts of `runs` under the sorted, disjoint `ranges`, as select() gives them. */
+/** The parts of `runs` under the sorted, disjoint `ranges`, clipped to them, in order. */
 export function selectIn<L>(runs: RunList<L>, ranges: readonly Range[]): Run<L>[] {
   const out: Run<L>[] = [];
   const { starts, ends, layers } = runs;

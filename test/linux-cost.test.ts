@@ -3,7 +3,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, RangeList, RefCounts, RunList, type Range, type Run } from '../src/runs.ts';
+import { RangeList, RefCounts, RunList, type Range, type Run } from '../src/runs.ts';
+import { merge } from './helpers/runs-model.ts';
 import {
   chargeMapping,
   COMPACT_WINDOWS,

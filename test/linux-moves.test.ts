@@ -3,7 +3,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { merge, RangeList, RunList, type Range, type Run } from '../src/runs.ts';
+import { RangeList, RunList, type Range, type Run } from '../src/runs.ts';
+import { merge } from './helpers/runs-model.ts';
 import { applyByPage, applyEach, byPageCheaper, Moves, type Move } from '../platform/linux/moves.ts';
 import { memoryStats, Segment } from '../src/index.ts';
 import { linuxOnly } from './helpers/proc.ts';

@@ -7,13 +7,10 @@ import {
   clipSpans,
   clip,
   coalesce,
-  differing,
   intersect,
   intersectList,
   layerAt,
-  merge,
   nextAbove,
-  overlay,
   overlayList,
   pagesOfSpans,
   Packing,
@@ -24,7 +21,6 @@ import {
   selectIn,
   RefCounts,
   sameCounts,
-  select,
   SpanList,
   subtract,
   subtractList,
@@ -33,6 +29,7 @@ import {
   type Range,
   type Run,
 } from '../src/runs.ts';
+import { differing, merge, overlay, select } from './helpers/runs-model.ts';
 import { listsByLayer, rangesByLayer, type Layer as LinuxLayer } from '../platform/linux/layers.ts';
 
 type Layer = string | null;
