@@ -206,9 +206,9 @@ export function freezeInPlace(
     // copy of each page the new layer holds, twice fork()'s memory.
     let movable = defer ? new RangeList(0) : unmappedOnly;
     if (unmappedOnly !== shared && e.privatize && !rebaseNext) {
-      const mappedToo = privatizeWorth(layer.mapped.spansIn(subtractList(shared, unmappedOnly)).toArray());
+      const mappedToo = RangeList.from(privatizeWorth(layer.mapped.spansIn(subtractList(shared, unmappedOnly)).toArray()));
       const verdict = mappedToo.length > 0 ? privatizeSharers(e, seg, layer, mappedToo) : 'refused';
-      if (verdict === 'done') movable = unionList(movable, RangeList.from(mappedToo));
+      if (verdict === 'done') movable = unionList(movable, mappedToo);
       // Left as they are: the segment moves to a new layer instead (prepare.ts).
       else if (verdict === 'rebase') rebaseNext = true;
     }
@@ -298,24 +298,23 @@ function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeL
 
 /**
  * Makes every mapped segment other than `seg` whose run list has `layer`
- * under `ranges` take a private copy of those pages (Dropper.privatize), so
+ * under `list` take a private copy of those pages (Dropper.privatize), so
  * the layer can be rewritten under them: 'done'. 'refused' where the
  * copies would take more than a quarter of the memory the machine has
  * free, or the kernel refused them (some may have been made: they change
  * no byte); 'rebase', making none, where `seg` should move to a new layer
  * instead (rebasePays, cost.ts).
  */
-function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, ranges: readonly Range[]): 'done' | 'refused' | 'rebase' {
+function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: RangeList): 'done' | 'refused' | 'rebase' {
   const targets: { addr: bigint; ranges: Range[] }[] = [];
   const byRuns = new Map<Runs, Range[]>();
   // The mapped counts say how many (segment, page) pairs besides `seg`'s
-  // show the layer under `ranges`; once those are found, the other
+  // show the layer under `list`; once those are found, the other
   // segments are not looked at, their run lists not re-pointed. Newest
   // first: the snapshot cloned last is the one that still shows the pages
   // just rewritten, where older ones took their copies rounds ago (every
   // 2nd page at 256 MiB, 30 snapshots read: re-pointing each cost 3.4 ms
   // a clone).
-  const list = RangeList.from(ranges);
   let needed = 0;
   const others = layer.mapped.spansIn(list, 1);
   for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);

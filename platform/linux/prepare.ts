@@ -40,8 +40,8 @@ export function prepare(e: Engine, seg: LinuxSegment): void {
     if (done.rebase) {
       // Read snapshots have made twice its size in redundant copies of
       // its layer: it moves, and leaves that layer to them (cost.ts,
-      // rebasePays). A
-      // failure leaves it as it was, its pages left still private.
+      // rebasePays). A failure leaves it as it was, its pages left still
+      // private.
       rebase(e, seg);
       seg.pending = null;
       return;
