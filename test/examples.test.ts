@@ -152,7 +152,7 @@ interface MatrixJson {
       memfork?: { roundsDone: number; cloneMs: number[]; verify?: { wrongBytes: number; checkedBytes: number; segments: number } };
       fork?: { roundsDone: number; forkMs: number[] };
       forkOutcome: string;
-      summary: { patternsMatch?: boolean; floorMs: number };
+      summary: { patternsMatch?: boolean; floorMs: number; newFloorMs: number };
     }[];
     geomean: { size: number | 'all'; cases: number; of: number }[];
   };
@@ -168,7 +168,7 @@ test('the bench matrix records a crashed case and goes on, checks every kept sna
     });
     assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^8 MiB:$/m);
-    assert.match(r.stdout, /^case\s+memfork clone\s+fork\(\)\s+fork\/memfork\s+floor/m);
+    assert.match(r.stdout, /^case\s+memfork clone\s+fork\(\)\s+fork\/memfork\s+floor\s+new-memory floor/m);
     assert.match(r.stdout, /^all sizes: \d+ of 21 cases failed/m);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8')) as MatrixJson;
     const cases = json.matrix.cases;
@@ -194,6 +194,7 @@ test('the bench matrix records a crashed case and goes on, checks every kept sna
         assert.equal(c.fork?.roundsDone, 3, `${c.name}: fork peer ${c.forkOutcome}`);
         assert.equal(c.fork?.forkMs.length, 3);
         assert.ok(c.summary.floorMs > 0, `${c.name}: a floor`);
+        assert.ok(c.summary.newFloorMs > 0, `${c.name}: a new-memory floor`);
         if (c !== crash) assert.equal(c.summary.patternsMatch, true, `${c.name}: memfork and the fork peer wrote the same pages`);
       }
     } else {

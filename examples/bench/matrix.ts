@@ -49,7 +49,8 @@ export interface PeerResult {
   childrenPrivateDirty: number;
   selfPrivateDirty: number;
   children: number;
-  floor: { copyMs: number; pages: number; runs: number; dropMicrosPerPage: number; batchedDropMicrosPerPage: number };
+  /** copyMs into touched memory; newCopyMs into new memory (-1: not measured; absent from an older peer). */
+  floor: { copyMs: number; newCopyMs?: number; pages: number; runs: number; dropMicrosPerPage: number; batchedDropMicrosPerPage: number };
 }
 
 export interface Summary {
@@ -63,6 +64,12 @@ export interface Summary {
   roundRatio: number;
   floorMs: number;
   floorSource: string;
+  /**
+   * Round 1's pages copied once into new memory (C, pwritev into a new memory
+   * file), as a kept snapshot's copies must be: fork() pays it at the writes
+   * after it, memfork at the clone. NaN where not measured.
+   */
+  newFloorMs: number;
   // Memory, per snapshot in the kept modes, the whole growth over the case for snapshots let go:
   /** memfork: the case process's anonymous pages + its memory files' pages (each file once). */
   memforkBytes: number;
@@ -440,6 +447,7 @@ function summarize(m: CaseResult | undefined, f: PeerResult | undefined, mode: M
     roundRatio: (forkMedian + (Number.isFinite(forkWriteMs) ? forkWriteMs : 0)) / (cloneMedian + (Number.isFinite(writeMs) ? writeMs : 0)),
     floorMs,
     floorSource,
+    newFloorMs: f !== undefined && f.floor.newCopyMs !== undefined && f.floor.newCopyMs >= 0 ? f.floor.newCopyMs : NaN,
     memforkBytes: perSnap(delta('held'), mDone),
     forkBytes: f !== undefined ? perSnap(known(f.pssAfter) - known(f.pssBefore), fDone) : NaN,
     memforkMachineBytes: perSnap(delta('machine'), mDone),
@@ -594,6 +602,7 @@ export function printMatrix(r: MatrixResult): void {
     'fork()',
     'fork/memfork',
     'floor',
+    'new-memory floor',
     'writes: memfork / fork',
     'MiB/snapshot: memfork',
     'fork',
@@ -614,6 +623,7 @@ export function printMatrix(r: MatrixResult): void {
           c.fork !== undefined && c.fork.roundsDone > 0 ? `${fmtMs(s.forkMs.median)} (${fmtMs(s.forkMs.min)})` : c.fork !== undefined ? '—' : r.peer.path !== undefined ? 'failed' : 'not run',
           Number.isFinite(s.ratio) ? `${s.ratio >= 10 ? s.ratio.toFixed(0) : s.ratio.toFixed(2)}` : '—',
           fmtMs(s.floorMs),
+          fmtMs(s.newFloorMs),
           `${fmtMs(s.writeMs)} / ${fmtMs(s.forkWriteMs)}`,
           memCell(s.memforkBytes),
           memCell(s.forkBytes),
@@ -649,6 +659,8 @@ export function printMatrix(r: MatrixResult): void {
   console.log();
   console.log('memfork clone, fork(): median (minimum) over the rounds; fork/memfork: ratio of the medians (above 1: memfork faster).');
   console.log(`floor: round 1's pages copied once into touched memory, plus one drop per page (${floorSources.join('; ') || 'not measured'}).`);
+  console.log('new-memory floor: round 1\'s pages copied once into new memory (C, pwritev into a new memory file), as kept snapshots');
+  console.log('  need them: fork() pays it at the writes after it, memfork at the clone.');
   for (const d of r.drops) {
     console.log(
       `  ${fmtBytes(d.size)}: drop a page: C: ${fmtUs(d.cBatched)} batched, ${fmtUs(d.c)} a call; ` +
@@ -672,6 +684,7 @@ export function matrixSvg(r: MatrixResult, y0: number): { svg: string; width: nu
     { label: 'memfork clone()', color: '#2b8a3e', get: (c: MatrixCase) => c.summary.cloneMs.median },
     { label: 'fork()', color: '#1864ab', get: (c: MatrixCase) => c.summary.forkMs.median },
     { label: 'copy floor', color: '#868e96', get: (c: MatrixCase) => c.summary.floorMs },
+    { label: 'new-memory floor', color: '#ced4da', get: (c: MatrixCase) => c.summary.newFloorMs },
   ];
   const values = r.cases.flatMap((c) => series.map((s) => s.get(c))).filter((v) => Number.isFinite(v) && v > 0);
   if (values.length === 0) values.push(1);
@@ -695,7 +708,7 @@ export function matrixSvg(r: MatrixResult, y0: number): { svg: string; width: nu
   }
   const width = Math.max(x + 40, 760);
   const y = (v: number) => top + plotH - ((Math.log10(v) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plotH;
-  out.push(`<text x="${left}" y="${y0 + 22}" font-size="15" font-weight="bold">pattern matrix: time per snapshot, memfork clone() vs fork() vs the copy floor (log scale; ✗ memfork failed)</text>`);
+  out.push(`<text x="${left}" y="${y0 + 22}" font-size="15" font-weight="bold">pattern matrix: time per snapshot, memfork clone() vs fork() vs the copy floors (log scale; ✗ memfork failed)</text>`);
   let lx = left;
   for (const s of series) {
     out.push(`<rect x="${lx}" y="${y0 + 34}" width="11" height="11" fill="${s.color}"/><text x="${lx + 16}" y="${y0 + 44}">${esc(s.label)}</text>`);
