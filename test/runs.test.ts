@@ -969,6 +969,9 @@ describe('listsByLayer()', () => {
             got.get(layer)!.toArray().map((r) => ({ start: r.start, end: r.end })),
             coalesce(ranges).map((r) => ({ start: r.start, end: r.end })),
           );
+          // Made at its size: no room beyond its ranges (or the smallest list's).
+          const list = got.get(layer)!;
+          assert.equal(list.starts.length, Math.max(4, list.length));
         }
       }),
       opts,

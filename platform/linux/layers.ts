@@ -94,19 +94,38 @@ export type MakeLayer = (length: number) => Layer;
 /** How many of the newest layers a freeze looks at for free room. */
 const REUSE_CANDIDATES = 4;
 
-/** rangesByLayer(), as lists (touching runs of a layer joined). */
+/**
+ * rangesByLayer(), as lists (touching runs of a layer joined), each made
+ * at its size: the runs are counted by layer first (every clone sets a run
+ * list's counts with this; lists grown by doubling left about their own
+ * size again in garbage, a clone of every 3rd page at 256 MiB 1 MiB).
+ */
 export function listsByLayer(runs: Runs): Map<Layer, RangeList> {
-  const byLayer = new Map<Layer, RangeList>();
   const { starts, ends, layers } = runs;
+  const counts = new Map<Layer, number>();
   let last: Layer | null = null;
+  let from = 0;
+  const count = (to: number) => {
+    if (last !== null) counts.set(last, (counts.get(last) ?? 0) + to - from);
+  };
+  for (let i = 0; i < runs.length; i++) {
+    const layer = layers[i]!;
+    if (layer === last) continue;
+    count(i);
+    last = layer;
+    from = i;
+  }
+  count(runs.length);
+  const byLayer = new Map<Layer, RangeList>();
+  for (const [layer, n] of counts) byLayer.set(layer, new RangeList(n));
   let list: RangeList | undefined;
+  last = null;
   for (let i = 0; i < runs.length; i++) {
     const layer = layers[i]!;
     if (layer === null) continue;
     if (layer !== last) {
       last = layer;
-      list = byLayer.get(layer);
-      if (list === undefined) byLayer.set(layer, (list = new RangeList()));
+      list = byLayer.get(layer)!;
     }
     list!.push(starts[i]!, ends[i]!);
   }
