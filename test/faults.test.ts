@@ -207,6 +207,24 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'clone() after writes to pages two mapped snapshots share and have read (they map one history copy of their old contents, but for the page one wrote itself)',
+    setup: (page) => {
+      const a = Segment.create(16 * page);
+      write(a, page, [0, 3, 9], 1);
+      const c = a.clone();
+      const d = a.clone();
+      for (const s of [c, d]) {
+        const view = new Uint8Array(s.buffer); // mapped
+        let sum = 0;
+        for (let i = 0; i < view.length; i += page) sum += view[i]!; // read
+        if (sum !== 3) throw new Error(`read ${sum}`);
+      }
+      write(d, page, [5], 3); // its own, not yet frozen
+      write(a, page, [1, 3, 5, 12], 2);
+      return { segs: [a, c, d], op: () => a.clone(), result: (b) => b[0]! };
+    },
+  },
+  {
     name: 'clone() of a snapshot with pinned pages (private copies over a layer rewritten since)',
     setup: (page) => {
       const a = Segment.create(16 * page);

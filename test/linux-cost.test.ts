@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { RangeList, RefCounts, RunList, type Range, type Run } from '../src/runs.ts';
+import { RangeList, RefCounts, RunList, SpanList, type Range, type Run } from '../src/runs.ts';
 import { merge } from './helpers/runs-model.ts';
 import {
   chargeMapping,
@@ -26,6 +26,10 @@ import {
   restoreCopyPays,
   RESTORE_COPY_SHARE,
   sharedPages,
+  SHARE_BUDGET_PART,
+  SHARE_MIN_SHOWN,
+  shareRoom,
+  shareWorth,
   type Counted,
 } from '../platform/linux/cost.ts';
 
@@ -431,5 +435,48 @@ describe('privatizeWorth()', () => {
   it('privatizes a single page shown by one other segment, and never a long run shown by many', () => {
     assert.deepEqual(privatizeWorth([{ start: 5, end: 6, count: 2 }]), [{ start: 5, end: 6 }]);
     assert.deepEqual(privatizeWorth([{ start: 0, end: 512, count: 3 }]), []);
+  });
+});
+
+describe('shareWorth() and shareRoom()', () => {
+  /** Per page of [0, 48): how many other segments use it, and how many of those map it. */
+  const countsArb = fc.array(
+    fc.record({ users: fc.nat(5), unmapped: fc.nat(2) }).map(({ users, unmapped }) => ({ users, mapped: Math.max(0, users - unmapped) })),
+    { minLength: 48, maxLength: 48 },
+  );
+  /** Page counts as the spans RefCounts.spansIn gives (above zero, touching equal counts joined). */
+  const spansOf = (counts: number[]): SpanList => {
+    const spans: { start: number; end: number; count: number }[] = [];
+    counts.forEach((c, p) => {
+      if (c === 0) return;
+      const last = spans[spans.length - 1];
+      if (last !== undefined && last.end === p && last.count === c) last.end++;
+      else spans.push({ start: p, end: p + 1, count: c });
+    });
+    return SpanList.from(spans);
+  };
+
+  it('takes exactly the pages every other user maps, at least SHARE_MIN_SHOWN of them', () => {
+    fc.assert(
+      fc.property(countsArb, (pages) => {
+        const out = shareWorth(spansOf(pages.map((p) => p.users)), spansOf(pages.map((p) => p.mapped)));
+        const taken = new Set<number>();
+        for (const r of out.toArray()) for (let p = r.start; p < r.end; p++) taken.add(p);
+        pages.forEach((c, p) => {
+          assert.equal(taken.has(p), c.users === c.mapped && c.mapped >= SHARE_MIN_SHOWN, `page ${p}: ${c.users} users, ${c.mapped} mapped`);
+        });
+      }),
+    );
+  });
+
+  it('leaves room for history sharing up to 1/SHARE_BUDGET_PART of the budget, none past it', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 16, max: 1 << 20 }), fc.nat(1 << 20), (limit, used) => {
+        const part = Math.floor(limit / SHARE_BUDGET_PART);
+        const room = shareRoom(used, limit);
+        if (used >= part) assert.equal(room, 0, 'none past the part');
+        else assert.equal(used + room, part, 'up to the part');
+      }),
+    );
   });
 });

@@ -74,7 +74,8 @@ function numbered(pages: number): { seg: Segment; bytes: Uint8Array } {
 describe('pinned pages', { skip: linuxOnly }, () => {
   for (const pattern of ['stride', 'random'] as const) {
     it(`kept snapshots that are read keep one mapping each while the segment freezes in place under them (${pattern} writes)`, () => {
-      withLinux({}, () => {
+      // Each takes its own copies (with history shared, two or more map one: below).
+      withLinux({ shareHistory: false }, () => {
         const { snapshots } = keptAndRead(pattern, 512, 8);
         for (const [i, s] of snapshots.entries()) assert.equal(s.mappings, 1, `snapshot ${i}: ${s.mappings} mappings`);
         // Each older snapshot holds private copies of the pages rewritten
@@ -155,7 +156,8 @@ describe('pinned pages', { skip: linuxOnly }, () => {
 
   for (const twinMapped of [false, true]) {
     it(`a snapshot with pinned pages, written, cloned and restored, reads right every way (${twinMapped ? 'every sharer mapped: the old pages kept in their copies alone' : 'a sharer never mapped: the old pages copied to history'})`, () => {
-      withLinux({}, (b) => {
+      // Two mapped sharers would map one history copy instead (below).
+      withLinux({ shareHistory: false }, (b) => {
         const pages = 96;
         const random = rng(3);
         const seg = Segment.create(pages * PAGE);
@@ -272,6 +274,112 @@ describe('pinned pages', { skip: linuxOnly }, () => {
       snap.restore(old);
       assert.ok(Buffer.from(view).equals(Buffer.from(oldBytes)));
       for (const s of [old, snap, seg]) s.close();
+    });
+  });
+});
+
+describe('history shared between read snapshots', { skip: linuxOnly }, () => {
+  it('snapshots that show the pages rewritten under them, two or more to a page, map one history copy between them: no private copies', () => {
+    withLinux({}, (b) => {
+      const pages = 96;
+      const { seg, bytes } = numbered(pages);
+      const snaps = [seg.clone(), seg.clone(), seg.clone()];
+      const original = bytes.slice();
+      for (const s of snaps) assert.deepEqual(new Uint8Array(s.buffer), original);
+      const layerBytes = b.memory().layerBytes;
+      const rewritten = [3, 10, 11, 40, 41, 42, 77]; // four runs
+      for (const p of rewritten) bytes[p * PAGE] = 200;
+      const next = seg.clone();
+      assert.equal(b.memory().layerBytes - layerBytes, rewritten.length * PAGE, 'the old contents copied once, into history');
+      for (const [i, s] of snaps.entries()) {
+        assert.deepEqual(new Uint8Array(s.buffer), original, `snapshot ${i}`);
+        assert.equal(anonymousIn(s.address, s.byteLength), 0, `snapshot ${i} holds no private copy`);
+        assert.equal(s.stats().mappings, 1 + 2 * 4, `snapshot ${i}: the history mapped over each run rewritten`);
+      }
+      assert.equal(seg.stats().mappings, 1, 'the segment keeps one mapping');
+      assert.equal(seg.stats().privateBytes, 0, 'its writes all went into its layer');
+      assert.deepEqual(new Uint8Array(next.buffer), bytes);
+      // Written, cloned, restored, the snapshots with history runs read right every way.
+      const view = new Uint8Array(snaps[0]!.buffer);
+      for (const p of [3, 4, 41]) view[p * PAGE + 7] = 9;
+      const written = view.slice();
+      const copy = snaps[0]!.clone();
+      assert.deepEqual(new Uint8Array(copy.buffer), written);
+      snaps[0]!.restore(snaps[1]!);
+      assert.deepEqual(view, original);
+      seg.restore(copy);
+      assert.deepEqual(bytes, written);
+      snaps[2]!.restore(next);
+      assert.deepEqual(new Uint8Array(snaps[2]!.buffer), new Uint8Array(next.buffer));
+      for (const s of [copy, next, ...snaps, seg]) s.close();
+      assert.equal(b.memory().mappings, 0);
+    });
+  });
+
+  it("a snapshot's own writes under the pages rewritten stay its own; the pages it did not write come from the shared history", () => {
+    withLinux({}, () => {
+      const pages = 64;
+      const { seg, bytes } = numbered(pages);
+      const [c1, c2] = [seg.clone(), seg.clone()];
+      const v1 = new Uint8Array(c1.buffer);
+      const v2 = new Uint8Array(c2.buffer);
+      v1[40 * PAGE + 1] = 41; // c1's own, not yet frozen
+      v2[10 * PAGE + 1] = 11; // c2's
+      const w1 = v1.slice();
+      const w2 = v2.slice();
+      for (const p of [10, 40, 50]) bytes[p * PAGE] = 222;
+      const next = seg.clone();
+      assert.deepEqual(v1, w1);
+      assert.deepEqual(v2, w2);
+      assert.deepEqual(new Uint8Array(next.buffer), bytes);
+      assert.equal(anonymousIn(c1.address, c1.byteLength), PAGE, 'c1: its own written page alone is private');
+      assert.equal(anonymousIn(c2.address, c2.byteLength), PAGE, 'c2: its own written page alone is private');
+      // Frozen, cloned: still their own.
+      const d1 = c1.clone();
+      const d2 = c2.clone();
+      assert.deepEqual(new Uint8Array(d1.buffer), w1);
+      assert.deepEqual(new Uint8Array(d2.buffer), w2);
+      for (const s of [d1, d2, next, c1, c2, seg]) s.close();
+    });
+  });
+
+  it('read snapshots of scattered writes hold fewer copies sharing history than each copying, and every byte is right', () => {
+    const copies = (shareHistory: boolean) =>
+      withLinux({ shareHistory }, () => {
+        let held = 0;
+        keptAndRead('random', 512, 8, (_, kept) => {
+          for (const k of kept) held += anonymousIn(k.snap.address, k.snap.byteLength);
+        });
+        return held / PAGE;
+      });
+    const alone = copies(false);
+    const shared = copies(true);
+    assert.ok(shared < alone / 2, `${shared} private copies sharing history, ${alone} each copying`);
+  });
+
+  it('sharing history keeps the mappings of all segments to half their budget; past it, snapshots copy', () => {
+    withLinux({ mapBudget: 64 }, (b) => {
+      const pages = 128;
+      const random = rng(5);
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      const kept: { snap: Segment; want: Uint8Array }[] = [];
+      for (let round = 0; round < 10; round++) {
+        // Three pages at random, apart: up to three runs rewritten under each snapshot.
+        for (let k = 0; k < 3; k++) bytes[Math.floor(random() * (pages / 2)) * 2 * PAGE] = round + 2;
+        const snap = seg.clone();
+        kept.push({ snap, want: bytes.slice() });
+        void snap.buffer;
+        // Half the budget, and one mapping for each clone made since sharing stopped.
+        assert.ok(b.memory().mappings <= 32 + round, `round ${round}: ${b.memory().mappings} mappings`);
+        for (const [i, k] of kept.entries()) assert.deepEqual(new Uint8Array(k.snap.buffer), k.want, `round ${round}: snapshot ${i}`);
+      }
+      const mapped = kept.filter((k) => k.snap.stats().mappings > 1).length;
+      const copying = kept.filter((k) => anonymousIn(k.snap.address, k.snap.byteLength) > 0).length;
+      assert.ok(mapped > 0 && copying > 0, `${mapped} snapshots map history, ${copying} hold copies`);
+      for (const k of kept) k.snap.close();
+      seg.close();
     });
   });
 });

@@ -86,6 +86,13 @@ export interface LinuxOptions {
    * or maps those pages from a new layer instead (tests cover that path alone with it).
    */
   privatize?: boolean;
+  /**
+   * Whether mapped segments that show layer pages a segment rewrites in
+   * place, two or more to a page, map one history copy of their old contents
+   * between them while the mapping budget is at most half used (default), or
+   * each take a private copy (tests cover both).
+   */
+  shareHistory?: boolean;
   /** Restore by mapping over the target in place, as on kernels before 6.17 (tests cover that path with it). */
   restoreInPlace?: boolean;
   /**
@@ -175,6 +182,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
       zeroPage: this.zeroPage,
       windowCopy: options.windowCopy ?? true,
       privatize: options.privatize ?? true,
+      shareHistory: options.shareHistory ?? true,
       maxRuns: this.maxRuns,
       availableMemory: () => this.#availableMemory(),
       ensureRoom: (needed, pages) => this.#ensureRoom(needed, pages),

@@ -2,7 +2,7 @@
 // runs into one new layer (compaction) pays for itself, and which pages it
 // rewrites. Pure functions over run lists and reference counts, free of
 // system calls, so they are property-tested apart from the kernel.
-import { coalesce, overlapPages, pageCount, type Range, type RangeList, type RefCounts, type RunList, type Span } from '../../src/runs.ts';
+import { coalesce, overlapPages, pageCount, sameCounts, SpanList, type Range, type RangeList, type RefCounts, type RunList, type Span } from '../../src/runs.ts';
 
 /** What the cost model needs of a layer: how many runs of live segments use each of its pages. */
 export interface Counted {
@@ -56,6 +56,42 @@ export const COPIES_PER_MAPPING = 16;
  */
 export function privatizeWorth(spans: readonly Span[]): Range[] {
   return coalesce(spans.filter((s) => (s.count - 1) * (s.end - s.start) <= 2 * COPIES_PER_MAPPING));
+}
+
+/**
+ * Fewest other mapped segments that must show a layer page a segment
+ * rewrites in place for them to share one history copy of its old contents,
+ * each mapping it, rather than each take a private copy: with one, the
+ * memory is the same and the mappings are not.
+ */
+export const SHARE_MIN_SHOWN = 2;
+
+/**
+ * Mapped segments share history copies only while all segments together
+ * use at most 1/SHARE_BUDGET_PART of their mapping budget: the rest stays
+ * free for the clones, restores and first reads that need room, which
+ * would otherwise compact segments to make it.
+ */
+export const SHARE_BUDGET_PART = 2;
+
+/**
+ * Of layer pages a segment rewrites in place, those whose other users
+ * should share one history copy of the old contents, each mapping it, where
+ * they would each take a private copy (privatizeWorth): where every other
+ * user maps the page and at least SHARE_MIN_SHOWN do. `users` and
+ * `mapped`: the layer's counts there less the writer's own.
+ */
+export function shareWorth(users: SpanList, mapped: SpanList): RangeList {
+  const many = new SpanList(mapped.length);
+  for (let i = 0; i < mapped.length; i++) {
+    if (mapped.counts[i]! >= SHARE_MIN_SHOWN) many.push(mapped.starts[i]!, mapped.ends[i]!, mapped.counts[i]!);
+  }
+  return sameCounts(users, many);
+}
+
+/** Mappings history sharing may still add while `used` of a budget of `limit` are in use (SHARE_BUDGET_PART). */
+export function shareRoom(used: number, limit: number): number {
+  return Math.max(0, Math.floor(limit / SHARE_BUDGET_PART) - used);
 }
 
 /** A compaction: the page ranges to rewrite, and how many pages another segment still holds among them. */

@@ -179,6 +179,8 @@ export interface Engine {
   readonly windowCopy: boolean;
   /** Whether other mapped segments may take private copies of pages a segment rewrites in place (freeze.ts). */
   readonly privatize: boolean;
+  /** Whether mapped segments showing such pages may instead map one history copy of them between them (freeze.ts, shareHistory). */
+  readonly shareHistory: boolean;
   /** Runs one segment may reach before it is compacted whatever the cost (prepare.ts). */
   readonly maxRuns: number;
   /** Bytes of memory the machine has free for copies (MemAvailable, or a test's figure). */

@@ -11,7 +11,7 @@
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
 import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
-import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, worthwhileHoles } from './cost.ts';
+import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, SHARE_MIN_SHOWN, shareRoom, shareWorth, worthwhileHoles } from './cost.ts';
 import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
@@ -187,9 +187,17 @@ export function freezeInPlace(
     // where the copies cost less than the mappings a new run would
     // (privatizeWorth, cost.ts); where they are all the users, their
     // copies are the old contents and nothing is copied to history (evict).
-    // The other pages go to a new layer (freeze).
-    const shared = subtractList(ranges, alone);
+    // Where two or more of them show a page, and no unmapped one, they may
+    // map one history copy of it between them instead (shareHistory). The
+    // other pages go to a new layer (freeze).
+    let shared = subtractList(ranges, alone);
     if (shared.length === 0) continue;
+    if (e.privatize && e.shareHistory && shareHistory(e, seg, layer, shared)) {
+      const moved = layer.refs.listWithCount(shared, 1);
+      settle(moved);
+      if (moved === shared) continue;
+      shared = subtractList(shared, moved);
+    }
     const unmappedOnly = layer.mapped.listWithCount(shared, 1);
     unmappedShared += unmappedOnly.pages;
     if (defer) {
@@ -349,6 +357,109 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: Rang
   }
   seg.privatized += redundant;
   return 'done';
+}
+
+/**
+ * Where two or more mapped segments, and no unmapped one, show layer pages
+ * `seg` is about to rewrite in place (shareWorth, cost.ts), copies their old
+ * contents once into a history layer and maps it over those pages in each
+ * of them, where each would take a private copy (privatizeSharers): a
+ * snapshot read at once then costs two mappings a run of pages rewritten
+ * under it, not a page each, and the old contents are copied once, as
+ * fork() shares one copy between its children. Only while the segments use
+ * at most half their mapping budget (shareRoom), and only where two
+ * segments or more take part. A segment's pages that may be private copies
+ * (its own writes, pinned pages: Scanner.privateIn) are left as they are,
+ * for the usual way. Each segment's run list and mapping point at the
+ * history as its pages are remapped (replace), so that the layer pages
+ * every other user left are `seg`'s alone. Returns whether any segment
+ * moved.
+ *
+ * Atomic in content: the history copy reads as the layer page does until
+ * `seg` rewrites it, after this. A mapping refused stops the remapping:
+ * the pages not remapped stay as they were. A copy that fails throws,
+ * having remapped nothing.
+ */
+function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeList): boolean {
+  const want = shareWorth(layer.refs.spansIn(shared, 1), layer.mapped.spansIn(shared, 1));
+  if (want.length === 0) return false;
+  let room = shareRoom(e.budget.used, e.budget.limit(0));
+  // The (segment, page) pairs there besides `seg`'s: once found, the
+  // other segments are not looked at (privatizeSharers).
+  let needed = 0;
+  const others = layer.mapped.spansIn(want, 1);
+  for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
+  const targets: { seg: LinuxSegment; pages: RangeList }[] = [];
+  const byRuns = new Map<Runs, RangeList>();
+  let found = 0;
+  for (const other of [...e.segments].reverse()) {
+    if (found >= needed || room < 2) break;
+    if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
+    let on = byRuns.get(other.runs);
+    if (on === undefined) {
+      on = listsUnder(other.runs, want).get(layer) ?? new RangeList(0);
+      byRuns.set(other.runs, on);
+    }
+    if (on.length === 0) continue;
+    found += on.pages;
+    const own = e.scanner.privateIn(other.addr, coalesce(on.toArray(), WALK_GAP));
+    // Where private copies cannot be told apart, none is remapped.
+    if (own === null) return false;
+    const pages = own.length === 0 ? on : subtractList(on, own);
+    // A remapped range costs up to two mappings.
+    if (pages.length === 0 || 2 * pages.length > room) continue;
+    room -= 2 * pages.length;
+    targets.push({ seg: other, pages });
+  }
+  if (targets.length < SHARE_MIN_SHOWN) return false;
+  let union = targets[0]!.pages;
+  for (const t of targets.slice(1)) union = unionList(union, t.pages);
+  const bytes = union.pages * e.pageSize;
+  if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
+  let copied = new RangeList(0);
+  const history = e.layers.packed(layer.length, union, (fd, packing) => {
+    const done = new RangeList(union.length);
+    // A failure throws: packed() frees what was copied.
+    copyOut(e, layer, fd, packing, union, (batch) => done.append(batch));
+    copied = done;
+    return done;
+  });
+  if (history === undefined) return false;
+  let moved = false;
+  try {
+    for (const t of targets) {
+      const list = copied.pages === union.pages ? t.pages : intersectList(t.pages, copied);
+      // Their entries dropped first, in a few calls: replacing a mapping
+      // that has entries flushes them from every core running another
+      // thread of the process, a call at a time (13.5 µs a single-page
+      // mapping against about 5, measured here). None is a private copy.
+      e.dropper.ranges(t.seg.addr, list);
+      const done: Range[] = [];
+      try {
+        // Safety: each range shows the same bytes from the history copy as
+        // from the layer, which nobody has rewritten yet, and holds no
+        // private copy (Scanner.privateIn).
+        for (let i = 0; i < list.length; i++) {
+          const r = { start: list.starts[i]!, end: list.ends[i]! };
+          mapRange(e.pageSize, t.seg.addr, r, history);
+          done.push(r);
+        }
+      } finally {
+        if (done.length > 0) {
+          replace(e, t.seg, done, history);
+          moved = true;
+        }
+      }
+    }
+  } catch {
+    // A mapping refused (the process's limit, or memory): the pages not
+    // remapped are privatized or moved the usual way.
+  } finally {
+    // History pages no segment points at are freed (a packed file outlives its layers).
+    for (const r of history.refs.unusedIn(copied).toArray()) e.layers.punch(history, r);
+    if (history.refs.empty) e.layers.close(history);
+  }
+  return moved;
 }
 
 /**

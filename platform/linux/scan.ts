@@ -255,6 +255,25 @@ export class Scanner {
     return out;
   }
 
+  /**
+   * Pages within the sorted `windows` of pages from `addr` that may be
+   * private copies: written, or swapped, or marked where a protected page
+   * was dropped (writtenList with `protectedToo`), one walk a window. The
+   * others map their file's page, or nothing yet: mapping another file's
+   * page over them loses no write. Null where PAGEMAP_SCAN is not
+   * available (no page can be told apart).
+   */
+  privateIn(addr: bigint, windows: readonly Range[]): RangeList | null {
+    if (this.method !== 'pagemap-scan') return null;
+    const out = new RangeList();
+    const page = BigInt(this.#pageSize);
+    for (const w of windows) {
+      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, true);
+      for (let i = 0; i < found.length; i++) out.push(w.start + found.starts[i]!, w.start + found.ends[i]!);
+    }
+    return out;
+  }
+
   /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
   forDrop(addr: bigint, pages: number): { written: Range[]; present: number } {
     if (this.method !== 'pagemap-scan') {
