@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as sys from '../platform/libc.ts';
 import { FLOOR as FD_FLOOR, ProcessFdBudget, RECHECK as FD_RECHECK, fdBudgetFrom } from '../platform/linux/fd-budget.ts';
 import { LinuxBackend } from '../platform/linux/index.ts';
-import { ProcessMapBudget, RECHECK, RESERVE, budgetFrom } from '../platform/linux/map-budget.ts';
+import { ProcessMapBudget, RECHECK, RECHECK_PART, RESERVE, budgetFrom } from '../platform/linux/map-budget.ts';
 import { Segment } from '../src/index.ts';
 import { useBackend } from './backends.ts';
 import { projectRoot, runtime, tsCommand } from './helpers/runtime.ts';
@@ -47,6 +47,22 @@ describe('the process-wide mapping budget', { skip: linuxOnly }, () => {
     budget.limit(near);
     budget.limit(near, 1);
     assert.equal(reads, 4);
+  });
+
+  it('under a raised vm.max_map_count, reads again after 1/RECHECK_PART of the budget of growth, not RECHECK', () => {
+    let reads = 0;
+    const budget = new ProcessMapBudget(() => {
+      reads++;
+      return 2000;
+    }, 1_048_576);
+    const limit = budget.limit(0);
+    assert.equal(limit, 524_288 - RESERVE - 2000);
+    const interval = Math.floor(limit / RECHECK_PART);
+    assert.ok(interval > RECHECK);
+    budget.limit(interval - 1);
+    assert.equal(reads, 1, 'far from the limit, growth short of the interval');
+    budget.limit(interval);
+    assert.equal(reads, 2);
   });
 
   // A minute or more of work: on Node.js 20, Bun and Deno (Node.js 22 and 26

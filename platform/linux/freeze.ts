@@ -383,17 +383,18 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: Rang
 function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeList): boolean {
   const want = shareWorth(layer.refs.spansIn(shared, 1), layer.mapped.spansIn(shared, 1));
   if (want.length === 0) return false;
-  let room = shareRoom(e.budget.used, e.budget.limit(0));
+  const room = shareRoom(e.budget.used, e.budget.limit(0));
   // The (segment, page) pairs there besides `seg`'s: once found, the
   // other segments are not looked at (privatizeSharers).
   let needed = 0;
   const others = layer.mapped.spansIn(want, 1);
   for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
-  const targets: { seg: LinuxSegment; pages: RangeList }[] = [];
+  let targets: { seg: LinuxSegment; pages: RangeList }[] = [];
   const byRuns = new Map<Runs, RangeList>();
   let found = 0;
+  if (room < 2 * SHARE_MIN_SHOWN) return false;
   for (const other of [...e.segments].reverse()) {
-    if (found >= needed || room < 2) break;
+    if (found >= needed) break;
     if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
     let on = byRuns.get(other.runs);
     if (on === undefined) {
@@ -406,14 +407,20 @@ function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeL
     // Where private copies cannot be told apart, none is remapped.
     if (own === null) return false;
     const pages = own.length === 0 ? on : subtractList(on, own);
-    // A remapped range costs up to two mappings.
-    if (pages.length === 0 || 2 * pages.length > room) continue;
-    room -= 2 * pages.length;
-    targets.push({ seg: other, pages });
+    if (pages.length > 0) targets.push({ seg: other, pages });
   }
   if (targets.length < SHARE_MIN_SHOWN) return false;
   let union = targets[0]!.pages;
   for (const t of targets.slice(1)) union = unionList(union, t.pages);
+  // A remapped range costs up to two mappings: past the room, only the
+  // first ranges are shared.
+  const cut = roomyPrefix(union, targets, room);
+  if (cut < union.length) {
+    union = union.slice(0, cut);
+    for (const t of targets) t.pages = intersectList(t.pages, union);
+    targets = targets.filter((t) => t.pages.length > 0);
+    if (targets.length < SHARE_MIN_SHOWN) return false;
+  }
   const bytes = union.pages * e.pageSize;
   if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
   let copied = new RangeList(0);
@@ -460,6 +467,30 @@ function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeL
     if (history.refs.empty) e.layers.close(history);
   }
   return moved;
+}
+
+/**
+ * How many of the first ranges of `union` the `targets` can have remapped
+ * within `room` mappings, two for each of their ranges in them (each
+ * target's pages are among `union`'s, each of its ranges inside one of
+ * `union`'s).
+ */
+function roomyPrefix(union: RangeList, targets: readonly { pages: RangeList }[], room: number): number {
+  const cost = new Int32Array(union.length);
+  for (const t of targets) {
+    const { starts, length } = t.pages;
+    let u = 0;
+    for (let i = 0; i < length; i++) {
+      while (union.ends[u]! <= starts[i]!) u++;
+      cost[u]! += 2;
+    }
+  }
+  let used = 0;
+  for (let u = 0; u < union.length; u++) {
+    used += cost[u]!;
+    if (used > room) return u;
+  }
+  return union.length;
 }
 
 /**
