@@ -283,6 +283,24 @@ export function pointAt(e: Engine, seg: LinuxSegment, ranges: RangeList, layer: 
   for (const [from, under] of listsUnder(old, ranges)) if (from !== null) e.layers.refList(from, under, -1, seg.mapped);
 }
 
+/**
+ * Records that `list` of the mapped `seg`, pages its run list and mapping
+ * both showed from one layer, are now mapped from `layer`: replace(), with
+ * the counts changed only under `list` (pointAt), where a snapshot that
+ * maps history over scattered pages has a run list of thousands of runs.
+ */
+export function remapped(e: Engine, seg: LinuxSegment, list: RangeList, layer: Layer): void {
+  const old = seg.runs;
+  const oldMaps = seg.maps;
+  e.layers.refList(layer, list, 1, true);
+  const runs = overlayList(old, list, layer);
+  const maps = oldMaps === old ? runs : overlayList(oldMaps, list, layer);
+  seg.runs = runs;
+  e.budget.segments += maps.length - oldMaps.length;
+  seg.maps = maps;
+  for (const [from, under] of listsUnder(old, list)) if (from !== null) e.layers.refList(from, under, -1, true);
+}
+
 /** Records that `ranges` of `seg` are now mapped from `layer`: pages there are no longer pinned. */
 export function replace(e: Engine, seg: LinuxSegment, ranges: readonly Range[], layer: Layer | null): void {
   const list = RangeList.from(ranges);

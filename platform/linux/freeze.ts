@@ -12,7 +12,7 @@
 // rewrites told apart by write tracking (track.ts).
 import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, SHARE_MIN_SHOWN, shareRoom, shareWorth, worthwhileHoles } from './cost.ts';
-import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
+import { pinnedList, pointAt, remapped, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
@@ -441,19 +441,15 @@ function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeL
       // thread of the process, a call at a time (13.5 µs a single-page
       // mapping against about 5, measured here). None is a private copy.
       e.dropper.ranges(t.seg.addr, list);
-      const done: Range[] = [];
+      let n = 0;
       try {
         // Safety: each range shows the same bytes from the history copy as
         // from the layer, which nobody has rewritten yet, and holds no
         // private copy (Scanner.privateIn).
-        for (let i = 0; i < list.length; i++) {
-          const r = { start: list.starts[i]!, end: list.ends[i]! };
-          mapRange(e.pageSize, t.seg.addr, r, history);
-          done.push(r);
-        }
+        for (; n < list.length; n++) mapRange(e.pageSize, t.seg.addr, { start: list.starts[n]!, end: list.ends[n]! }, history);
       } finally {
-        if (done.length > 0) {
-          replace(e, t.seg, done, history);
+        if (n > 0) {
+          remapped(e, t.seg, n === list.length ? list : list.slice(0, n), history);
           moved = true;
         }
       }
