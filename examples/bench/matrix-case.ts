@@ -32,6 +32,8 @@ export interface CaseSpec {
 }
 
 const PAGE = backend.pageSize;
+/** The most a case's warm-up writes (warmUp). */
+const WARM_UP_BYTES = 16 * 2 ** 20;
 const now = () => performance.now();
 const gc = () => (globalThis as { gc?: () => void }).gc?.();
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -222,16 +224,18 @@ function jsFloor(
 }
 
 /**
- * The case itself at a sixteenth of its size (at least 64 pages): its
- * pattern and mode, its rounds (at most six), everything closed after. A
- * fresh process runs the engine's code interpreted until the JIT has
- * compiled it, and grows its heaps (V8's young generation, the allocator's,
- * the FFI's call memory) once: costs of the process's first clones, not of
- * the case's, which a cold six-round case would count as its own (README,
- * Performance, has the cold figures).
+ * The case itself at a sixteenth of its size, at most 16 MiB (at least 64
+ * pages): its pattern and mode, its rounds (at most six), everything closed
+ * after. A fresh process runs the engine's code interpreted until the JIT
+ * has compiled it, and grows its heaps (V8's young generation, the
+ * allocator's, the FFI's call memory) once: costs of the process's first
+ * clones, not of the case's, which a cold six-round case would count as its
+ * own (README, Performance, has the cold figures). No more: memory freed
+ * just before a case is handed back to the host on this VM and costs the
+ * case a fault in the host to use again (README, Performance).
  */
 function warmUp(spec: CaseSpec): void {
-  const pages = Math.max(64, Math.floor(spec.size / PAGE / 16));
+  const pages = Math.max(64, Math.floor(Math.min(spec.size / 16, WARM_UP_BYTES) / PAGE));
   const list = new Uint32Array(pagesPerRound(spec.pattern, pages));
   const mark = new Uint8Array(pages);
   const rng = new XorShift32(spec.seed ^ 0x5bd1e995);

@@ -3,7 +3,8 @@
 // segment is first made private (its page tables moved aside); written pages
 // whose layer page nobody else maps are written in place, their old contents
 // evicted to a history layer for the run lists that still need them (or,
-// where every other user maps them, left in those users' private copies);
+// where every other user maps them, left in those users' private copies, or
+// copied once to a history layer that two or more of them map);
 // the rest are written into a new (or reused) layer and remapped from it.
 // A segment that rewrites the same pages round after round under snapshots
 // nobody maps freezes them deferred instead: the new contents are copied
@@ -371,9 +372,9 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: Rang
  * segments or more take part. A segment's pages that may be private copies
  * (its own writes, pinned pages: Scanner.privateIn) are left as they are,
  * for the usual way. Each segment's run list and mapping point at the
- * history as its pages are remapped (replace), so that the layer pages
- * every other user left are `seg`'s alone. Returns whether any segment
- * moved.
+ * history as its pages are remapped (remapped, engine.ts), so that the
+ * layer pages every other user left are `seg`'s alone. Returns whether any
+ * segment moved.
  *
  * Atomic in content: the history copy reads as the layer page does until
  * `seg` rewrites it, after this. A mapping refused stops the remapping:
