@@ -245,14 +245,7 @@ export class Scanner {
    * dropped without changing a byte. Empty where PAGEMAP_SCAN is not available.
    */
   fileMapped(addr: bigint, windows: readonly Range[]): RangeList {
-    const out = new RangeList();
-    if (this.method !== 'pagemap-scan') return out;
-    const page = BigInt(this.#pageSize);
-    for (const w of windows) {
-      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, false, true);
-      for (let i = 0; i < found.length; i++) out.push(w.start + found.starts[i]!, w.start + found.ends[i]!);
-    }
-    return out;
+    return this.method === 'pagemap-scan' ? this.#inWindows(addr, windows, true) : new RangeList();
   }
 
   /**
@@ -264,11 +257,15 @@ export class Scanner {
    * available (no page can be told apart).
    */
   privateIn(addr: bigint, windows: readonly Range[]): RangeList | null {
-    if (this.method !== 'pagemap-scan') return null;
+    return this.method === 'pagemap-scan' ? this.#inWindows(addr, windows, false) : null;
+  }
+
+  /** The file-mapped pages (`file`) or the maybe private ones within `windows`, one walk a window (fileMapped, privateIn). */
+  #inWindows(addr: bigint, windows: readonly Range[], file: boolean): RangeList {
     const out = new RangeList();
     const page = BigInt(this.#pageSize);
     for (const w of windows) {
-      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, true);
+      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, !file, file);
       for (let i = 0; i < found.length; i++) out.push(w.start + found.starts[i]!, w.start + found.ends[i]!);
     }
     return out;
