@@ -11,7 +11,7 @@
 // into a new layer for the clone, the old ones stay where the snapshots
 // read them, and the segment keeps its private copies (pinned), its later
 // rewrites told apart by write tracking (track.ts).
-import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pageCount, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
+import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, SHARE_MIN_SHOWN, shareRoom, shareWorth, worthwhileHoles } from './cost.ts';
 import { pinnedList, pointAt, remapped, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
@@ -315,35 +315,18 @@ function writeInPlace(e: Engine, layer: Layer, seg: LinuxSegment, ranges: RangeL
  * instead (rebasePays, cost.ts).
  */
 function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: RangeList): 'done' | 'refused' | 'rebase' {
-  const targets: { addr: bigint; ranges: Range[] }[] = [];
-  const byRuns = new Map<Runs, Range[]>();
-  // The mapped counts say how many (segment, page) pairs besides `seg`'s
-  // show the layer under `list`; once those are found, the other
-  // segments are not looked at, their run lists not re-pointed. Newest
-  // first: the snapshot cloned last is the one that still shows the pages
-  // just rewritten, where older ones took their copies rounds ago (every
-  // 2nd page at 256 MiB, 30 snapshots read: re-pointing each cost 3.4 ms
-  // a clone).
-  let needed = 0;
-  const others = layer.mapped.spansIn(list, 1);
-  for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
+  const sharers = mappedSharers(e, seg, layer, list);
+  // As arrays, once a run list.
+  const arrays = new Map<RangeList, Range[]>();
   let pages = 0;
-  for (const other of [...e.segments].reverse()) {
-    if (pages >= needed) break;
-    // Most segments never showed the layer: skipped without re-pointing
-    // their run lists (with hundreds kept, that would cost more than the copies).
-    if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
-    let on = byRuns.get(other.runs);
-    if (on === undefined) {
-      on = listsUnder(other.runs, list).get(layer)?.toArray() ?? [];
-      byRuns.set(other.runs, on);
-    }
-    if (on.length === 0) continue;
-    targets.push({ addr: other.addr, ranges: on });
-    pages += pageCount(on);
-  }
+  const targets = sharers.map((t) => {
+    let ranges = arrays.get(t.pages);
+    if (ranges === undefined) arrays.set(t.pages, (ranges = t.pages.toArray()));
+    pages += t.pages.pages;
+    return { addr: t.seg.addr, ranges };
+  });
   // Copies beyond the first of each page are the redundant ones.
-  const redundant = targets.length < 2 ? 0 : pages - unionPages([...byRuns.values()]);
+  const redundant = targets.length < 2 ? 0 : pages - unionPages([...arrays.values()]);
   // A segment with pinned pages keeps private copies across freezes
   // (deferred): it does not move. A move copies the segment: as private
   // copies, up to UNCHECKED_COPY without asking the machine.
@@ -358,6 +341,41 @@ function privatizeSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: Rang
   }
   seg.privatized += redundant;
   return 'done';
+}
+
+/**
+ * The mapped segments other than `seg` whose run lists show `layer` under
+ * `list`, each with its pages there (segments sharing a run list share
+ * the list), newest first. The mapped counts say how many (segment, page)
+ * pairs besides `seg`'s show the layer there; once those are found, the
+ * other segments are not looked at, their run lists not re-pointed. Newest
+ * first: the snapshot cloned last is the one that still shows the pages
+ * just rewritten, where older ones took their copies rounds ago (every
+ * 2nd page at 256 MiB, 30 snapshots read: re-pointing each cost 3.4 ms a
+ * clone).
+ */
+function mappedSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: RangeList): { seg: LinuxSegment; pages: RangeList }[] {
+  let needed = 0;
+  const others = layer.mapped.spansIn(list, 1);
+  for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
+  const out: { seg: LinuxSegment; pages: RangeList }[] = [];
+  const byRuns = new Map<Runs, RangeList>();
+  let found = 0;
+  for (const other of [...e.segments].reverse()) {
+    if (found >= needed) break;
+    // Most segments never showed the layer: skipped without re-pointing
+    // their run lists (with hundreds kept, that would cost more than the copies).
+    if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
+    let on = byRuns.get(other.runs);
+    if (on === undefined) {
+      on = listsUnder(other.runs, list).get(layer) ?? new RangeList(0);
+      byRuns.set(other.runs, on);
+    }
+    if (on.length === 0) continue;
+    out.push({ seg: other, pages: on });
+    found += on.pages;
+  }
+  return out;
 }
 
 /**
@@ -385,30 +403,14 @@ function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeL
   const want = shareWorth(layer.refs.spansIn(shared, 1), layer.mapped.spansIn(shared, 1));
   if (want.length === 0) return false;
   const room = shareRoom(e.budget.used, e.budget.limit(0));
-  // The (segment, page) pairs there besides `seg`'s: once found, the
-  // other segments are not looked at (privatizeSharers).
-  let needed = 0;
-  const others = layer.mapped.spansIn(want, 1);
-  for (let i = 0; i < others.length; i++) needed += others.counts[i]! * (others.ends[i]! - others.starts[i]!);
-  let targets: { seg: LinuxSegment; pages: RangeList }[] = [];
-  const byRuns = new Map<Runs, RangeList>();
-  let found = 0;
   if (room < 2 * SHARE_MIN_SHOWN) return false;
-  for (const other of [...e.segments].reverse()) {
-    if (found >= needed) break;
-    if (other === seg || other.released || !other.mapped || !other.mayShow(layer)) continue;
-    let on = byRuns.get(other.runs);
-    if (on === undefined) {
-      on = listsUnder(other.runs, want).get(layer) ?? new RangeList(0);
-      byRuns.set(other.runs, on);
-    }
-    if (on.length === 0) continue;
-    found += on.pages;
-    const own = e.scanner.privateIn(other.addr, coalesce(on.toArray(), WALK_GAP));
+  let targets: { seg: LinuxSegment; pages: RangeList }[] = [];
+  for (const t of mappedSharers(e, seg, layer, want)) {
+    const own = e.scanner.privateIn(t.seg.addr, coalesce(t.pages.toArray(), WALK_GAP));
     // Where private copies cannot be told apart, none is remapped.
     if (own === null) return false;
-    const pages = own.length === 0 ? on : subtractList(on, own);
-    if (pages.length > 0) targets.push({ seg: other, pages });
+    const pages = own.length === 0 ? t.pages : subtractList(t.pages, own);
+    if (pages.length > 0) targets.push({ seg: t.seg, pages });
   }
   if (targets.length < SHARE_MIN_SHOWN) return false;
   let union = targets[0]!.pages;
