@@ -272,33 +272,24 @@ export function setRuns(e: Engine, seg: LinuxSegment, runs: Runs, maps: Runs = r
  * Points the run list of `seg` at `layer` under `ranges`, its mapping
  * showing what it showed (so those pages are pinned, engine.ts): setRuns,
  * with the reference counts changed only under `ranges`, where a run list
- * scattered into a run a page would cost a sweep of every run twice.
+ * scattered into a run a page would cost a sweep of every run twice. With
+ * `remapped`, its mapping shows `layer` there too (the mapped segment was
+ * remapped there, where its mapping and run list showed the same).
  */
-export function pointAt(e: Engine, seg: LinuxSegment, ranges: RangeList, layer: Layer): void {
+export function pointAt(e: Engine, seg: LinuxSegment, ranges: RangeList, layer: Layer, remapped = false): void {
   const old = seg.runs;
   const maps = seg.maps;
   e.layers.refList(layer, ranges, 1, seg.mapped);
-  seg.runs = overlayList(old, ranges, layer);
-  seg.maps = maps;
-  for (const [from, under] of listsUnder(old, ranges)) if (from !== null) e.layers.refList(from, under, -1, seg.mapped);
-}
-
-/**
- * Records that `list` of the mapped `seg`, pages its run list and mapping
- * both showed from one layer, are now mapped from `layer`: replace(), with
- * the counts changed only under `list` (pointAt), where a snapshot that
- * maps history over scattered pages has a run list of thousands of runs.
- */
-export function remapped(e: Engine, seg: LinuxSegment, list: RangeList, layer: Layer): void {
-  const old = seg.runs;
-  const oldMaps = seg.maps;
-  e.layers.refList(layer, list, 1, true);
-  const runs = overlayList(old, list, layer);
-  const maps = oldMaps === old ? runs : overlayList(oldMaps, list, layer);
+  const runs = overlayList(old, ranges, layer);
   seg.runs = runs;
-  e.budget.segments += maps.length - oldMaps.length;
-  seg.maps = maps;
-  for (const [from, under] of listsUnder(old, list)) if (from !== null) e.layers.refList(from, under, -1, true);
+  if (remapped) {
+    const now = maps === old ? runs : overlayList(maps, ranges, layer);
+    e.budget.segments += now.length - maps.length;
+    seg.maps = now;
+  } else {
+    seg.maps = maps;
+  }
+  for (const [from, under] of listsUnder(old, ranges)) if (from !== null) e.layers.refList(from, under, -1, seg.mapped);
 }
 
 /** Records that `ranges` of `seg` are now mapped from `layer`: pages there are no longer pinned. */

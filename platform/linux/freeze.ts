@@ -13,7 +13,7 @@
 // rewrites told apart by write tracking (track.ts).
 import { clipSpans, coalesce, intersectList, listsUnder, overlapPages, pagesOfSpans, RangeList, sameCounts, subtract, subtractList, selectIn, unionList, unionPages, type Packing, type Range, type RefCounts, type Run, type SpanList } from '../../src/runs.ts';
 import { HOLE_MIN_PAGES, privatizeWorth, rebasePays, SHARE_MIN_SHOWN, shareRoom, shareWorth, worthwhileHoles } from './cost.ts';
-import { pinnedList, pointAt, remapped, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
+import { pinnedList, pointAt, replace, scanWritten, type Engine, type LinuxSegment } from './engine.ts';
 import { Layer, type MakeLayer, type Runs } from './layers.ts';
 import { mapPrivate, mapRange } from './mapper.ts';
 import { moveAside } from './move-aside.ts';
@@ -390,7 +390,7 @@ function mappedSharers(e: Engine, seg: LinuxSegment, layer: Layer, list: RangeLi
  * segments or more take part. A segment's pages that may be private copies
  * (its own writes, pinned pages: Scanner.privateIn) are left as they are,
  * for the usual way. Each segment's run list and mapping point at the
- * history as its pages are remapped (remapped, engine.ts), so that the
+ * history as its pages are remapped (pointAt, engine.ts), so that the
  * layer pages every other user left are `seg`'s alone. Returns whether any
  * segment moved.
  *
@@ -452,7 +452,7 @@ function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared: RangeL
         for (; n < list.length; n++) mapRange(e.pageSize, t.seg.addr, { start: list.starts[n]!, end: list.ends[n]! }, history);
       } finally {
         if (n > 0) {
-          remapped(e, t.seg, n === list.length ? list : list.slice(0, n), history);
+          pointAt(e, t.seg, n === list.length ? list : list.slice(0, n), history, true);
           moved = true;
         }
       }
