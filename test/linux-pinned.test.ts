@@ -390,3 +390,56 @@ describe('history shared between read snapshots', { skip: linuxOnly }, () => {
     });
   });
 });
+
+describe('restores among read snapshots under a tight mapping budget', { skip: linuxOnly }, () => {
+  // Restoring from a snapshot with pinned pages: freezing the target first
+  // may move the snapshot's pages to a virtual layer, held in its memory
+  // alone, which cannot be read from a file or mapped (this read EBADF).
+  for (const [budget, shareHistory] of [[120, true], [400, true], [120, false]] as const) {
+    it(`clones, writes, closes and restores, every snapshot and the segment read right (budget ${budget}${shareHistory ? '' : ', no shared history'})`, () => {
+      for (let seed = 1; seed <= 6; seed++) {
+        withLinux({ mapBudget: budget, shareHistory }, () => {
+          const random = rng(seed * 7 + budget);
+          const pages = 256;
+          const seg = Segment.create(pages * PAGE);
+          const bytes = new Uint8Array(seg.buffer);
+          bytes.fill(1);
+          const kept: { snap: Segment; want: Uint8Array }[] = [];
+          const pick = () => Math.floor(random() * kept.length);
+          for (let round = 0; round < 60; round++) {
+            const n = 1 + Math.floor(random() * 12);
+            for (let k = 0; k < n; k++) bytes[Math.floor(random() * pages) * PAGE + (round % 100)] = (round * 7 + k) & 0xff;
+            const op = random();
+            if (op < 0.6 || kept.length < 2) {
+              const snap = seg.clone();
+              kept.push({ snap, want: bytes.slice() });
+              if (random() < 0.8) void snap.buffer;
+            } else if (op < 0.7) {
+              kept.splice(pick(), 1)[0]!.snap.close();
+            } else if (op < 0.8) {
+              const k = kept[pick()]!;
+              const at = Math.floor(random() * pages) * PAGE + 3;
+              new Uint8Array(k.snap.buffer)[at] = 99;
+              k.want[at] = 99;
+            } else if (op < 0.9) {
+              const k = kept[pick()]!;
+              seg.restore(k.snap);
+              bytes.set(k.want);
+            } else {
+              const k = kept[pick()]!;
+              const snap = k.snap.clone();
+              kept.push({ snap, want: k.want.slice() });
+              void snap.buffer;
+            }
+            for (const [i, k] of kept.entries()) {
+              assert.ok(Buffer.from(k.snap.buffer).equals(Buffer.from(k.want)), `seed ${seed}, round ${round}: snapshot ${i}`);
+            }
+            assert.ok(Buffer.from(new Uint8Array(seg.buffer)).equals(Buffer.from(bytes)), `seed ${seed}, round ${round}: the segment`);
+          }
+          for (const k of kept) k.snap.close();
+          seg.close();
+        });
+      }
+    });
+  }
+});

@@ -7,8 +7,8 @@
 // copy, mapped over the target in place, putting it back on failure. Every
 // way, a failure leaves the target reading as it did.
 import * as sys from '../libc.ts';
-import { SegmentError, errnoOf } from '../../src/errors.ts';
-import { coalesce, differingList, intersect, pageCount, RangeList, selectIn, subtract, type Range } from '../../src/runs.ts';
+import { SegmentError, errnoOf, systemError } from '../../src/errors.ts';
+import { coalesce, differingList, intersect, pageCount, RangeList, selectIn, subtract, type Range, type Run } from '../../src/runs.ts';
 import { chargeMapping, JOIN_GAP, restoreCopyPays, restoreRunsTooMany } from './cost.ts';
 import { pinned, scanWritten, setRuns, type Engine, type LinuxSegment } from './engine.ts';
 import { freeze } from './freeze.ts';
@@ -33,6 +33,12 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
     if (dropWritten(e, target)) return;
   }
   if (restoreByCopy(e, target, source)) return;
+  // Pages on a virtual layer cannot be mapped: they are in the source's
+  // memory alone (freezing the target just now may have moved them there).
+  if (showsVirtual(source.runs)) {
+    restoreByCopy(e, target, source, true);
+    return;
+  }
   if (e.features.multiMove) {
     // The source's runs are mapped at a scratch address first, then moved
     // over the target in one mremap: any failure leaves the target as it
@@ -88,30 +94,69 @@ export function restore(e: Engine, target: LinuxSegment, source: LinuxSegment): 
  * target's memory (pread(2) from the source's layers, zeros for anonymous
  * runs): private pages, "written since", on the target's one mapping, and
  * no mapping is added. A failure drops them again: the target reads as
- * before. Returns false where mapping is the better way.
+ * before. Returns false where mapping is the better way; with `always`,
+ * copies whatever it costs (where the source's runs cannot be mapped),
+ * refused (ENOMEM) beyond half of the memory free.
  */
-function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment): boolean {
+function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment, always = false): boolean {
   const free = e.budget.limit(source.runs.length) - e.budget.used;
-  if (!restoreRunsTooMany(source.runs.length, free)) return false;
   const fits = source.runs.length <= free;
-  if (!restoreCopyPays(fits, differingList(target.runs, source.runs).pages, target.pages)) return false;
+  if (!always) {
+    if (!restoreRunsTooMany(source.runs.length, free)) return false;
+    if (!restoreCopyPays(fits, differingList(target.runs, source.runs).pages, target.pages)) return false;
+  }
   e.prepare(target);
   const diff = differingList(target.runs, source.runs).toArray();
-  if (!restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
   const page = e.pageSize;
+  if (!always && !restoreCopyPays(fits, pageCount(diff), target.pages)) return false;
+  if (always && pageCount(diff) * page > e.availableMemory() / 2) {
+    throw systemError('mmap', sys.ENOMEM, `restoring this segment needs ${pageCount(diff) * page} bytes of copies; the machine does not have them free`);
+  }
+  // Pages on a virtual layer are in their segment's memory alone (its
+  // pinned private copies, Layer.virtual): the source's are copied from
+  // its memory, and the target's own, which the copy overwrites, are kept
+  // aside until it is done. (Freezing the target just now may have moved
+  // the source's pages there.)
+  const { files, memory } = byStore(selectIn(source.runs, diff));
+  const pins = intersect(diff, pinned(target));
+  const kept = byStore(selectIn(target.runs, pins));
+  const aside = kept.memory.map((r) => ({ r, bytes: memoryOf(target, r, page).slice() }));
   try {
-    // Safety: the runs lie inside the target's own mapping.
-    readRuns(page, target.addr, selectIn(source.runs, diff));
+    // Safety: the runs lie inside the target's own mapping, and the source's
+    // pages in memory inside its own, which is mapped (it has pinned pages).
+    readRuns(page, target.addr, files);
+    for (const r of memory) memoryOf(target, r, page).set(memoryOf(source, r, page));
   } catch (err) {
     // Only the target's private copies of `diff` changed: dropping them
     // reverts those pages to its run list, which is what it read before;
-    // pinned ones are read back from it instead.
-    const pins = intersect(diff, pinned(target));
+    // pinned ones are read back from it, or from aside, instead.
     for (const r of subtract(diff, pins)) sys.madvise(target.addr + BigInt(r.start * page), (r.end - r.start) * page, sys.MADV_DONTNEED);
-    readRuns(page, target.addr, selectIn(target.runs, pins));
+    readRuns(page, target.addr, kept.files);
+    for (const a of aside) memoryOf(target, a.r, page).set(a.bytes);
     throw err;
   }
   return true;
+}
+
+/** Whether `runs` name a virtual layer anywhere (Layer.virtual). */
+function showsVirtual(runs: Runs): boolean {
+  for (let i = 0; i < runs.length; i++) {
+    const layer = runs.layers[i]!;
+    if (layer !== null && layer.fd < 0) return true;
+  }
+  return false;
+}
+
+/** Runs whose pages a file holds (or anonymous: zeros), and runs on a virtual layer, whose pages are in memory alone. */
+function byStore(runs: Run<Layer | null>[]): { files: Run<Layer | null>[]; memory: Run<Layer | null>[] } {
+  const memory = runs.filter((r) => r.layer !== null && r.layer.fd < 0);
+  return { files: memory.length === 0 ? runs : runs.filter((r) => r.layer === null || r.layer.fd >= 0), memory };
+}
+
+/** The memory of the mapped `seg` under the pages of `r`. */
+function memoryOf(seg: LinuxSegment, r: Range, pageSize: number): Uint8Array {
+  // Safety: the range lies inside the segment's own mapping; callers use the view at once.
+  return new Uint8Array(sys.view(seg.addr + BigInt(r.start * pageSize), (r.end - r.start) * pageSize));
 }
 
 /**
