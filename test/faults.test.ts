@@ -58,9 +58,11 @@ const errnoFor: Record<CallName, number> = {
  * the munmap trimming the space reserved for them) tears them down instead,
  * and a new segment that cannot be aligned is placed anywhere. A segment
  * that cannot be registered for write tracking, or whose write-tracked scan
- * fails (ioctl), is scanned for every private page instead (track.ts).
+ * fails (ioctl), is scanned for every private page instead (track.ts). A
+ * first clone that cannot stat its layer (fstat) takes its moved-aside
+ * mapping for one with holes, and copies history from it through the pipe.
  */
-const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap', 'ioctl']);
+const tolerated = new Set<CallName>(['fallocate', 'close', 'mmap', 'process_madvise', 'memfd_create', 'pipe2', 'mremap', 'munmap', 'ioctl', 'fstat']);
 
 /** What a scenario prepared: its live segments and the operation under test. */
 interface Prepared {

@@ -28,25 +28,29 @@ function assertHolds(seg: Segment, want: Uint8Array, what: string): void {
 }
 
 describe('packed history layers', { skip: linuxOnly }, () => {
-  const variants: { name: string; options: ConstructorParameters<typeof import('../platform/linux/index.ts').LinuxBackend>[0] }[] = [
+  const variants: { name: string; options: ConstructorParameters<typeof import('../platform/linux/index.ts').LinuxBackend>[0]; hole?: true }[] = [
     // Writes not tracked: every shared page rewritten goes through history
     // (tracked, some are frozen deferred instead: linux-track.test.ts).
     { name: 'history written through the moved-aside mapping', options: { windowCopy: true, track: false } },
+    // A page never written at the first clone: the moved-aside mapping may
+    // lack entries, and history is copied from it through the pipe.
+    { name: 'history through the pipe, a hole at the first clone', options: { windowCopy: true, track: false }, hole: true },
     { name: 'history copied file to file', options: { windowCopy: false, track: false } },
     { name: 'restores mapped in place', options: { restoreInPlace: true, track: false } },
     { name: 'a run budget that compacts', options: { maxRuns: 8, track: false } },
     { name: 'no pinned pages', options: { privatize: false, track: false } },
     { name: 'writes tracked', options: {} },
   ];
-  for (const { name, options } of variants) {
+  for (const { name, options, hole } of variants) {
     it(`every segment reads as a plain array through writes, clones, reads, restores and closes (${name})`, () => {
       withLinux(options, (b) => {
         const random = rng(11);
         const seg = Segment.create(pages * PAGE);
         const model = new Uint8Array(pages * PAGE);
         const bytes = () => new Uint8Array(seg.buffer);
-        bytes().fill(1);
-        model.fill(1);
+        const filled = hole ? (pages - 1) * PAGE : pages * PAGE;
+        bytes().fill(1, 0, filled);
+        model.fill(1, 0, filled);
         const kept: { snap: Segment; want: Uint8Array }[] = [];
         sys.callCounts(true);
         try {
@@ -106,14 +110,18 @@ describe('packed history layers', { skip: linuxOnly }, () => {
 
   // Each stops in the second batch of 1,024 pages: a pipe of 1 MiB takes
   // 256 pages a vmsplice and a splice; pwritev takes 1,024 ranges a call.
-  for (const { name, options, call, k, prepare } of [
-    { name: 'gathered through a pipe from the moved-aside mapping', options: { windowCopy: true }, call: 'splice' as const, k: 6 },
+  // A hole at the first clone (the last page never written) leaves the
+  // moved-aside mapping without every entry: history goes through the pipe.
+  for (const { name, options, call, k, prepare, hole } of [
+    { name: 'gathered with pwritev from the moved-aside mapping', options: { windowCopy: true }, call: 'pwritev' as const, k: 2 },
+    { name: 'gathered through a pipe from the moved-aside mapping', options: { windowCopy: true }, call: 'splice' as const, k: 6, hole: true },
     {
       name: 'gathered with pwritev, vmsplice refused',
       options: { windowCopy: true },
       call: 'pwritev' as const,
       k: 2,
       prepare: () => sys.injectFault('vmsplice', 1, constants.errno.ENOSYS),
+      hole: true,
     },
     { name: 'file to file', options: { windowCopy: false }, call: 'copy_file_range' as const, k: 1500 },
   ]) {
@@ -121,8 +129,9 @@ describe('packed history layers', { skip: linuxOnly }, () => {
       withLinux(options, (b) => {
         const n = 4096;
         const seg = Segment.create(n * PAGE);
-        const model = new Uint8Array(n * PAGE).fill(1);
-        new Uint8Array(seg.buffer).fill(1);
+        const filled = hole === true ? (n - 1) * PAGE : n * PAGE;
+        const model = new Uint8Array(n * PAGE).fill(1, 0, filled);
+        new Uint8Array(seg.buffer).fill(1, 0, filled);
         const snap = seg.clone();
         const first = model.slice();
         try {
@@ -156,6 +165,34 @@ describe('packed history layers', { skip: linuxOnly }, () => {
       });
     });
   }
+
+  it('copies history from the moved-aside mapping by pwritev where it has every page, through the pipe where the first clone found a hole', () => {
+    for (const hole of [false, true]) {
+      withLinux({ track: false }, () => {
+        const seg = Segment.create(pages * PAGE);
+        const view = new Uint8Array(seg.buffer);
+        view.fill(1, 0, hole ? (pages - 1) * PAGE : pages * PAGE);
+        const first = seg.clone();
+        const want = view.slice();
+        try {
+          // Every 4th page rewritten: their old contents go to history, read by `first` alone (never mapped).
+          for (let p = 0; p < pages - 1; p += 4) view[p * PAGE] = 7;
+          sys.callCounts(true);
+          const second = seg.clone();
+          const counts = sys.callCounts(true);
+          second.close();
+          const piped = (counts.get('vmsplice') ?? 0) > 0;
+          const gathered = (counts.get('pwritev') ?? 0) > 0;
+          if (hole) assert.ok(piped && !gathered, `a hole: through the pipe (vmsplice ${counts.get('vmsplice') ?? 0}, pwritev ${counts.get('pwritev') ?? 0})`);
+          else assert.ok(gathered && !piped, `no hole: pwritev (vmsplice ${counts.get('vmsplice') ?? 0}, pwritev ${counts.get('pwritev') ?? 0})`);
+          assertHolds(first, want, `the snapshot taken before (${hole ? 'a hole' : 'no hole'})`);
+        } finally {
+          first.close();
+          seg.close();
+        }
+      });
+    }
+  });
 
   it('stores the batches of many clones in one file: a descriptor for all of them, closed with the last', () => {
     withLinux({}, (b) => {

@@ -36,6 +36,14 @@ export class Layer {
    */
   window = 0n;
   /**
+   * Whether the window has a page-table entry for every page of the file:
+   * the file had no hole when the segment's entries were moved there
+   * (makePrivate, freeze.ts), and pages are written into a layer with a
+   * window through it (Writer.toWindow). A copy from the window then reads
+   * no page through a fault (copyOut, freeze.ts).
+   */
+  windowFull = false;
+  /**
    * Whether its file was last found to have no hole worth mapping
    * anonymously (makePrivate, freeze.ts): holes only shrink as pages are
    * written, so the search is skipped until a page is punched out again.
