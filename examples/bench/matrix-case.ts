@@ -34,6 +34,8 @@ export interface CaseSpec {
 const PAGE = backend.pageSize;
 /** The most a case's warm-up writes (warmUp). */
 const WARM_UP_BYTES = 16 * 2 ** 20;
+/** The most rounds a case's warm-up runs (warmUp). */
+const WARM_UP_ROUNDS = 40;
 const now = () => performance.now();
 const gc = () => (globalThis as { gc?: () => void }).gc?.();
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -225,14 +227,17 @@ function jsFloor(
 
 /**
  * The case itself at a sixteenth of its size, at most 16 MiB (at least 64
- * pages): its pattern and mode, its rounds (at most six), everything closed
- * after. A fresh process runs the engine's code interpreted until the JIT
- * has compiled it, and grows its heaps (V8's young generation, the
- * allocator's, the FFI's call memory) once: costs of the process's first
- * clones, not of the case's, which a cold six-round case would count as its
- * own (README, Performance, has the cold figures). No more: memory freed
- * just before a case is handed back to the host on this VM and costs the
- * case a fault in the host to use again (README, Performance).
+ * pages): its pattern and mode for WARM_UP_ROUNDS rounds, at most six
+ * snapshots kept at once (the oldest closed), everything closed after. A
+ * fresh process runs the engine's code interpreted until the JIT has
+ * compiled it, and grows its heaps (V8's young generation, the allocator's,
+ * the FFI's call memory) once: costs of the process's first clones, not of
+ * the case's, which a cold six-round case would count as its own (README,
+ * Performance, has the cold figures). Six rounds of warm-up were too few
+ * (256 MiB, 1% at random, kept: the bookkeeping around the copies took
+ * 1.1–1.4 ms a clone after six, 0.3 after 40). No more memory than that:
+ * memory freed just before a case is handed back to the host on this VM
+ * and costs the case a fault in the host to use again (README, Performance).
  */
 function warmUp(spec: CaseSpec): void {
   const pages = Math.max(64, Math.floor(Math.min(spec.size / 16, WARM_UP_BYTES) / PAGE));
@@ -244,12 +249,13 @@ function warmUp(spec: CaseSpec): void {
   try {
     const w = new Windows(seg);
     for (const v of w.windows) v.fill(FILL);
-    for (let round = 0; round < Math.min(6, spec.rounds); round++) {
+    for (let round = 0; round < WARM_UP_ROUNDS; round++) {
       w.write(list, pickPages(spec.pattern, pages, rng, list, mark), roundValue(round));
       const c = seg.clone();
       if (spec.mode === 'letgo') c.close();
       else kept.push(c);
       if (spec.mode === 'read') new Windows(c).readAll();
+      if (kept.length > 6) kept.shift()!.close();
     }
   } finally {
     for (const k of kept) k.close();
