@@ -55,7 +55,7 @@ export function makePrivate(e: Engine, seg: LinuxSegment): void {
   // quarter of a microsecond or more each: most of a first clone's cost).
   // Moved aside first, they go with the layer instead.
   moveAside(seg.addr, seg.length, layer, e.pageSize, e.features, e.budget, e.windows);
-  layer.windowFull = layer.window !== 0n && hasNoHole(layer.fd, seg.length);
+  layer.windowFull = layer.window !== 0n && holes.length === 0 && hasNoHole(layer.fd, seg.length);
   // Safety: MAP_FIXED over the segment's own whole mapping; views alias the
   // same addresses and read the same bytes before and after.
   mapPrivate(seg.addr, seg.length, layer.fd);
