@@ -297,7 +297,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     let layerBytes = 0;
     // Packed layers share their file's descriptor: each file once.
     const fds = new Set<number>();
-    for (const layer of this.#layers.all()) if (!layer.virtual) fds.add(layer.fd);
+    for (const layer of this.#layers.all()) if (layer.hasFile) fds.add(layer.fd);
     for (const fd of fds) layerBytes += sys.allocatedBytes(fd);
     let privateBytes = 0;
     for (const seg of this.#segments) privateBytes += this.stats(seg).privateBytes;

@@ -121,7 +121,7 @@ function soleLayers(seg: LinuxSegment): number {
   let n = 0;
   for (const [layer, ranges] of rangesByLayer(seg.runs)) {
     // A virtual layer holds no descriptor.
-    if (layer.virtual) continue;
+    if (!layer.hasFile) continue;
     const used = pageCount(ranges);
     if (layer.refs.pages !== used) continue;
     let alone = 0;

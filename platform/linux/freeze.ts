@@ -166,7 +166,7 @@ export function freezeInPlace(
     // Pinned pages whose run list names a virtual layer (evict) are in no
     // file: frozen from memory like the ones written since.
     let written = intersectList(dirty, pins);
-    for (const [layer, under] of listsUnder(seg.runs, pins)) if (layer !== null && layer.virtual) written = unionList(written, under);
+    for (const [layer, under] of listsUnder(seg.runs, pins)) if (layer !== null && !layer.hasFile) written = unionList(written, under);
     const { done, deferred } = freezePinned(e, seg, written, subtractList(pins, written));
     owned.push(done);
     // Counted among `dirty`'s only (virtual ones may not be).
@@ -288,7 +288,7 @@ function freezePinned(e: Engine, seg: LinuxSegment, written: RangeList, clean: R
   let rest = written;
   for (const [layer, under] of listsUnder(seg.maps, unionList(written, clean))) {
     // A layer closed since (no run list used it any more) has no file to write.
-    if (layer === null || layer.virtual) continue;
+    if (layer === null || !layer.hasFile) continue;
     const free = layer.refs.unusedIn(under);
     if (free.length === 0) continue;
     // Safety: no run list uses these layer pages, and the only mapping
@@ -734,7 +734,7 @@ function fill(e: Engine, layer: Layer, seg: LinuxSegment, ranges: readonly Range
   const fromLayers = e.features.fileCopy
     ? selectIn(seg.runs, subtract(ranges, written)).filter(
         // A virtual layer has no file: its pages are the segment's memory.
-        (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && !r.layer.virtual && r.end - r.start >= FILE_COPY_MIN,
+        (r): r is Run<Layer> => r.layer !== null && r.layer !== layer && r.layer.hasFile && r.end - r.start >= FILE_COPY_MIN,
       )
     : [];
   e.writer.write(layer, seg.addr, subtract(ranges, fromLayers));

@@ -78,9 +78,9 @@ export class Layer {
     return new Layer(-1, length);
   }
 
-  /** Whether this is a virtual layer (Layer.virtual): its pages are in its users' memory alone, it has no file. */
-  get virtual(): boolean {
-    return this.fd < 0;
+  /** Whether it has a file: neither a virtual layer (Layer.virtual, its pages in its users' memory alone) nor closed. */
+  get hasFile(): boolean {
+    return this.fd >= 0;
   }
 }
 
@@ -287,7 +287,7 @@ export class LayerStore {
   }
 
   close(layer: Layer): void {
-    if (layer.virtual) return;
+    if (!layer.hasFile) return;
     if (layer.window !== 0n) this.#windows.drop(layer);
     // Mappings keep the file alive; the fd is only needed to map it again.
     if (layer.file === null || --layer.file.layers === 0) this.#closeFile(layer.fd);
@@ -312,7 +312,7 @@ export class LayerStore {
     let tries = 0;
     for (const layer of this.#recent) {
       if (++tries > REUSE_CANDIDATES) break;
-      if (!layer.virtual && layer.packing === null && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
+      if (layer.hasFile && layer.packing === null && layer.length === length && !layer.refs.overlaps(ranges)) return layer;
     }
     return undefined;
   }
@@ -334,7 +334,7 @@ export class LayerStore {
     for (const layer of this.#recent) {
       if (++tries > REUSE_CANDIDATES) break;
       const f = layer.file;
-      if (!layer.virtual && f !== null && layer.length === length && (f.end + pages) * this.#pageSize <= length) {
+      if (layer.hasFile && f !== null && layer.length === length && (f.end + pages) * this.#pageSize <= length) {
         file = f;
         break;
       }
@@ -385,7 +385,7 @@ export class LayerStore {
   /** Frees a range of a layer that no mapping uses. */
   punch(layer: Layer, r: Range): void {
     layer.noLongHoles = false;
-    if (!layer.virtual) this.#punchFile(layer.fd, layer.filePage(r.start), r.end - r.start);
+    if (layer.hasFile) this.#punchFile(layer.fd, layer.filePage(r.start), r.end - r.start);
   }
 
   /** Frees `pages` pages of file `fd` from file page `at`. */

@@ -142,15 +142,15 @@ function restoreByCopy(e: Engine, target: LinuxSegment, source: LinuxSegment, al
 function showsVirtual(runs: Runs): boolean {
   for (let i = 0; i < runs.length; i++) {
     const layer = runs.layers[i]!;
-    if (layer !== null && layer.virtual) return true;
+    if (layer !== null && !layer.hasFile) return true;
   }
   return false;
 }
 
 /** Runs whose pages a file holds (or anonymous: zeros), and runs on a virtual layer, whose pages are in memory alone. */
 function byStore(runs: Run<Layer | null>[]): { files: Run<Layer | null>[]; memory: Run<Layer | null>[] } {
-  const memory = runs.filter((r) => r.layer !== null && r.layer.virtual);
-  return { files: memory.length === 0 ? runs : runs.filter((r) => r.layer === null || !r.layer.virtual), memory };
+  const memory = runs.filter((r) => r.layer !== null && !r.layer.hasFile);
+  return { files: memory.length === 0 ? runs : runs.filter((r) => r.layer === null || r.layer.hasFile), memory };
 }
 
 /** The memory of the mapped `seg` under the pages of `r`. */
