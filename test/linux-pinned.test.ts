@@ -389,6 +389,40 @@ describe('history shared between read snapshots', { skip: linuxOnly }, () => {
       seg.close();
     });
   });
+
+  it('with room for few history runs, only the pages those runs take are scanned for private copies', () => {
+    // 40 pages rewritten under three read snapshots, far enough apart that
+    // each is a scan of its own; the budget leaves room to share one run
+    // (before, all 120 were scanned for it: twice the scans).
+    const runs = 40;
+    const apart = 100;
+    const pagesPerScan = (shareHistory: boolean) =>
+      withLinux({ mapBudget: 24, shareHistory }, (b) => {
+        const seg = Segment.create(runs * apart * PAGE);
+        const bytes = new Uint8Array(seg.buffer);
+        bytes.fill(1);
+        const snaps = [seg.clone(), seg.clone(), seg.clone()];
+        for (const s of snaps) void new Uint8Array(s.buffer).reduce((a, x) => a + x, 0);
+        const original = bytes.slice();
+        for (let r = 0; r < runs; r++) bytes[(r * apart + 50) * PAGE] = 9;
+        callCounts(true);
+        const next = seg.clone();
+        const scans = callCounts().get('ioctl') ?? 0;
+        for (const [i, s] of snaps.entries()) assert.ok(Buffer.from(s.buffer).equals(Buffer.from(original)), `snapshot ${i}`);
+        assert.ok(Buffer.from(next.buffer).equals(Buffer.from(bytes)));
+        const shared = snaps.filter((s) => s.stats().mappings > 1).length;
+        for (const s of [next, ...snaps, seg]) s.close();
+        assert.equal(b.memory().mappings, 0);
+        return { scans, shared };
+      });
+    const without = pagesPerScan(false);
+    const withRoom = pagesPerScan(true);
+    assert.ok(withRoom.shared > 0, 'some history was shared');
+    // Without sharing, each snapshot's pages are scanned once (for the
+    // entries to drop before copying); sharing may add a scan of the pages
+    // it takes, not of all 120.
+    assert.ok(withRoom.scans <= without.scans + 3 * 4, `${withRoom.scans} scans sharing, ${without.scans} without`);
+  });
 });
 
 describe('restores among read snapshots under a tight mapping budget', { skip: linuxOnly }, () => {
