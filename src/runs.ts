@@ -432,7 +432,7 @@ export function unionPages(lists: readonly (readonly Range[])[]): number {
  * Where a packed layer keeps its pages. A layer file is as long as its
  * segments and holds page i at offset i, except a packed one, which stores
  * only the pages it was given, one after another in page order from a file
- * page on: a batch of history, written in one vectored call (freeze.ts).
+ * page on: a batch of history, written in one vectored call (history.ts).
  * Pages that touch in page order are neighbours in the file, so a run on a
  * packed layer, all of whose pages it holds, is one contiguous range of its
  * file.

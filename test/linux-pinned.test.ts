@@ -1,7 +1,7 @@
-// Pinned pages (platform/linux/engine.ts, freeze.ts): a segment being written
-// keeps freezing in place, into its one layer, while snapshots that map that
-// layer hold private copies of the pages rewritten under them. Behaviour
-// only: bytes, mappings and private memory, never time.
+// Pinned pages (platform/linux/engine.ts, freeze.ts, history.ts): a
+// segment being written keeps freezing in place, into its one layer, while
+// snapshots that map that layer hold private copies of the pages rewritten
+// under them. Behaviour only: bytes, mappings and private memory, never time.
 import { describe, it } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { callCounts, EINVAL, EIO, injectFault } from '../platform/libc.ts';

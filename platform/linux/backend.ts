@@ -27,11 +27,12 @@
 // map-budget.ts and cost.ts (the mapping budget, the process's share of
 // vm.max_map_count, and when compaction or copying pays), fd-budget.ts (the
 // process's share of the descriptor limit), the operations: prepare.ts
-// (bringing a segment to a state a clone can share) with freeze.ts,
-// compact.ts, restore.ts, reshare.ts and materialize.ts (mapping a clone
-// when its memory is first asked for), and move-aside.ts (page tables at a
-// first clone); engine.ts holds the state they share, features.ts what the
-// kernel was found to allow.
+// (bringing a segment to a state a clone can share) with freeze.ts and
+// history.ts (old contents moved out of the way of pages rewritten in
+// place), compact.ts, restore.ts, reshare.ts and materialize.ts (mapping
+// a clone when its memory is first asked for), and move-aside.ts (page
+// tables at a first clone); engine.ts holds the state they share,
+// features.ts what the kernel was found to allow.
 import type { Backend, BackendMemory, BackendStats } from '../../src/backend.ts';
 import { maxViewLength } from '../../src/runtime.ts';
 import { pageCount, RunList, selectIn, subtract, type Range } from '../../src/runs.ts';

@@ -52,7 +52,7 @@ export class LinuxSegment {
   /**
    * Redundant private copies (beyond the first of each page) other mapped
    * segments took of its layer's pages so it could rewrite them in place
-   * (freeze.ts, privatizeSharers), since it last moved to a new layer:
+   * (history.ts, privatizeSharers), since it last moved to a new layer:
    * when they add up to twice its size, it moves (cost.ts, rebasePays).
    */
   privatized = 0;
@@ -177,9 +177,9 @@ export interface Engine {
   readonly zeroPage: boolean;
   /** Whether pages frozen in place in a layer with a window are written through it (Writer.toWindow). */
   readonly windowCopy: boolean;
-  /** Whether other mapped segments may take private copies of pages a segment rewrites in place (freeze.ts). */
+  /** Whether other mapped segments may take private copies of pages a segment rewrites in place (history.ts). */
   readonly privatize: boolean;
-  /** Whether mapped segments showing such pages may instead map one history copy of them between them (freeze.ts, shareHistory). */
+  /** Whether mapped segments showing such pages may instead map one history copy of them between them (history.ts, shareHistory). */
   readonly shareHistory: boolean;
   /** Runs one segment may reach before it is compacted whatever the cost (prepare.ts). */
   readonly maxRuns: number;

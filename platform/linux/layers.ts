@@ -26,7 +26,7 @@ export class Layer {
    * The same counts for mapped segments only. Invariant: a page is mapped
    * private by some segment only if its count here is above zero; where it
    * is 1 and `refs` is above 1, the other users are run lists only, so the
-   * page may be rewritten once they are pointed elsewhere (evict, freeze.ts).
+   * page may be rewritten once they are pointed elsewhere (evict, history.ts).
    */
   readonly mapped = new RefCounts();
   /**
@@ -40,7 +40,7 @@ export class Layer {
    * the file had no hole when the segment's entries were moved there
    * (makePrivate, freeze.ts), and pages are written into a layer with a
    * window through it (Writer.toWindow). A copy from the window then reads
-   * no page through a fault (copyOut, freeze.ts).
+   * no page through a fault (copyOut, history.ts).
    */
   windowFull = false;
   /**
@@ -68,7 +68,7 @@ export class Layer {
   /**
    * A virtual layer: a name, with no file, for the old contents of pages a
    * segment rewrote in place while every other segment using them mapped
-   * them and held a private copy (evict, freeze.ts). Those copies are the
+   * them and held a private copy (evict, history.ts). Those copies are the
    * pages: each such segment is pinned there (LinuxSegment.maps), so they
    * are never dropped, and any freeze or restore takes them from memory,
    * never from this layer. Its counts say who still holds them; it is not

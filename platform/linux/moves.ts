@@ -1,4 +1,4 @@
-// The log of evictions (freeze.ts): pages whose old contents were copied from
+// The log of evictions (history.ts): pages whose old contents were copied from
 // one layer to another, so that a segment could rewrite them in place. Every
 // other run list on the first layer at those pages now reads the second. The
 // reference counts move at once; run lists are re-pointed when next read
