@@ -124,7 +124,7 @@ export function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared:
   // before the scan as if none of their pages were a segment's own. With
   // little room left, most of a scan went on pages then not remapped
   // (1 GiB, 1% at random, read: 14 ms of a clone for four ranges).
-  sharers = cutToRoom(sharers, room);
+  sharers = cutToRoom(sharers, room).targets;
   if (sharers.length < SHARE_MIN_SHOWN) return false;
   let targets: { seg: LinuxSegment; pages: RangeList }[] = [];
   for (const t of sharers) {
@@ -135,9 +135,10 @@ export function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared:
     if (pages.length > 0) targets.push({ seg: t.seg, pages });
   }
   if (targets.length < SHARE_MIN_SHOWN) return false;
-  targets = cutToRoom(targets, room);
+  const fit = cutToRoom(targets, room);
+  targets = fit.targets;
   if (targets.length < SHARE_MIN_SHOWN) return false;
-  const union = unionOf(targets);
+  const union = fit.union;
   const bytes = union.pages * e.pageSize;
   if (bytes > UNCHECKED_COPY && bytes > e.availableMemory() / 4) return false;
   let copied = new RangeList(0);
@@ -191,14 +192,15 @@ function unionOf(targets: readonly { pages: RangeList }[]): RangeList {
 
 /**
  * The targets cut to the first ranges of their union that `room`
- * mappings can take (roomyPrefix), those left with no page dropped.
+ * mappings can take (roomyPrefix), those left with no page dropped, and
+ * the union of what is left.
  */
-function cutToRoom<T extends { pages: RangeList }>(targets: T[], room: number): T[] {
+function cutToRoom<T extends { pages: RangeList }>(targets: T[], room: number): { targets: T[]; union: RangeList } {
   const union = unionOf(targets);
   const cut = roomyPrefix(union, targets, room);
-  if (cut === union.length) return targets;
+  if (cut === union.length) return { targets, union };
   const kept = union.slice(0, cut);
-  return targets.map((t) => ({ ...t, pages: intersectList(t.pages, kept) })).filter((t) => t.pages.length > 0);
+  return { targets: targets.map((t) => ({ ...t, pages: intersectList(t.pages, kept) })).filter((t) => t.pages.length > 0), union: kept };
 }
 
 /**
