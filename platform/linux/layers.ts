@@ -40,7 +40,8 @@ export class Layer {
    * the file had no hole when the segment's entries were moved there
    * (makePrivate, freeze.ts), and pages are written into a layer with a
    * window through it (Writer.toWindow). A copy from the window then reads
-   * no page through a fault (copyOut, history.ts).
+   * no page through a fault (copyOut, history.ts). False whenever there
+   * is no window.
    */
   windowFull = false;
   /**

@@ -45,6 +45,7 @@ export class Windows {
   drop(layer: Layer): void {
     this.#strays.push({ addr: layer.window, length: layer.length });
     layer.window = 0n;
+    layer.windowFull = false;
     try {
       this.unmapStrays();
     } catch {

@@ -70,6 +70,7 @@ export function reshare(e: Engine, seg: LinuxSegment, layer: Layer): void {
     // read the same from the layer now; views keep their addresses.
     sys.mremap(layer.window, seg.length, seg.length, sys.MREMAP_MAYMOVE | sys.MREMAP_FIXED, seg.addr);
     layer.window = 0n;
+    layer.windowFull = false;
     e.windows.count--;
   } catch {
     // The kernel unmaps the segment's range before it moves anything, so
