@@ -396,7 +396,7 @@ describe('history shared between read snapshots', { skip: linuxOnly }, () => {
     // (before, all 120 were scanned for it: twice the scans).
     const runs = 40;
     const apart = 100;
-    const pagesPerScan = (shareHistory: boolean) =>
+    const cloneScans = (shareHistory: boolean) =>
       withLinux({ mapBudget: 24, shareHistory }, (b) => {
         const seg = Segment.create(runs * apart * PAGE);
         const bytes = new Uint8Array(seg.buffer);
@@ -415,8 +415,8 @@ describe('history shared between read snapshots', { skip: linuxOnly }, () => {
         assert.equal(b.memory().mappings, 0);
         return { scans, shared };
       });
-    const without = pagesPerScan(false);
-    const withRoom = pagesPerScan(true);
+    const without = cloneScans(false);
+    const withRoom = cloneScans(true);
     assert.ok(withRoom.shared > 0, 'some history was shared');
     // Without sharing, each snapshot's pages are scanned once (for the
     // entries to drop before copying); sharing may add a scan of the pages
