@@ -278,6 +278,39 @@ describe('pinned pages', { skip: linuxOnly }, () => {
   });
 });
 
+describe('history freed', { skip: linuxOnly }, () => {
+  it('a snapshot closed frees the old contents kept for it a stretch of the history file at a time, not a page at a time', () => {
+    withLinux({}, (b) => {
+      const pages = 512;
+      const seg = Segment.create(pages * PAGE);
+      const bytes = new Uint8Array(seg.buffer);
+      bytes.fill(1);
+      // Never read: the old contents rewritten under it go to history,
+      // every 4th page then every 4th from 2: two histories packed one
+      // after the other into one file, 128 pages apart in the segment each.
+      const first = seg.clone();
+      for (let p = 0; p < pages; p += 4) bytes[p * PAGE] = 2;
+      const second = seg.clone();
+      const wantSecond = bytes.slice();
+      for (let p = 2; p < pages; p += 4) bytes[p * PAGE] = 3;
+      const third = seg.clone();
+      const held = b.memory().layerBytes;
+      callCounts(true);
+      // The first history is the first snapshot's alone: freed whole.
+      first.close();
+      const punches = callCounts().get('fallocate') ?? 0;
+      assert.ok(punches >= 1 && punches <= 2, `${punches} calls to free 128 pages`);
+      assert.ok(b.memory().layerBytes <= held - 128 * PAGE, 'the pages are freed');
+      assert.deepEqual(new Uint8Array(second.buffer), wantSecond);
+      assert.deepEqual(new Uint8Array(third.buffer), bytes);
+      for (const s of [second, third]) s.close();
+      assert.deepEqual(new Uint8Array(seg.buffer), bytes);
+      seg.close();
+      assert.equal(b.memory().mappings, 0);
+    });
+  });
+});
+
 describe('history shared between read snapshots', { skip: linuxOnly }, () => {
   it('snapshots that show the pages rewritten under them, two or more to a page, map one history copy between them: no private copies', () => {
     withLinux({}, (b) => {

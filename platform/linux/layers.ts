@@ -373,8 +373,35 @@ export class LayerStore {
       this.close(layer);
       return;
     }
-    for (let i = 0; i < freed.length; i++) this.punch(layer, { start: freed.starts[i]!, end: freed.ends[i]! });
+    this.#punchList(layer, freed);
     if (layer.refs.empty) this.close(layer);
+  }
+
+  /**
+   * Frees the pages under `list` of a layer that no mapping uses: one call
+   * for each stretch of the file, where ranges apart in the segment sit side
+   * by side in the file (a packed layer holds scattered pages one after
+   * another: a snapshot closed after 1% of pages at random had been
+   * rewritten freed its history a page a call, 655 calls at 256 MiB).
+   */
+  #punchList(layer: Layer, list: RangeList): void {
+    if (list.length === 0) return;
+    layer.noLongHoles = false;
+    if (!layer.hasFile) return;
+    let from = -1;
+    let to = -1;
+    for (let i = 0; i < list.length; i++) {
+      const at = layer.filePage(list.starts[i]!);
+      const end = at + list.ends[i]! - list.starts[i]!;
+      if (at === to) {
+        to = end;
+        continue;
+      }
+      if (from >= 0) this.#punchFile(layer.fd, from, to - from);
+      from = at;
+      to = end;
+    }
+    this.#punchFile(layer.fd, from, to - from);
   }
 
   /** Adds `delta` to the counts of every page `runs` (a run list: in order, apart) names, as refList does. */
