@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { RangeList, RefCounts, RunList, SpanList, type Range, type Run } from '../src/runs.ts';
 import { merge } from './helpers/runs-model.ts';
 import {
+  CheaperWay,
   chargeMapping,
   COMPACT_WINDOWS,
   COPIES_PER_MAPPING,
@@ -25,11 +26,13 @@ import {
   restoreRunsTooMany,
   restoreCopyPays,
   RESTORE_COPY_SHARE,
+  RETRY_EVERY,
   sharedPages,
   SHARE_BUDGET_PART,
   SHARE_MIN_SHOWN,
   shareRoom,
   shareWorth,
+  TIMED_MIN_PAGES,
   type Counted,
 } from '../platform/linux/cost.ts';
 
@@ -478,5 +481,80 @@ describe('shareWorth() and shareRoom()', () => {
         else assert.equal(used + room, part, 'up to the part');
       }),
     );
+  });
+});
+
+describe('CheaperWay', () => {
+  // Copies of `pages` pages, each way costing its own µs a page (with noise
+  // of at most a tenth either side): the ways taken.
+  const run = (costs: (copy: number) => [number, number], copies: readonly number[], noise: readonly number[]) => {
+    const ways = new CheaperWay();
+    return copies.map((pages, i) => {
+      const way = ways.choose(pages);
+      const perPage = costs(i)[way] * (1 + (noise[i % noise.length]! - 0.5) / 5);
+      ways.record(way, pages, (perPage * pages) / 1000);
+      return way;
+    });
+  };
+  const timed = fc.array(fc.integer({ min: TIMED_MIN_PAGES, max: 5000 }), { minLength: 2 * RETRY_EVERY, maxLength: 200 });
+  const noise = fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 20 });
+  // Costs a page at least twice apart, either way round.
+  const apart = fc.tuple(fc.double({ min: 0.1, max: 20, noNaN: true }), fc.double({ min: 2, max: 10, noNaN: true }), fc.boolean());
+
+  it('tries each way once, then takes the cheaper, the other once in RETRY_EVERY timed copies', () => {
+    fc.assert(
+      fc.property(timed, noise, apart, (copies, ns, [low, factor, firstCheaper]) => {
+        const costs: [number, number] = firstCheaper ? [low, low * factor] : [low * factor, low];
+        const cheaper = firstCheaper ? 0 : 1;
+        const ways = run(() => costs, copies, ns);
+        assert.deepEqual(ways.slice(0, 2), [0, 1]);
+        const rest = ways.slice(2);
+        const dearer = rest.filter((w) => w !== cheaper).length;
+        assert.ok(dearer <= Math.ceil(rest.length / RETRY_EVERY), `${dearer} dearer of ${rest.length}`);
+        // Never two dearer in a row once both are timed.
+        for (let i = 1; i < rest.length; i++) assert.ok(rest[i] === cheaper || rest[i - 1] === cheaper);
+      }),
+    );
+  });
+
+  it('follows the costs where they change places', () => {
+    fc.assert(
+      fc.property(timed, noise, apart, (copies, ns, [low, factor]) => {
+        const half = copies.length >> 1;
+        // Way 0 cheaper for the first half, way 1 after.
+        const ways = run((i) => (i < half ? [low, low * factor] : [low * factor, low]), copies, ns);
+        // Within a few retries of the change (each moves the average 30% of the way), way 1 is taken for good.
+        const settle = half + 8 * RETRY_EVERY;
+        if (settle + RETRY_EVERY < copies.length) {
+          const after = ways.slice(settle);
+          assert.ok(after.filter((w) => w === 0).length <= Math.ceil(after.length / RETRY_EVERY), `after the change: ${after.join('')}`);
+        }
+      }),
+    );
+  });
+
+  it('copies too small to time take the cheaper way so far and teach nothing', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: TIMED_MIN_PAGES - 1 }), { maxLength: 50 }), fc.double({ min: 0, max: 1e3, noNaN: true }), (small, ms) => {
+        const ways = new CheaperWay();
+        for (const pages of small) {
+          assert.equal(ways.choose(pages), 0);
+          ways.record(0, pages, ms);
+          ways.record(1, pages, ms);
+        }
+        assert.ok(ways.perPage.every(Number.isNaN));
+        // Timed: the pipe (1) once cheaper, small copies take it.
+        ways.record(0, TIMED_MIN_PAGES, 1);
+        ways.record(1, TIMED_MIN_PAGES, 0.5);
+        assert.equal(ways.choose(TIMED_MIN_PAGES - 1), 1);
+      }),
+    );
+  });
+
+  it('ignores timings that are not a duration', () => {
+    const ways = new CheaperWay();
+    for (const ms of [Number.NaN, -1, Number.POSITIVE_INFINITY]) ways.record(0, 1000, ms);
+    assert.ok(Number.isNaN(ways.perPage[0]));
+    assert.equal(ways.choose(1000), 0);
   });
 });

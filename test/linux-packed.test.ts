@@ -113,7 +113,8 @@ describe('packed history layers', { skip: linuxOnly }, () => {
   // A hole at the first clone (the last page never written) leaves the
   // moved-aside mapping without every entry: history goes through the pipe.
   for (const { name, options, call, k, prepare, hole } of [
-    { name: 'gathered with pwritev from the moved-aside mapping', options: { windowCopy: true }, call: 'pwritev' as const, k: 2 },
+    { name: 'gathered with pwritev from the moved-aside mapping', options: { windowCopy: true, windowGather: 'pwritev' as const }, call: 'pwritev' as const, k: 2 },
+    { name: 'gathered through a pipe from the moved-aside mapping that has every page', options: { windowCopy: true, windowGather: 'pipe' as const }, call: 'splice' as const, k: 6 },
     { name: 'gathered through a pipe from the moved-aside mapping', options: { windowCopy: true }, call: 'splice' as const, k: 6, hole: true },
     {
       name: 'gathered with pwritev, vmsplice refused',
@@ -168,7 +169,7 @@ describe('packed history layers', { skip: linuxOnly }, () => {
 
   it('copies history from the moved-aside mapping by pwritev where it has every page, through the pipe where the first clone found a hole', () => {
     for (const hole of [false, true]) {
-      withLinux({ track: false }, () => {
+      withLinux({ track: false, windowGather: 'pwritev' }, () => {
         const seg = Segment.create(pages * PAGE);
         const view = new Uint8Array(seg.buffer);
         view.fill(1, 0, hole ? (pages - 1) * PAGE : pages * PAGE);
@@ -192,6 +193,38 @@ describe('packed history layers', { skip: linuxOnly }, () => {
         }
       });
     }
+  });
+
+  it('copies history from a moved-aside mapping that has every page both ways at first, then the way that was cheaper', () => {
+    withLinux({ track: false }, () => {
+      const seg = Segment.create(pages * PAGE);
+      const view = new Uint8Array(seg.buffer);
+      view.fill(1);
+      const kept: { snap: Segment; want: Uint8Array }[] = [];
+      const ways: string[] = [];
+      try {
+        kept.push({ snap: seg.clone(), want: view.slice() });
+        // Each round rewrites 128 pages the kept snapshots show: their old
+        // contents go to history, read from the window, a gather a round.
+        for (let round = 0; round < 6; round++) {
+          for (let p = round % 4; p < pages; p += 4) if (p % 8 < 4) view[p * PAGE + round] = 10 + round;
+          sys.callCounts(true);
+          kept.push({ snap: seg.clone(), want: view.slice() });
+          const counts = sys.callCounts(true);
+          const piped = (counts.get('vmsplice') ?? 0) > 0;
+          const written = (counts.get('pwritev') ?? 0) > 0;
+          assert.ok(piped !== written, `round ${round}: one way (vmsplice ${counts.get('vmsplice') ?? 0}, pwritev ${counts.get('pwritev') ?? 0})`);
+          ways.push(piped ? 'pipe' : 'pwritev');
+        }
+        // Untimed at first: each way once, pwritev first.
+        assert.deepEqual(ways.slice(0, 2), ['pwritev', 'pipe']);
+        for (const [i, k] of kept.entries()) assertHolds(k.snap, k.want, `snapshot ${i}`);
+        assertHolds(seg, view, 'the segment');
+      } finally {
+        for (const k of kept) k.snap.close();
+        seg.close();
+      }
+    });
   });
 
   it('stores the batches of many clones in one file: a descriptor for all of them, closed with the last', () => {

@@ -103,6 +103,12 @@ export interface LinuxOptions {
    */
   windowCopy?: boolean;
   /**
+   * How history is read from a layer's moved-aside mapping that has every
+   * page: by pwritev or through a pipe, fixed (tests cover each); default:
+   * whichever has been cheaper in this process (Writer.gather).
+   */
+  windowGather?: 'pipe' | 'pwritev';
+  /**
    * Whether a segment whose clones are all closed maps its layer shared
    * again (reshare.ts, default), or stays private and freezes its next
    * writes in place (tests cover those paths with it).
@@ -164,7 +170,7 @@ export class LinuxBackend implements Backend<LinuxSegment> {
     this.maxRuns = Math.max(8, options.maxRuns ?? 32768);
     this.#budget = new MapBudget(options.mapBudget, this.#windows);
     this.#layers = new LayerStore(this.pageSize, options.fdBudget, this.#features, this.#windows, (make) => reclaimDescriptors(this.#engine, make));
-    this.#writer = new Writer(this.pageSize, this.#features);
+    this.#writer = new Writer(this.pageSize, this.#features, options.windowGather);
     // Write tracking reports through PAGEMAP_SCAN, which the same kernels have.
     this.#tracker = options.track !== false && this.scanMethod === 'pagemap-scan' ? WriteTracker.open(this.pageSize) : null;
     this.tracksWrites = this.#tracker !== null;

@@ -349,9 +349,10 @@ const BATCH_PAGES = 1024;
  * than the copy, and so does any work per range beyond the iovec (the
  * first clones of a process run this before the JIT has compiled it).
  * Where the window has an entry for every page (Layer.windowFull), the
- * gather is a pwritev, else through the pipe, which finds missing entries
- * without a fault (256 MiB filled, 1% of pages at random: 655 pages 1.1 ms
- * by pwritev, 1.5 through the pipe, and the pipe's time varies more).
+ * gather is a pwritev or through the pipe, whichever has been cheaper here
+ * (Writer.gather: 256 MiB filled, 1% of pages at random, 655 pages: 1.1 ms
+ * by pwritev and 1.5 through the pipe on one VM, 6.3 and 2.0 on another);
+ * else through the pipe, which finds missing entries without a fault.
  * Long ranges, and all of them without a window, go file to file: no page
  * is read through a mapping, where one without a page-table entry would
  * fault in (a hole of the layer would even be allocated). Stops early
@@ -375,7 +376,7 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: R
   // Ranges i to j - 1 through the window, in one Writer.gather; handed on
   // after what was copied before them.
   const viaWindow = (list: RangeList) => {
-    e.writer.gather(to, window, list, packing.filePage(list.starts[0]!) * page, !from.windowFull);
+    e.writer.gather(to, window, list, packing.filePage(list.starts[0]!) * page, from.windowFull ? 'either' : 'pipe');
     hand(true);
     copied(list);
   };

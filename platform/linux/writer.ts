@@ -6,6 +6,7 @@
 import * as sys from '../libc.ts';
 import { errnoOf, systemError } from '../../src/errors.ts';
 import { pageCount, RangeList, type Range, type Run } from '../../src/runs.ts';
+import { CheaperWay } from './cost.ts';
 import type { Features } from './features.ts';
 import type { Layer } from './layers.ts';
 import { exactNumber, iovecSetter } from './words.ts';
@@ -20,6 +21,12 @@ const GATHER_BYTES = 1 << 30;
 const PIPE_MIN_PAGES = 64;
 /** How a kernel or sandbox refuses copy_file_range between memory files, or vmsplice and splice. */
 const NO_FILE_COPY = new Set([sys.EXDEV, sys.EINVAL, sys.ENOSYS, sys.EOPNOTSUPP, sys.EPERM]);
+
+/**
+ * How Writer.gather copies: through the pipe (pwritev where the kernel
+ * refuses it), by pwritev, or whichever has been cheaper here (CheaperWay).
+ */
+export type GatherWay = 'pipe' | 'pwritev' | 'either';
 
 /** A position in sorted page ranges: the index of the range reached, and the byte offset reached in it. */
 export interface Cursor {
@@ -152,9 +159,15 @@ export class Writer {
   /** (address, length) pairs for vmsplice. */
   #iov: BigUint64Array | undefined;
 
-  constructor(pageSize: number, features: Features) {
+  /** Which of pwritev (0) and the pipe (1) has been cheaper for gathers that may take either. */
+  readonly #ways = new CheaperWay();
+  /** The way such gathers take, fixed (tests); undefined: learned. */
+  readonly #fixedWay: 'pipe' | 'pwritev' | undefined;
+
+  constructor(pageSize: number, features: Features, fixedWay?: 'pipe' | 'pwritev') {
     this.#pageSize = pageSize;
     this.#features = features;
+    this.#fixedWay = fixedWay;
   }
 
   /**
@@ -237,16 +250,28 @@ export class Writer {
    * 1 GiB memory file, new ones each round: pwritev 7.1 µs a page, vmsplice
    * and splice through a 1 MiB pipe 1.4; the same pages again: pwritev
    * 0.8). One call a page costs more than either (copy_file_range 4.9 µs).
-   * Without `viaPipe`, pwritev always: for pages the process has just written,
+   * `how` 'pwritev': always, for pages the process has just written,
    * whose page-table entries are in use (1 GiB, every 2nd page, of a
    * segment's own private copies: pwritev 1.26 µs a page, the pipe 2.3).
+   * 'either': for pages whose every entry is there but may not have been
+   * used for long (a layer's full window), where which is cheaper depends on
+   * the machine: the one that has been, timed (CheaperWay, cost.ts).
    */
-  gather(fd: number, base: bigint, ranges: RangeList, offset: number, viaPipe = true): void {
+  gather(fd: number, base: bigint, ranges: RangeList, offset: number, how: GatherWay = 'pipe'): void {
     if (ranges.length === 0) return;
     const page = this.#pageSize;
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
     const cursor: Cursor = { index: 0, at: ranges.starts[0]! * page };
     let at = offset;
+    // Where the way was chosen here: which, and when it started, to time it.
+    let chosen: 0 | 1 | undefined;
+    let viaPipe = how === 'pipe';
+    if (how === 'either' && this.#features.splice) {
+      const way = this.#fixedWay === undefined ? this.#ways.choose(ranges.pages) : this.#fixedWay === 'pipe' ? 1 : 0;
+      if (this.#fixedWay === undefined) chosen = way;
+      viaPipe = way === 1;
+    }
+    const started = chosen === undefined ? 0 : performance.now();
     if (viaPipe && this.#features.splice) {
       this.#pipe ??= openPipe();
       const pipe = this.#pipe;
@@ -256,8 +281,12 @@ export class Writer {
           sys.spliceAll(pipe.read, fd, at, taken);
           at += taken;
         });
-      if (done) return;
-      // Refused: pwritev from the first page not known written (the cursor and `at`).
+      if (done) {
+        if (chosen === 1) this.#ways.record(1, ranges.pages, performance.now() - started);
+        return;
+      }
+      // Refused: pwritev from the first page not known written (the cursor and `at`), untimed.
+      chosen = undefined;
     }
     while (cursor.index < ranges.length) {
       const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, GATHER_BYTES);
@@ -266,6 +295,7 @@ export class Writer {
       advance(ranges, page, cursor, n);
       at += n;
     }
+    if (chosen === 0) this.#ways.record(0, ranges.pages, performance.now() - started);
   }
 
   /**
