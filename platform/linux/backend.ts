@@ -103,9 +103,11 @@ export interface LinuxOptions {
    */
   windowCopy?: boolean;
   /**
-   * How history is read from a layer's moved-aside mapping that has every
-   * page: by pwritev or through a pipe, fixed (tests cover each); default:
-   * whichever has been cheaper in this process (Writer.gather).
+   * How pages that all have page-table entries are gathered into a new
+   * file (history read from a layer's full moved-aside mapping, a deferred
+   * freeze's own private copies): by pwritev or through a pipe, fixed
+   * (tests cover each); default: whichever has been cheaper for that kind
+   * in this process (Writer.gather).
    */
   windowGather?: 'pipe' | 'pwritev';
   /**

@@ -256,7 +256,7 @@ function deferFreeze(e: Engine, seg: LinuxSegment, ranges: RangeList): RangeList
   let failure: { err: unknown } | undefined;
   const layer = e.layers.packed(seg.length, ranges, (fd, packing) => {
     try {
-      e.writer.gather(fd, seg.addr, ranges, packing.filePage(ranges.starts[0]!) * e.pageSize, 'pwritev');
+      e.writer.gather(fd, seg.addr, ranges, packing.filePage(ranges.starts[0]!) * e.pageSize, 'own');
       return ranges;
     } catch (err) {
       failure = { err };

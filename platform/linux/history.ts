@@ -376,7 +376,7 @@ function copyOut(e: Engine, from: Layer, to: number, packing: Packing, ranges: R
   // Ranges i to j - 1 through the window, in one Writer.gather; handed on
   // after what was copied before them.
   const viaWindow = (list: RangeList) => {
-    e.writer.gather(to, window, list, packing.filePage(list.starts[0]!) * page, from.windowFull ? 'either' : 'pipe');
+    e.writer.gather(to, window, list, packing.filePage(list.starts[0]!) * page, from.windowFull ? 'window' : 'pipe');
     hand(true);
     copied(list);
   };

@@ -24,9 +24,11 @@ const NO_FILE_COPY = new Set([sys.EXDEV, sys.EINVAL, sys.ENOSYS, sys.EOPNOTSUPP,
 
 /**
  * How Writer.gather copies: through the pipe (pwritev where the kernel
- * refuses it), by pwritev, or whichever has been cheaper here (CheaperWay).
+ * refuses it), by pwritev, or whichever has been cheaper here (CheaperWay),
+ * learned apart for the two kinds of memory it reads: a layer's window
+ * ('window') and the pages a segment has just written ('own').
  */
-export type GatherWay = 'pipe' | 'pwritev' | 'either';
+export type GatherWay = 'pipe' | 'pwritev' | 'window' | 'own';
 
 /** A position in sorted page ranges: the index of the range reached, and the byte offset reached in it. */
 export interface Cursor {
@@ -159,8 +161,8 @@ export class Writer {
   /** (address, length) pairs for vmsplice. */
   #iov: BigUint64Array | undefined;
 
-  /** Which of pwritev (0) and the pipe (1) has been cheaper for gathers that may take either. */
-  readonly #ways = new CheaperWay();
+  /** Which of pwritev (0) and the pipe (1) has been cheaper for gathers that may take either, by what they read. */
+  readonly #ways = { window: new CheaperWay(), own: new CheaperWay() };
   /** The way such gathers take, fixed (tests); undefined: learned. */
   readonly #fixedWay: 'pipe' | 'pwritev' | undefined;
 
@@ -250,12 +252,15 @@ export class Writer {
    * 1 GiB memory file, new ones each round: pwritev 7.1 µs a page, vmsplice
    * and splice through a 1 MiB pipe 1.4; the same pages again: pwritev
    * 0.8). One call a page costs more than either (copy_file_range 4.9 µs).
-   * `how` 'pwritev': always, for pages the process has just written,
-   * whose page-table entries are in use (1 GiB, every 2nd page, of a
-   * segment's own private copies: pwritev 1.26 µs a page, the pipe 2.3).
-   * 'either': for pages whose every entry is there but may not have been
-   * used for long (a layer's full window), where which is cheaper depends on
-   * the machine: the one that has been, timed (CheaperWay, cost.ts).
+   * `how` 'pipe' needs the pipe where the kernel has it: the pages may
+   * have no entry. Where every page has one, which is cheaper depends on
+   * the machine and on whether those entries are in use: a segment's own
+   * private copies, just written (1 GiB, every 2nd page: pwritev 1.26 µs a
+   * page, the pipe 2.3 on one VM; 256 MiB, every 8th page: the pipe ahead
+   * on another), or a layer's window, read where it was last written
+   * perhaps long ago. So 'own' and 'window' take the one that has been
+   * cheaper for that kind, timed (CheaperWay, cost.ts); 'pwritev' takes it
+   * always.
    */
   gather(fd: number, base: bigint, ranges: RangeList, offset: number, how: GatherWay = 'pipe'): void {
     if (ranges.length === 0) return;
@@ -266,8 +271,9 @@ export class Writer {
     // Where the way was chosen here: which, and when it started, to time it.
     let chosen: 0 | 1 | undefined;
     let viaPipe = how === 'pipe';
-    if (how === 'either' && this.#features.splice) {
-      const way = this.#fixedWay === undefined ? this.#ways.choose(ranges.pages) : this.#fixedWay === 'pipe' ? 1 : 0;
+    const ways = how === 'window' || how === 'own' ? this.#ways[how] : undefined;
+    if (ways !== undefined && this.#features.splice) {
+      const way = this.#fixedWay === undefined ? ways.choose(ranges.pages) : this.#fixedWay === 'pipe' ? 1 : 0;
       if (this.#fixedWay === undefined) chosen = way;
       viaPipe = way === 1;
     }
@@ -282,7 +288,7 @@ export class Writer {
           at += taken;
         });
       if (done) {
-        if (chosen === 1) this.#ways.record(1, ranges.pages, performance.now() - started);
+        if (chosen === 1) ways!.record(1, ranges.pages, performance.now() - started);
         return;
       }
       // Refused: pwritev from the first page not known written (the cursor and `at`), untimed.
@@ -295,7 +301,7 @@ export class Writer {
       advance(ranges, page, cursor, n);
       at += n;
     }
-    if (chosen === 0) this.#ways.record(0, ranges.pages, performance.now() - started);
+    if (chosen === 0) ways!.record(0, ranges.pages, performance.now() - started);
   }
 
   /**
