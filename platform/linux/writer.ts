@@ -24,11 +24,12 @@ const NO_FILE_COPY = new Set([sys.EXDEV, sys.EINVAL, sys.ENOSYS, sys.EOPNOTSUPP,
 
 /**
  * How Writer.gather copies: through the pipe (pwritev where the kernel
- * refuses it), by pwritev, or whichever has been cheaper here (CheaperWay),
- * learned apart for the two kinds of memory it reads: a layer's window
- * ('window') and the pages a segment has just written ('own').
+ * refuses it), or whichever of the pipe and pwritev has been cheaper here
+ * (CheaperWay), learned apart for the two kinds of memory it reads: a
+ * layer's window ('window') and the pages a segment has just written
+ * ('own').
  */
-export type GatherWay = 'pipe' | 'pwritev' | 'window' | 'own';
+export type GatherWay = 'pipe' | 'window' | 'own';
 
 /** A position in sorted page ranges: the index of the range reached, and the byte offset reached in it. */
 export interface Cursor {
@@ -259,8 +260,7 @@ export class Writer {
    * page, the pipe 2.3 on one VM; 256 MiB, every 8th page: the pipe ahead
    * on another), or a layer's window, read where it was last written
    * perhaps long ago. So 'own' and 'window' take the one that has been
-   * cheaper for that kind, timed (CheaperWay, cost.ts); 'pwritev' takes it
-   * always.
+   * cheaper for that kind, timed (CheaperWay, cost.ts).
    */
   gather(fd: number, base: bigint, ranges: RangeList, offset: number, how: GatherWay = 'pipe'): void {
     if (ranges.length === 0) return;
@@ -271,7 +271,7 @@ export class Writer {
     // Where the way was chosen here: which, and when it started, to time it.
     let chosen: 0 | 1 | undefined;
     let viaPipe = how === 'pipe';
-    const ways = how === 'window' || how === 'own' ? this.#ways[how] : undefined;
+    const ways = how === 'pipe' ? undefined : this.#ways[how];
     if (ways !== undefined && this.#features.splice) {
       const way = this.#fixedWay === undefined ? ways.choose(ranges.pages) : this.#fixedWay === 'pipe' ? 1 : 0;
       if (this.#fixedWay === undefined) chosen = way;
