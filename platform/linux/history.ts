@@ -177,7 +177,7 @@ export function shareHistory(e: Engine, seg: LinuxSegment, layer: Layer, shared:
     // remapped are privatized or moved the usual way.
   } finally {
     // History pages no segment points at are freed (a packed file outlives its layers).
-    for (const r of history.refs.unusedIn(copied).toArray()) e.layers.punch(history, r);
+    e.layers.punchList(history, history.refs.unusedIn(copied));
     if (history.refs.empty) e.layers.close(history);
   }
   return moved;

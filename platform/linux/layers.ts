@@ -373,7 +373,7 @@ export class LayerStore {
       this.close(layer);
       return;
     }
-    this.#punchList(layer, freed);
+    this.punchList(layer, freed);
     if (layer.refs.empty) this.close(layer);
   }
 
@@ -384,7 +384,7 @@ export class LayerStore {
    * another: a snapshot closed after 1% of pages at random had been
    * rewritten freed its history a page a call, 655 calls at 256 MiB).
    */
-  #punchList(layer: Layer, list: RangeList): void {
+  punchList(layer: Layer, list: RangeList): void {
     if (list.length === 0) return;
     layer.noLongHoles = false;
     if (!layer.hasFile) return;
