@@ -277,6 +277,29 @@ export class RangeList {
     return out;
   }
 
+  /**
+   * The first `pages` pages of this list and the rest, as two lists of
+   * their own (a range split where the count falls inside it).
+   */
+  splitAtPages(pages: number): [RangeList, RangeList] {
+    let left = pages;
+    for (let i = 0; i < this.length; i++) {
+      const length = this.ends[i]! - this.starts[i]!;
+      if (left >= length) {
+        left -= length;
+        continue;
+      }
+      const head = this.slice(0, left > 0 ? i + 1 : i);
+      const tail = this.slice(i, this.length);
+      if (left > 0) {
+        head.ends[i] = this.starts[i]! + left;
+        tail.starts[0] = this.starts[i]! + left;
+      }
+      return [head, tail];
+    }
+    return [this.slice(0, this.length), new RangeList(0)];
+  }
+
   /** Total pages. */
   get pages(): number {
     let n = 0;

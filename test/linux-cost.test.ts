@@ -33,6 +33,7 @@ import {
   shareRoom,
   shareWorth,
   TIMED_MIN_PAGES,
+  TRIAL_PAGES,
   type Counted,
 } from '../platform/linux/cost.ts';
 
@@ -547,6 +548,36 @@ describe('CheaperWay', () => {
         ways.record(0, TIMED_MIN_PAGES, 1);
         ways.record(1, TIMED_MIN_PAGES, 0.5);
         assert.equal(ways.choose(TIMED_MIN_PAGES - 1), 1);
+      }),
+    );
+  });
+
+  it('part(): a way being tried takes at most TRIAL_PAGES of a copy, the rest goes the way found cheaper, and every page goes some way once', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: 20 * TRIAL_PAGES }), { minLength: 1, maxLength: 60 }), noise, apart, (copies, ns, [low, factor, firstCheaper]) => {
+        const costs: [number, number] = firstCheaper ? [low, low * factor] : [low * factor, low];
+        const ways = new CheaperWay();
+        let k = 0;
+        for (const pages of copies) {
+          let left = pages;
+          const parts: { way: 0 | 1; pages: number; tried: boolean }[] = [];
+          while (left > 0) {
+            const [a, b] = ways.perPage;
+            const cheaperKnown = !Number.isNaN(a) && !Number.isNaN(b) ? (b < a ? 1 : 0) : undefined;
+            const { way, pages: n } = ways.part(left);
+            assert.ok(n >= 1 && n <= left, `${n} of ${left} pages`);
+            const tried = left >= TIMED_MIN_PAGES && (Number.isNaN(ways.perPage[way]) || (cheaperKnown !== undefined && way !== cheaperKnown));
+            if (tried) assert.ok(n <= TRIAL_PAGES, `a way tried takes ${n} pages`);
+            else assert.equal(n, left, 'a way known cheaper (or a copy too small to time) takes the rest');
+            parts.push({ way, pages: n, tried });
+            ways.record(way, n, (costs[way] * (1 + (ns[k++ % ns.length]! - 0.5) / 5) * n) / 1000);
+            left -= n;
+          }
+          // At most two samples (one a way) before the rest.
+          assert.ok(parts.length <= 3, `${parts.length} parts`);
+        }
+        // Both timed once any copy had room for two samples.
+        if (copies.some((c) => c >= 2 * TRIAL_PAGES + TIMED_MIN_PAGES)) assert.ok(ways.perPage.every((x) => !Number.isNaN(x)));
       }),
     );
   });

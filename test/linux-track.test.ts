@@ -10,6 +10,7 @@ import { Segment } from '../src/index.ts';
 import * as sys from '../platform/libc.ts';
 import { Scanner } from '../platform/linux/scan.ts';
 import { WriteTracker } from '../platform/linux/track.ts';
+import { TRIAL_PAGES } from '../platform/linux/cost.ts';
 import type { RangeList } from '../src/runs.ts';
 import { anonymousIn, linuxOnly } from './helpers/proc.ts';
 import { rng } from './helpers/model.ts';
@@ -186,6 +187,38 @@ describe('freezing deferred for pages rewritten under snapshots nobody maps', { 
       });
     });
   }
+
+  it(`gathers a large deferred freeze both ways in its first clone, each on a sample of TRIAL_PAGES, and the rest the way found cheaper`, (t) => {
+    withLinux({ track: true }, (b) => {
+      if (!b.tracksWrites) {
+        t.skip('asynchronous userfaultfd write-protect is not available here');
+        return;
+      }
+      // Every 2nd page of 32 MiB: 4,096 pages rewritten a round, four samples' worth.
+      const pages = 4 * 2 * TRIAL_PAGES + 1;
+      const { seg, bytes, model } = filled(pages);
+      const every2nd = Array.from({ length: pages >> 1 }, (_, i) => 2 * i + 1);
+      const kept: { snap: Segment; want: Uint8Array }[] = [{ snap: seg.clone(), want: model.slice() }];
+      try {
+        for (let round = 1; round <= 3; round++) {
+          write(bytes, model, every2nd, round + 1);
+          sys.callCounts(true);
+          kept.push({ snap: seg.clone(), want: model.slice() });
+          const calls = sys.callCounts(true);
+          // Round 2 is the first deferred freeze: neither way timed yet.
+          if (round === 2) {
+            assert.ok((calls.get('pwritev') ?? 0) > 0, `round 2: a sample by pwritev (${calls.get('pwritev') ?? 0} calls)`);
+            assert.ok((calls.get('vmsplice') ?? 0) > 0, `round 2: a sample through the pipe (${calls.get('vmsplice') ?? 0} calls)`);
+          }
+          assertHolds(seg, model, `round ${round}: the segment`);
+        }
+        for (const [i, k] of kept.entries()) assertSnapshot(k.snap, k.want, `snapshot ${i}`);
+      } finally {
+        for (const k of kept) k.snap.close();
+        seg.close();
+      }
+    });
+  });
 
   for (const track of [true, false]) {
     it(`agrees with plain arrays over rounds of repeated, moving and random writes, snapshots kept, read, restored from and closed out of order (track: ${track})`, (t) => {

@@ -278,6 +278,22 @@ describe('RangeList', () => {
     );
   });
 
+  it('splitAtPages() gives the first n pages and the rest: together the list, the head n pages (or all), every head page before every tail page', () => {
+    fc.assert(
+      fc.property(rangesArb, fc.nat(64), (ranges, n) => {
+        const list = RangeList.from(ranges);
+        const [head, tail] = list.splitAtPages(n);
+        const pagesOf = (l: RangeList) => l.toArray().flatMap((r) => Array.from({ length: r.end - r.start }, (_, i) => r.start + i));
+        assert.equal(head.pages, Math.min(n, list.pages));
+        assert.deepEqual([...pagesOf(head), ...pagesOf(tail)], pagesOf(list));
+        // Each is a list as from() makes it: sorted, no empty range.
+        for (const part of [head, tail]) assert.deepEqual(plain(part), coalesce(part.toArray()));
+        for (const part of [head, tail]) assert.ok(part.toArray().every((r) => r.end > r.start));
+      }),
+      opts,
+    );
+  });
+
   it('grows past its capacity without losing a range', () => {
     fc.assert(
       fc.property(fc.array(fc.record({ gap: fc.nat(3), len: fc.integer({ min: 1, max: 4 }) }), { maxLength: 200 }), (parts) => {

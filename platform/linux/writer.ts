@@ -260,24 +260,44 @@ export class Writer {
    * page, the pipe 2.3 on one VM; 256 MiB, every 8th page: the pipe ahead
    * on another), or a layer's window, read where it was last written
    * perhaps long ago. So 'own' and 'window' take the one that has been
-   * cheaper for that kind, timed (CheaperWay, cost.ts).
+   * cheaper for that kind, timed (CheaperWay, cost.ts); a way being tried
+   * takes at most TRIAL_PAGES of a copy, the rest going the cheaper.
    */
   gather(fd: number, base: bigint, ranges: RangeList, offset: number, how: GatherWay = 'pipe'): void {
     if (ranges.length === 0) return;
+    const ways = how === 'pipe' || !this.#features.splice ? undefined : this.#ways[how];
+    if (ways === undefined || this.#fixedWay !== undefined) {
+      this.#gatherBy(ways === undefined ? how === 'pipe' : this.#fixedWay === 'pipe', fd, base, ranges, offset);
+      return;
+    }
+    // Part by part: a way being tried takes a sample of the copy, the rest
+    // goes the way found cheaper (CheaperWay.part); each part timed.
+    let rest = ranges;
+    let at = offset;
+    while (rest.length > 0) {
+      const left = rest.pages;
+      const { way, pages } = ways.part(left);
+      const [part, after] = pages >= left ? [rest, new RangeList(0)] : rest.splitAtPages(pages);
+      const started = performance.now();
+      if (this.#gatherBy(way === 1, fd, base, part, at)) ways.record(way, pages, performance.now() - started);
+      at += pages * this.#pageSize;
+      rest = after;
+    }
+  }
+
+  /**
+   * Copies the memory under `ranges` of the segment at `base` into `fd`
+   * from byte `offset` on, through the pipe (`viaPipe`, where the kernel
+   * has it) or by pwritev. False where the pipe was refused part way and
+   * pwritev copied the rest: a time that says neither way's cost.
+   */
+  #gatherBy(viaPipe: boolean, fd: number, base: bigint, ranges: RangeList, offset: number): boolean {
     const page = this.#pageSize;
     const iov = (this.#iov ??= new BigUint64Array(UIO_MAXIOV * 2));
     const cursor: Cursor = { index: 0, at: ranges.starts[0]! * page };
     let at = offset;
-    // Where the way was chosen here: which, and when it started, to time it.
-    let chosen: 0 | 1 | undefined;
-    let viaPipe = how === 'pipe';
-    const ways = how === 'pipe' ? undefined : this.#ways[how];
-    if (ways !== undefined && this.#features.splice) {
-      const way = this.#fixedWay === undefined ? ways.choose(ranges.pages) : this.#fixedWay === 'pipe' ? 1 : 0;
-      if (this.#fixedWay === undefined) chosen = way;
-      viaPipe = way === 1;
-    }
-    const started = chosen === undefined ? 0 : performance.now();
+    // Asked for the pipe and copied otherwise, the time says nothing.
+    const clean = !viaPipe;
     if (viaPipe && this.#features.splice) {
       this.#pipe ??= openPipe();
       const pipe = this.#pipe;
@@ -287,12 +307,8 @@ export class Writer {
           sys.spliceAll(pipe.read, fd, at, taken);
           at += taken;
         });
-      if (done) {
-        if (chosen === 1) ways!.record(1, ranges.pages, performance.now() - started);
-        return;
-      }
-      // Refused: pwritev from the first page not known written (the cursor and `at`), untimed.
-      chosen = undefined;
+      if (done) return true;
+      // Refused: pwritev from the first page not known written (the cursor and `at`).
     }
     while (cursor.index < ranges.length) {
       const { count } = fillIovec(iov, base, ranges, page, cursor, UIO_MAXIOV, GATHER_BYTES);
@@ -301,7 +317,7 @@ export class Writer {
       advance(ranges, page, cursor, n);
       at += n;
     }
-    if (chosen === 0) ways!.record(0, ranges.pages, performance.now() - started);
+    return clean;
   }
 
   /**
