@@ -415,9 +415,9 @@ export class CheaperWay {
   choose(pages: number): 0 | 1 {
     const [a, b] = this.perPage;
     if (pages < TIMED_MIN_PAGES) return b < a ? 1 : 0;
-    if (Number.isNaN(a)) return 0;
-    if (Number.isNaN(b)) return 1;
-    const cheaper = b < a ? 1 : 0;
+    const cheaper = this.#cheaper();
+    // Not both timed: the one not timed yet, way 0 first.
+    if (cheaper === undefined) return Number.isNaN(a) ? 0 : 1;
     if (this.#sinceOther + 1 >= RETRY_EVERY) return cheaper === 0 ? 1 : 0;
     return cheaper;
   }
@@ -432,20 +432,25 @@ export class CheaperWay {
   part(left: number): { way: 0 | 1; pages: number } {
     const way = this.choose(left);
     if (left < TIMED_MIN_PAGES) return { way, pages: left };
-    const [a, b] = this.perPage;
-    const trying = Number.isNaN(this.perPage[way]) || (!Number.isNaN(a) && !Number.isNaN(b) && way !== (b < a ? 1 : 0));
-    return { way, pages: trying ? Math.min(left, TRIAL_PAGES) : left };
+    // Until both are timed, choose() takes one not timed yet: a trial.
+    const cheaper = this.#cheaper();
+    return { way, pages: cheaper === undefined || way !== cheaper ? Math.min(left, TRIAL_PAGES) : left };
   }
 
   /** Records that `way` copied `pages` pages in `ms` milliseconds. */
   record(way: 0 | 1, pages: number, ms: number): void {
     if (pages < TIMED_MIN_PAGES || !(ms >= 0) || !Number.isFinite(ms)) return;
-    const [a, b] = this.perPage;
-    const cheaper = b < a ? 1 : 0;
-    const bothTimed = !Number.isNaN(a) && !Number.isNaN(b);
-    this.#sinceOther = bothTimed && way !== cheaper ? 0 : this.#sinceOther + 1;
+    const cheaper = this.#cheaper();
+    this.#sinceOther = cheaper !== undefined && way !== cheaper ? 0 : this.#sinceOther + 1;
     const x = (ms * 1000) / pages;
     const old = this.perPage[way];
     this.perPage[way] = Number.isNaN(old) ? x : old + (x - old) * NEWEST_WEIGHT;
+  }
+
+  /** The way that has been cheaper, once both are timed. */
+  #cheaper(): 0 | 1 | undefined {
+    const [a, b] = this.perPage;
+    if (Number.isNaN(a) || Number.isNaN(b)) return undefined;
+    return b < a ? 1 : 0;
   }
 }

@@ -288,8 +288,9 @@ export class Writer {
   /**
    * Copies the memory under `ranges` of the segment at `base` into `fd`
    * from byte `offset` on, through the pipe (`viaPipe`, where the kernel
-   * has it) or by pwritev. False where the pipe was refused part way and
-   * pwritev copied the rest: a time that says neither way's cost.
+   * has it) or by pwritev. False where the pipe was asked for and pwritev
+   * copied some or all of it instead (no pipe, or the kernel refused it):
+   * a time that says neither way's cost.
    */
   #gatherBy(viaPipe: boolean, fd: number, base: bigint, ranges: RangeList, offset: number): boolean {
     const page = this.#pageSize;
