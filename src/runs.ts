@@ -24,6 +24,41 @@ export interface Span extends Range {
  * joined. One pass over both, no sorting.
  */
 export function overlayList<L>(base: RunList<L>, top: RangeList, layer: L): RunList<L> {
+  return relabelled(base, top, layer) ?? overlaid(base, top, layer);
+}
+
+/**
+ * overlayList() where every range of `top` is a whole run of `base` and
+ * none touches a run of `layer` once relabelled (so nothing joins): the
+ * same runs, `base`'s bounds shared (a sealed run list is never edited)
+ * and its layers copied with those runs on `layer`. A freeze that points
+ * the pages it rewrote round after round at the new round's layer is this
+ * case: its run list has a run a page at scattered writes, and pushing
+ * each afresh cost 0.2 µs a run (1 GiB, every 2nd page: 25 ms a clone).
+ * Undefined where it does not apply.
+ */
+function relabelled<L>(base: RunList<L>, top: RangeList, layer: L): RunList<L> | undefined {
+  const { starts, ends } = base;
+  const n = base.length;
+  if (top.length > n || starts.length !== n) return undefined;
+  let layers: L[] | undefined;
+  let i = 0;
+  for (let g = 0; g < top.length; g++) {
+    const start = top.starts[g]!;
+    while (i < n && starts[i]! < start) i++;
+    if (i === n || starts[i] !== start || ends[i] !== top.ends[g]) return undefined;
+    // A neighbour on `layer` (the one before as relabelled already) would join.
+    if (i > 0 && ends[i - 1] === start && (layers ?? base.layers)[i - 1] === layer) return undefined;
+    if (i + 1 < n && starts[i + 1] === ends[i] && base.layers[i + 1] === layer) return undefined;
+    layers ??= base.layers.slice();
+    layers[i] = layer;
+    i++;
+  }
+  return RunList.sharing(base, layers ?? base.layers.slice());
+}
+
+/** overlayList() by pushing every run afresh. */
+function overlaid<L>(base: RunList<L>, top: RangeList, layer: L): RunList<L> {
   const out = new RunList<L>(base.length + 2 * top.length);
   const { starts, ends, layers } = base;
   const n = base.length;
@@ -169,6 +204,20 @@ export class RunList<L> {
     const out = new RunList<L>(runs.length);
     for (const r of runs) out.push(r.start, r.end, r.layer);
     return out.seal();
+  }
+
+  /**
+   * The runs of sealed `bounds` on `layers` (as many, touching ones on one
+   * layer never alike): its starts and ends shared, not copied, as neither
+   * list is edited once sealed.
+   */
+  static sharing<L>(bounds: RunList<unknown>, layers: L[]): RunList<L> {
+    const out = new RunList<L>(0);
+    out.starts = bounds.starts;
+    out.ends = bounds.ends;
+    out.layers = layers;
+    out.length = bounds.length;
+    return out;
   }
 
   /** Appends [start, end) on `layer`, at or after the last run's end: joined with it where they touch on the same layer. */

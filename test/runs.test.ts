@@ -171,6 +171,32 @@ describe('overlayList()', () => {
   });
 });
 
+describe('overlayList() over whole runs', () => {
+  it('relabels the runs a top of whole runs names, sharing the bounds, and gives what overlay() gives', () => {
+    fc.assert(
+      fc.property(runsArb, fc.array(fc.boolean(), { minLength: 12, maxLength: 12 }), fc.constantFrom(...layers), (runs, picked, layer) => {
+        const base = RunList.from(runs);
+        const before = base.toArray();
+        const chosen = before.filter((_, i) => picked[i % picked.length]);
+        const top = RangeList.from(coalesce(chosen));
+        const out = overlayList(base, top, layer);
+        assert.deepEqual(out.toArray(), overlay(before, chosen, layer));
+        assertMerged(out.toArray());
+        assert.equal(out.layers.length, out.length);
+        // The base is left as it was, whichever way it was built.
+        assert.deepEqual(base.toArray(), before);
+        // Each range a whole run, none next to a run of `layer`: nothing
+        // joins, so the bounds are the base's own.
+        const next = (i: number, d: number) => before[i + d] !== undefined && (d < 0 ? before[i + d]!.end === before[i]!.start : before[i]!.end === before[i + d]!.start);
+        const joins = before.some((r, i) => chosen.includes(r) && [-1, 1].some((d) => next(i, d) && (before[i + d]!.layer === layer || chosen.includes(before[i + d]!))));
+        if (!joins) assert.equal(out.starts, base.starts);
+        else assert.ok(out.length < base.length);
+      }),
+      opts,
+    );
+  });
+});
+
 describe('RunList', () => {
   it('holds what merge() gives, run by run', () => {
     fc.assert(
