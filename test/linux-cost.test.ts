@@ -370,12 +370,12 @@ describe('fitToBudget()', () => {
 });
 
 describe('rebasePays()', () => {
-  it('moves once the redundant copies made and to be made reach twice the segment, with memory for it, never for no copies', () => {
+  it('moves once the redundant copies made and to be made reach the segment, with memory for it, never for no copies', () => {
     fc.assert(
       fc.property(fc.nat(500), fc.nat(500), fc.integer({ min: 1, max: 500 }), fc.boolean(), (privatized, copies, pages, memory) => {
         let asked = 0;
         const affordable = () => (asked++, memory);
-        const pays = copies > 0 && privatized + copies >= 2 * pages;
+        const pays = copies > 0 && privatized + copies >= pages;
         assert.equal(rebasePays(privatized, copies, pages, affordable), memory && pays);
         // The free memory is read only where the copies would pay for the move.
         assert.equal(asked, pays ? 1 : 0);
