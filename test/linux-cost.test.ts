@@ -27,6 +27,7 @@ import {
   restoreCopyPays,
   RESTORE_COPY_SHARE,
   RETRY_EVERY,
+  RETRY_RATIO,
   sharedPages,
   SHARE_BUDGET_PART,
   SHARE_MIN_SHOWN,
@@ -488,12 +489,13 @@ describe('shareWorth() and shareRoom()', () => {
 describe('CheaperWay', () => {
   // Copies of `pages` pages, each way costing its own µs a page (with noise
   // of at most a tenth either side): the ways taken.
-  const run = (costs: (copy: number) => [number, number], copies: readonly number[], noise: readonly number[]) => {
+  const run = (costs: (copy: number) => [number, number], copies: readonly number[], noise: readonly number[], spent?: number[]) => {
     const ways = new CheaperWay();
     return copies.map((pages, i) => {
       const way = ways.choose(pages);
       const perPage = costs(i)[way] * (1 + (noise[i % noise.length]! - 0.5) / 5);
       ways.record(way, pages, (perPage * pages) / 1000);
+      spent?.push((perPage * pages) / 1000);
       return way;
     });
   };
@@ -502,18 +504,30 @@ describe('CheaperWay', () => {
   // Costs a page at least twice apart, either way round.
   const apart = fc.tuple(fc.double({ min: 0.1, max: 20, noNaN: true }), fc.double({ min: 2, max: 10, noNaN: true }), fc.boolean());
 
-  it('tries each way once, then takes the cheaper, the other once in RETRY_EVERY timed copies', () => {
+  it('tries each way once, then takes the cheaper, the other at most once in RETRY_EVERY timed copies, its trials costing about 1/RETRY_RATIO of the time beyond the cheaper', () => {
     fc.assert(
       fc.property(timed, noise, apart, (copies, ns, [low, factor, firstCheaper]) => {
         const costs: [number, number] = firstCheaper ? [low, low * factor] : [low * factor, low];
         const cheaper = firstCheaper ? 0 : 1;
-        const ways = run(() => costs, copies, ns);
+        const ms: number[] = [];
+        const ways = run(() => costs, copies, ns, ms);
         assert.deepEqual(ways.slice(0, 2), [0, 1]);
         const rest = ways.slice(2);
         const dearer = rest.filter((w) => w !== cheaper).length;
         assert.ok(dearer <= Math.ceil(rest.length / RETRY_EVERY), `${dearer} dearer of ${rest.length}`);
         // Never two dearer in a row once both are timed.
         for (let i = 1; i < rest.length; i++) assert.ok(rest[i] === cheaper || rest[i - 1] === cheaper);
+        // A trial takes at most TRIAL_PAGES (part()): what it costs beyond
+        // the cheaper way, against the time the cheaper way took. (Timings
+        // a tenth either side of the costs, at least twice apart: the
+        // estimated gap is at least 0.7 of the true one.)
+        let spent = 0;
+        let extra = 0;
+        rest.forEach((w, i) => {
+          if (w === cheaper) spent += ms[i + 2]!;
+          else extra += (Math.min(copies[i + 2]!, TRIAL_PAGES) * (costs[w] - costs[cheaper])) / 1000;
+        });
+        assert.ok(extra <= (1.5 * spent) / RETRY_RATIO, `trials cost ${extra} ms beyond ${spent} ms`);
       }),
     );
   });

@@ -386,8 +386,18 @@ export function rebasePays(privatized: number, copies: number, pages: number, af
 
 /** Fewest pages a copy must move for its time to say what a page costs that way (CheaperWay). */
 export const TIMED_MIN_PAGES = 64;
-/** A timed copy in this many goes the way that looked dearer, so a change of costs is seen (CheaperWay). */
+/** At most one timed copy in this many goes the way that looked dearer, so a change of costs is seen (CheaperWay). */
 export const RETRY_EVERY = 16;
+/**
+ * A way that looked dearer is taken again only once the cheaper has spent
+ * this many times what the trial should cost beyond it (CheaperWay): the
+ * trials then cost at most about 1/RETRY_RATIO of the time copies take,
+ * however far apart the ways are. (History read through a layer's window
+ * on the bench's VM: pwritev 7.5 µs a page, the pipe 1.5; trials of 1,024
+ * pages every 16 copies of up to 1,024 took 7% of a clone at 1 GiB, 30% of
+ * pages at random, kept.)
+ */
+export const RETRY_RATIO = 32;
 /**
  * Most pages of one copy a way takes while it is being tried (not timed
  * yet, or the dearer taken again to see whether costs changed); the rest of
@@ -408,9 +418,10 @@ const NEWEST_WEIGHT = 0.3;
  * against 1.5 on one VM, 6.3 against 2.0 on another, where every first
  * access from the kernel to a page through a moved mapping traps into a
  * hypervisor that shadows the page tables (8 µs a page, measured in C).
- * Each way is tried once, then the cheaper is taken, the other once in
- * RETRY_EVERY timed copies; a way being tried takes at most TRIAL_PAGES of
- * a copy (part()). Copies under TIMED_MIN_PAGES take the cheaper
+ * Each way is tried once, then the cheaper is taken, the other again once
+ * the cheaper has spent RETRY_RATIO times what that trial should cost
+ * beyond it, and never in fewer than RETRY_EVERY timed copies; a way being
+ * tried takes at most TRIAL_PAGES of a copy (part()). Copies under TIMED_MIN_PAGES take the cheaper
  * way and teach nothing (a call's fixed cost would dominate). Either way
  * gives the same bytes: only time depends on the choice.
  */
@@ -419,6 +430,8 @@ export class CheaperWay {
   readonly perPage: [number, number] = [Number.NaN, Number.NaN];
   /** Timed copies since the dearer way was last taken. */
   #sinceOther = 0;
+  /** Milliseconds the cheaper way took since the dearer was last taken. */
+  #spentSince = 0;
 
   /** The way (0 or 1) to copy `pages` pages. */
   choose(pages: number): 0 | 1 {
@@ -427,8 +440,11 @@ export class CheaperWay {
     const cheaper = this.#cheaper();
     // Not both timed: the one not timed yet, way 0 first.
     if (cheaper === undefined) return Number.isNaN(a) ? 0 : 1;
-    if (this.#sinceOther + 1 >= RETRY_EVERY) return cheaper === 0 ? 1 : 0;
-    return cheaper;
+    const other = cheaper === 0 ? 1 : 0;
+    if (this.#sinceOther + 1 < RETRY_EVERY) return cheaper;
+    // What a trial (part()) should cost beyond the cheaper way, in ms.
+    const extra = ((this.perPage[other] - this.perPage[cheaper]) * Math.min(pages, TRIAL_PAGES)) / 1000;
+    return this.#spentSince >= RETRY_RATIO * extra ? other : cheaper;
   }
 
   /**
@@ -450,7 +466,14 @@ export class CheaperWay {
   record(way: 0 | 1, pages: number, ms: number): void {
     if (pages < TIMED_MIN_PAGES || !(ms >= 0) || !Number.isFinite(ms)) return;
     const cheaper = this.#cheaper();
-    this.#sinceOther = cheaper !== undefined && way !== cheaper ? 0 : this.#sinceOther + 1;
+    if (cheaper !== undefined && way !== cheaper) {
+      this.#sinceOther = 0;
+      this.#spentSince = 0;
+    } else {
+      this.#sinceOther++;
+      // Only the way known cheaper pays for the next trial.
+      if (cheaper !== undefined) this.#spentSince += ms;
+    }
     const x = (ms * 1000) / pages;
     const old = this.perPage[way];
     this.perPage[way] = Number.isNaN(old) ? x : old + (x - old) * NEWEST_WEIGHT;
