@@ -421,9 +421,10 @@ const NEWEST_WEIGHT = 0.3;
  * Each way is tried once, then the cheaper is taken, the other again once
  * the cheaper has spent RETRY_RATIO times what that trial should cost
  * beyond it, and never in fewer than RETRY_EVERY timed copies; a way being
- * tried takes at most TRIAL_PAGES of a copy (part()). Copies under TIMED_MIN_PAGES take the cheaper
- * way and teach nothing (a call's fixed cost would dominate). Either way
- * gives the same bytes: only time depends on the choice.
+ * tried takes at most TRIAL_PAGES of a copy (part()). Copies under
+ * TIMED_MIN_PAGES take the cheaper way and teach nothing (a call's fixed
+ * cost would dominate). Either way gives the same bytes: only time depends
+ * on the choice.
  */
 export class CheaperWay {
   /** Cost a page of each way, µs; NaN until timed. */
