@@ -1,13 +1,15 @@
 #!/usr/bin/env node
-// Runs the test suites (test/*.test.ts) on every other JavaScript runtime
-// memfork supports: Node.js 22, the newest Node.js, Bun and Deno. The
+// Runs the test suites (test/*.test.ts) on every JavaScript runtime memfork
+// supports: the Node.js running it (the machine's, for `npm test`), Node.js
+// 22, the newest Node.js, Bun and Deno, two files at a time. The other
 // runtimes are npm packages, pinned in scripts/runtimes/package-lock.json.
 // They are not dependencies of the project (`npm install` stays small): the
 // first run that needs them installs them into scripts/runtimes/node_modules
 // with `npm ci --prefix scripts/runtimes`, and later runs find them there
 // until the lockfile changes. Only this platform's binaries install.
 //
-//   node scripts/test-runtimes.mjs                  every runtime, every suite
+//   node scripts/test-runtimes.mjs                  every runtime, every suite (npm test)
+//   node scripts/test-runtimes.mjs --no-host        every runtime but the Node.js running it
 //   node scripts/test-runtimes.mjs bun deno         some runtimes
 //   node scripts/test-runtimes.mjs test/x.test.ts   some suites
 //   node scripts/test-runtimes.mjs --verbose        stream each runtime's output (one file at a time)
@@ -104,22 +106,37 @@ function nodeRuntimes() {
   return [...majors].sort((a, b) => a - b).map((major) => {
     const dir = packageDir(`node${major}-${platform}-${arch}`);
     const bin = dir && join(dir, 'bin', 'node');
-    return {
-      name: `node${major}`,
-      bin: bin && existsSync(bin) ? bin : undefined,
-      version: dir && `Node.js ${versionOf(dir)}`,
-      // Node.js 24+ strips types itself and runs `using`. Node.js 22 strips
-      // types too, but its V8 lacks `using` declarations: ts-node compiles there.
-      args: (files) => (major >= 24 ? ['--test', ...files] : ['-r', 'ts-node/register', '--test', ...files]),
-      loader: major >= 24 ? 'built-in type stripping' : 'ts-node (CommonJS)',
-      // The project's package.json has no "type"; Node.js then says on every
-      // file that it reparses it as an ES module. Child processes inherit this.
-      env:
-        major >= 24
-          ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --disable-warning=MODULE_TYPELESS_PACKAGE_JSON`.trim() }
-          : {},
-    };
+    return nodeRuntime(major, bin && existsSync(bin) ? bin : undefined, dir && `Node.js ${versionOf(dir)}`);
   });
+}
+
+/** A Node.js of major version `major`, at `bin`. */
+function nodeRuntime(major, bin, version) {
+  return {
+    name: `node${major}`,
+    bin,
+    version,
+    // Node.js 24+ strips types itself and runs `using`. Node.js 22 strips
+    // types too, but its V8 lacks `using` declarations: ts-node compiles there.
+    args: (files) => (major >= 24 ? ['--test', ...files] : ['-r', 'ts-node/register', '--test', ...files]),
+    loader: major >= 24 ? 'built-in type stripping' : 'ts-node (CommonJS)',
+    // The project's package.json has no "type"; Node.js then says on every
+    // file that it reparses it as an ES module. Child processes inherit this.
+    env:
+      major >= 24
+        ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --disable-warning=MODULE_TYPELESS_PACKAGE_JSON`.trim() }
+        : {},
+  };
+}
+
+/**
+ * The Node.js running this script: the machine's, which `npm test` runs
+ * on. It runs every suite, the host-only ones too, and takes the place of
+ * an installed Node.js of the same major version.
+ */
+function hostRuntime() {
+  const major = Number(process.versions.node.split('.')[0]);
+  return { ...nodeRuntime(major, process.execPath, `Node.js ${process.versions.node} (this one)`), host: true };
 }
 
 function bunRuntime() {
@@ -163,8 +180,8 @@ function denoRuntime() {
 
 /**
  * Suites that check Node.js tooling rather than the runtime: they run once,
- * on the Node.js that runs `npm test`, and are skipped here with this reason
- * (named on the command line, they run).
+ * on the Node.js running this script, and are skipped on the others with
+ * this reason (named on the command line, they run everywhere).
  * @type {Record<string, string>}
  */
 const hostOnly = {
@@ -315,7 +332,12 @@ async function main() {
   const list = argv.includes('--list');
   const times = argv.includes('--times');
   const positional = argv.filter((a) => !a.startsWith('--'));
-  const known = () => [...nodeRuntimes(), bunRuntime(), denoRuntime()];
+  const withHost = !argv.includes('--no-host');
+  const known = () => {
+    const host = withHost ? [hostRuntime()] : [];
+    const others = [...nodeRuntimes(), bunRuntime(), denoRuntime()].filter((r) => !host.some((h) => h.name === r.name));
+    return [...host, ...others];
+  };
   let all = known();
   const wanted = positional.filter((a) => !a.endsWith('.ts'));
   const unknown = wanted.filter((w) => !all.some((r) => r.name === w));
@@ -325,8 +347,9 @@ async function main() {
   }
   if (!list) {
     if (!ensureRuntimes()) {
+      // The Node.js running this still runs its suites; the run fails.
       process.exitCode = 1;
-      return;
+      if (!withHost || argv.includes('--install')) return;
     }
     if (argv.includes('--install')) return;
     all = known();
@@ -335,21 +358,23 @@ async function main() {
 
   if (list) {
     for (const r of all) {
-      console.log(`${r.name.padEnd(7)} ${r.bin ? `${r.version}: ${relative(root, r.bin)} (TypeScript: ${r.loader})` : `not installed for ${platform}-${arch}${existsSync(stampFile) ? '' : ' (the runtimes are installed by the first run)'}`}`);
+      console.log(`${r.name.padEnd(7)} ${r.bin ? `${r.version}: ${r.host === true ? r.bin : relative(root, r.bin)} (TypeScript: ${r.loader})` : `not installed for ${platform}-${arch}${existsSync(stampFile) ? '' : ' (the runtimes are installed by the first run)'}`}`);
     }
     return;
   }
 
   let files = positional.filter((a) => a.endsWith('.ts'));
-  if (files.length === 0) {
+  // Host-only suites run on the Node.js running this, unless named.
+  const named = files.length > 0;
+  if (!named) {
     files = readdirSync(join(root, 'test'))
       .filter((f) => f.endsWith('.test.ts'))
       .sort()
       .map((f) => `test/${f}`);
+    const elsewhere = runtimes.filter((r) => r.host !== true && r.bin).map((r) => r.name);
     for (const f of files.filter((f) => hostOnly[f] !== undefined)) {
-      console.log(`skipping ${f} on every runtime here (npm test runs it on Node.js ${process.versions.node}): ${hostOnly[f]}`);
+      if (elsewhere.length > 0) console.log(`skipping ${f} on ${elsewhere.join(', ')} (it runs on the Node.js running this, ${process.versions.node}): ${hostOnly[f]}`);
     }
-    files = files.filter((f) => hostOnly[f] === undefined);
   }
   const timeoutMs = Number(process.env.MEMFORK_RUNTIME_TIMEOUT ?? 300) * 1000;
 
@@ -368,7 +393,7 @@ async function main() {
     for (const f of files) {
       const reason = fileSkips[f]?.[r.name];
       if (reason) console.log(`${r.name}: skipping ${f}: ${reason}`);
-      else mine.push(f);
+      else if (named || r.host === true || hostOnly[f] === undefined) mine.push(f);
     }
     if (mine.length === 0) continue;
     console.log(`${r.name}: ${r.version}, ${mine.length} suite${mine.length === 1 ? '' : 's'} (TypeScript: ${r.loader})`);
