@@ -145,6 +145,64 @@ describe('fileMappedArg() and Scanner.fileMapped()', () => {
   });
 });
 
+describe('Scanner.fileMapped() and Scanner.privateIn() over many windows', () => {
+  it('find exactly the read and the written pages in each window, past a full array of regions', { skip: linuxOnly }, (t) => {
+    sys.loadLibc();
+    const scanner = new Scanner(4096, undefined);
+    if (scanner.method !== 'pagemap-scan') {
+      scanner.close();
+      t.skip('PAGEMAP_SCAN is not available here');
+      return;
+    }
+    // More regions than one call returns (2,048) where pages alternate.
+    const pages = 6000;
+    try {
+      fc.assert(
+        fc.property(
+          // Each page untouched (0), read (1) or written (2): at random, or alternating read and written.
+          fc.oneof(fc.array(fc.integer({ min: 0, max: 2 }), { minLength: pages, maxLength: pages }), fc.constant(Array.from({ length: pages }, (_, i) => 1 + (i % 2)))),
+          fc.oneof(fc.constant([0, pages]), fc.uniqueArray(fc.integer({ min: 0, max: pages }), { minLength: 2, maxLength: 40 })),
+          (state, cuts) => {
+            // A new file each time: a read fault also maps the neighbours
+            // already in the file's cache (fault-around), which would be
+            // found mapped though never touched.
+            const fd = sys.memfdCreate('scan-windows', sys.MFD_CLOEXEC);
+            sys.ftruncate(fd, pages * 4096);
+            const addr = sys.mmap(null, pages * 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE, fd, 0);
+            try {
+              const bytes = new Uint8Array(sys.view(addr, pages * 4096));
+              let sum = 0;
+              for (let p = 0; p < pages; p++) {
+                if (state[p] === 1) sum += bytes[p * 4096]!;
+                else if (state[p] === 2) bytes[p * 4096] = 1;
+              }
+              assert.equal(sum, 0);
+              // Every other stretch between sorted cuts is a window.
+              const sorted = [...cuts].sort((a, b) => a - b);
+              const windows: { start: number; end: number }[] = [];
+              for (let i = 0; i + 1 < sorted.length; i += 2) if (sorted[i]! < sorted[i + 1]!) windows.push({ start: sorted[i]!, end: sorted[i + 1]! });
+              const pagesOf = (list: { length: number; starts: Int32Array; ends: Int32Array }) => {
+                const out: number[] = [];
+                for (let i = 0; i < list.length; i++) for (let p = list.starts[i]!; p < list.ends[i]!; p++) out.push(p);
+                return out;
+              };
+              const want = (s: number) => windows.flatMap((w) => Array.from({ length: w.end - w.start }, (_, i) => w.start + i).filter((p) => state[p] === s));
+              assert.deepEqual(pagesOf(scanner.fileMapped(addr, windows)), want(1), 'read pages');
+              assert.deepEqual(pagesOf(scanner.privateIn(addr, windows)!), want(2), 'written pages');
+            } finally {
+              sys.munmap(addr, pages * 4096);
+              sys.closeFd(fd);
+            }
+          },
+        ),
+        { numRuns: 12, endOnFailure: true },
+      );
+    } finally {
+      scanner.close();
+    }
+  });
+});
+
 describe('writtenSinceArg() and holdsWrites()', () => {
   const withWritten = fc.subarray([PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_WRITTEN]).map((bits) => bits.reduce((a, b) => a | b, 0n));
   it('asks for private pages written since last protected, and protects them again', () => {

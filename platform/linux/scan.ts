@@ -6,7 +6,7 @@
 import * as sys from '../libc.ts';
 import { systemError } from '../../src/errors.ts';
 import { appendRange, pageCount, RangeList, type Range } from '../../src/runs.ts';
-import { offsetReader } from './words.ts';
+import { offsetReader, wordSetter } from './words.ts';
 
 /** How written pages are found. */
 export type ScanMethod = 'pagemap-scan' | 'pagemap-read' | 'none';
@@ -260,13 +260,35 @@ export class Scanner {
     return this.method === 'pagemap-scan' ? this.#inWindows(addr, windows, false) : null;
   }
 
-  /** The file-mapped pages (`file`) or the maybe private ones within `windows`, one walk a window (fileMapped, privateIn). */
+  /**
+   * The file-mapped pages (`file`) or the maybe private ones within
+   * `windows`, one walk a window (fileMapped, privateIn). The question is
+   * encoded once; each window changes only its range, as numbers, and the
+   * regions found are read the same way: a window is often one page, where
+   * a BigInt a field and an argument object a call cost more than the walk.
+   */
   #inWindows(addr: bigint, windows: readonly Range[], file: boolean): RangeList {
     const out = new RangeList();
-    const page = BigInt(this.#pageSize);
+    if (windows.length === 0) return out;
+    const arg = this.#scratchArg!;
+    const page = this.#pageSize;
+    const vecAt = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
+    // Every region either question returns is kept (#scanIoctl with `file`, or with `protectedToo`).
+    encodeScanArg(arg, file ? fileMappedArg(addr, addr, vecAt, SCAN_REGIONS) : scanArgFor(addr, addr, vecAt, SCAN_REGIONS, false));
+    const setAt = wordSetter(arg, addr);
+    const offset = offsetReader(this.#scratchVec!, addr);
     for (const w of windows) {
-      const found = this.#scanIoctl(addr + BigInt(w.start) * page, w.end - w.start, undefined, false, !file, file);
-      for (let i = 0; i < found.length; i++) out.push(w.start + found.starts[i]!, w.start + found.ends[i]!);
+      const end = w.end * page;
+      let start = w.start * page;
+      while (start < end) {
+        setAt(2, start);
+        setAt(3, end);
+        const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
+        for (let i = 0; i < n; i++) out.push(offset(i * 3) / page, offset(i * 3 + 1) / page);
+        // A full array: the walk goes on after its last region.
+        if (n < SCAN_REGIONS) break;
+        start = offset((n - 1) * 3 + 1);
+      }
     }
     return out;
   }

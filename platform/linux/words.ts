@@ -40,6 +40,22 @@ export function iovecSetter(iov: BigUint64Array, base: bigint): (i: number, offs
   };
 }
 
+/** A setter of word `i` of `words` as `base` + offset (an address in a segment, as iovecSetter's). */
+export function wordSetter(words: BigUint64Array, base: bigint): (i: number, offset: number) => void {
+  const w = halves(words, base);
+  if (w === null) {
+    return (i, offset) => {
+      words[i] = base + BigInt(offset);
+    };
+  }
+  const b = Number(base);
+  return (i, offset) => {
+    const value = b + offset;
+    w[2 * i] = value >>> 0;
+    w[2 * i + 1] = Math.floor(value / TWO_32);
+  };
+}
+
 /** A reader of word `i` of `words` as its distance from `base` (an address at or below every word read). */
 export function offsetReader(words: BigUint64Array, base: bigint): (i: number) => number {
   const w = halves(words, base);
