@@ -372,8 +372,11 @@ async function main() {
       .sort()
       .map((f) => `test/${f}`);
     const elsewhere = runtimes.filter((r) => r.host !== true && r.bin).map((r) => r.name);
+    const onHost = runtimes.some((r) => r.host === true);
     for (const f of files.filter((f) => hostOnly[f] !== undefined)) {
-      if (elsewhere.length > 0) console.log(`skipping ${f} on ${elsewhere.join(', ')} (it runs on the Node.js running this, ${process.versions.node}): ${hostOnly[f]}`);
+      if (elsewhere.length === 0) continue;
+      const where = onHost ? `it runs on the Node.js running this, ${process.versions.node}` : 'npm test runs it on the Node.js running it';
+      console.log(`skipping ${f} on ${elsewhere.join(', ')} (${where}): ${hostOnly[f]}`);
     }
   }
   const timeoutMs = Number(process.env.MEMFORK_RUNTIME_TIMEOUT ?? 300) * 1000;
