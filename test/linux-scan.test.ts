@@ -101,6 +101,31 @@ describe('scanArgFor()', () => {
   });
 });
 
+/** A private mapping of a new memory file of `pages` pages, never touched, its bytes, and its undoing. */
+function privateFileMapping(pages: number): { addr: bigint; bytes: Uint8Array; close(): void } {
+  const fd = sys.memfdCreate('scan-test', sys.MFD_CLOEXEC);
+  sys.ftruncate(fd, pages * 4096);
+  const addr = sys.mmap(null, pages * 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE, fd, 0);
+  return {
+    addr,
+    bytes: new Uint8Array(sys.view(addr, pages * 4096)),
+    close() {
+      sys.munmap(addr, pages * 4096);
+      sys.closeFd(fd);
+    },
+  };
+}
+
+/** A Scanner using PAGEMAP_SCAN; undefined, the test skipped, where the kernel has none. */
+function pagemapScanner(t: { skip(message: string): void }): Scanner | undefined {
+  sys.loadLibc();
+  const scanner = new Scanner(4096, undefined);
+  if (scanner.method === 'pagemap-scan') return scanner;
+  scanner.close();
+  t.skip('PAGEMAP_SCAN is not available here');
+  return undefined;
+}
+
 describe('fileMappedArg() and Scanner.fileMapped()', () => {
   it('asks for pages whose entries map their file page: present, a file page, not the zero page', () => {
     fc.assert(
@@ -112,19 +137,10 @@ describe('fileMappedArg() and Scanner.fileMapped()', () => {
   });
 
   it('finds, within the windows given, the pages of a private file mapping that were read and not written', { skip: linuxOnly }, (t) => {
-    sys.loadLibc();
-    const scanner = new Scanner(4096, undefined);
-    if (scanner.method !== 'pagemap-scan') {
-      scanner.close();
-      t.skip('PAGEMAP_SCAN is not available here');
-      return;
-    }
-    const pages = 128;
-    const fd = sys.memfdCreate('scan-test', sys.MFD_CLOEXEC);
-    sys.ftruncate(fd, pages * 4096);
-    const addr = sys.mmap(null, pages * 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE, fd, 0);
+    const scanner = pagemapScanner(t);
+    if (scanner === undefined) return;
+    const { addr, bytes, close } = privateFileMapping(128);
     try {
-      const bytes = new Uint8Array(sys.view(addr, pages * 4096));
       let sum = 0;
       for (const p of [1, 2, 3, 10, 11, 60, 100, 127]) sum += bytes[p * 4096]!; // read: file pages
       for (const p of [3, 11, 70]) bytes[p * 4096] = 1; // written: private
@@ -138,8 +154,7 @@ describe('fileMappedArg() and Scanner.fileMapped()', () => {
       for (let i = 0; i < found.length; i++) for (let p = found.starts[i]!; p < found.ends[i]!; p++) got.push(p);
       assert.deepEqual(got, [1, 2, 10, 60, 127], 'read pages in the windows; not the written ones, nor those outside (100)');
     } finally {
-      sys.munmap(addr, pages * 4096);
-      sys.closeFd(fd);
+      close();
       scanner.close();
     }
   });
@@ -147,13 +162,8 @@ describe('fileMappedArg() and Scanner.fileMapped()', () => {
 
 describe('Scanner.fileMapped() and Scanner.privateIn() over many windows', () => {
   it('find exactly the read and the written pages in each window, past a full array of regions', { skip: linuxOnly }, (t) => {
-    sys.loadLibc();
-    const scanner = new Scanner(4096, undefined);
-    if (scanner.method !== 'pagemap-scan') {
-      scanner.close();
-      t.skip('PAGEMAP_SCAN is not available here');
-      return;
-    }
+    const scanner = pagemapScanner(t);
+    if (scanner === undefined) return;
     // More regions than one call returns (2,048) where pages alternate.
     const pages = 6000;
     try {
@@ -166,11 +176,8 @@ describe('Scanner.fileMapped() and Scanner.privateIn() over many windows', () =>
             // A new file each time: a read fault also maps the neighbours
             // already in the file's cache (fault-around), which would be
             // found mapped though never touched.
-            const fd = sys.memfdCreate('scan-windows', sys.MFD_CLOEXEC);
-            sys.ftruncate(fd, pages * 4096);
-            const addr = sys.mmap(null, pages * 4096, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE, fd, 0);
+            const { addr, bytes, close } = privateFileMapping(pages);
             try {
-              const bytes = new Uint8Array(sys.view(addr, pages * 4096));
               let sum = 0;
               for (let p = 0; p < pages; p++) {
                 if (state[p] === 1) sum += bytes[p * 4096]!;
@@ -190,8 +197,7 @@ describe('Scanner.fileMapped() and Scanner.privateIn() over many windows', () =>
               assert.deepEqual(pagesOf(scanner.fileMapped(addr, windows)), want(1), 'read pages');
               assert.deepEqual(pagesOf(scanner.privateIn(addr, windows)!), want(2), 'written pages');
             } finally {
-              sys.munmap(addr, pages * 4096);
-              sys.closeFd(fd);
+              close();
             }
           },
         ),
