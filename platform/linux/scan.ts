@@ -193,7 +193,7 @@ export class Scanner {
       // Safety: the scratch mapping lives until close(), which drops these views' last use.
       this.#scratchArg = new BigUint64Array(sys.view(this.#scratch, PM_SCAN_ARG_SIZE));
       this.#scratchVec = new BigUint64Array(sys.view(this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS * PAGE_REGION_SIZE));
-      this.#scanIoctl(this.#scratch, 1);
+      this.#walk(this.#scratch, scanArgFor(this.#scratch, this.#scratch, this.#vecAt(), SCAN_REGIONS, false), [{ start: 0, end: 1 }], () => {});
       return 'pagemap-scan';
     } catch (err) {
       if (wanted === 'pagemap-scan') throw err;
@@ -217,8 +217,14 @@ export class Scanner {
    */
   writtenList(addr: bigint, pages: number, protectedToo = false): RangeList {
     switch (this.method) {
-      case 'pagemap-scan':
-        return this.#scanIoctl(addr, pages, undefined, false, protectedToo);
+      case 'pagemap-scan': {
+        const out = new RangeList();
+        const vec = this.#scratchVec!;
+        this.#walk(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, false), [{ start: 0, end: pages }], (start, end, i) => {
+          if (protectedToo || holdsWrites(vec[i * 3 + 2]!)) out.push(start, end);
+        });
+        return out;
+      }
       case 'pagemap-read':
         return RangeList.from(this.#scanRead(addr, pages));
       default:
@@ -236,7 +242,7 @@ export class Scanner {
    */
   writtenSince(addr: bigint, pages: number): RangeList {
     if (this.method !== 'pagemap-scan') throw systemError('ioctl', sys.EINVAL, 'PAGEMAP_SCAN is not available');
-    return this.#scanIoctl(addr, pages, undefined, true);
+    return this.#regions(addr, writtenSinceArg(addr, addr, this.#vecAt(), SCAN_REGIONS), [{ start: 0, end: pages }]);
   }
 
   /**
@@ -245,7 +251,8 @@ export class Scanner {
    * dropped without changing a byte. Empty where PAGEMAP_SCAN is not available.
    */
   fileMapped(addr: bigint, windows: readonly Range[]): RangeList {
-    return this.method === 'pagemap-scan' ? this.#inWindows(addr, windows, true) : new RangeList();
+    if (this.method !== 'pagemap-scan') return new RangeList();
+    return this.#regions(addr, fileMappedArg(addr, addr, this.#vecAt(), SCAN_REGIONS), windows);
   }
 
   /**
@@ -257,40 +264,8 @@ export class Scanner {
    * available (no page can be told apart).
    */
   privateIn(addr: bigint, windows: readonly Range[]): RangeList | null {
-    return this.method === 'pagemap-scan' ? this.#inWindows(addr, windows, false) : null;
-  }
-
-  /**
-   * The file-mapped pages (`file`) or the maybe private ones within
-   * `windows`, one walk a window (fileMapped, privateIn). The question is
-   * encoded once; each window changes only its range, as numbers, and the
-   * regions found are read the same way: a window is often one page, where
-   * a BigInt a field and an argument object a call cost more than the walk.
-   */
-  #inWindows(addr: bigint, windows: readonly Range[], file: boolean): RangeList {
-    const out = new RangeList();
-    if (windows.length === 0) return out;
-    const arg = this.#scratchArg!;
-    const page = this.#pageSize;
-    const vecAt = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
-    // Every region either question returns is kept (#scanIoctl with `file`, or with `protectedToo`).
-    encodeScanArg(arg, file ? fileMappedArg(addr, addr, vecAt, SCAN_REGIONS) : scanArgFor(addr, addr, vecAt, SCAN_REGIONS, false));
-    const setAt = wordSetter(arg, addr);
-    const offset = offsetReader(this.#scratchVec!, addr);
-    for (const w of windows) {
-      const end = w.end * page;
-      let start = w.start * page;
-      while (start < end) {
-        setAt(2, start);
-        setAt(3, end);
-        const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
-        for (let i = 0; i < n; i++) out.push(offset(i * 3) / page, offset(i * 3 + 1) / page);
-        // A full array: the walk goes on after its last region.
-        if (n < SCAN_REGIONS) break;
-        start = offset((n - 1) * 3 + 1);
-      }
-    }
-    return out;
+    if (this.method !== 'pagemap-scan') return null;
+    return this.#regions(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, false), windows);
   }
 
   /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
@@ -301,7 +276,9 @@ export class Scanner {
     }
     let present = 0;
     const written: Range[] = [];
-    this.#scanIoctl(addr, pages, (start, end, categories) => {
+    const vec = this.#scratchVec!;
+    this.#walk(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, true), [{ start: 0, end: pages }], (start, end, i) => {
+      const categories = vec[i * 3 + 2]!;
       if (!holdsWrites(categories)) return;
       present += end - start;
       if ((categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO)) === 0n) appendRange(written, start, end);
@@ -309,45 +286,49 @@ export class Scanner {
     return { written, present };
   }
 
-  /**
-   * Page ranges written (private, not the zero page) from `addr`. With
-   * `each`, every range in memory instead, given to `each` with its
-   * PAGE_IS_* categories (the return value is then empty). With `since`,
-   * only those written since last protected, protecting them (writtenSinceArg).
-   * With `file`, the pages mapping their file's page (fileMappedArg).
-   */
-  #scanIoctl(addr: bigint, pages: number, each?: (start: number, end: number, categories: bigint) => void, since = false, protectedToo = false, file = false): RangeList {
-    const arg = this.#scratchArg!;
-    const vec = this.#scratchVec!;
-    const page = this.#pageSize;
-    const end = addr + BigInt(pages * page);
+  /** Where the kernel writes the regions found: the scratch memory after the argument struct. */
+  #vecAt(): bigint {
+    return this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
+  }
+
+  /** Every region #walk finds, as a list. */
+  #regions(addr: bigint, question: ScanArg, windows: readonly Range[]): RangeList {
     const out = new RangeList();
-    // Each region's start and end, as bytes from `addr`.
-    const offset = offsetReader(vec, addr);
-    let start = addr;
-    while (start < end) {
-      const vecAt = this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
-      encodeScanArg(
-        arg,
-        since ? writtenSinceArg(start, end, vecAt, SCAN_REGIONS) : file ? fileMappedArg(start, end, vecAt, SCAN_REGIONS) : scanArgFor(start, end, vecAt, SCAN_REGIONS, each !== undefined),
-      );
-      const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
-      for (let i = 0; i < n; i++) {
-        const s = offset(i * 3) / page;
-        const e = offset(i * 3 + 1) / page;
-        const categories = vec[i * 3 + 2]!;
-        if (each !== undefined) {
-          each(s, e, categories);
-          continue;
-        }
-        if (since || file || protectedToo || holdsWrites(categories)) out.push(s, e);
-      }
-      // walk_end is unreliable once many regions come back (seen on 6.18):
-      // a short array means the walk reached the end.
-      if (n < SCAN_REGIONS) break;
-      start = vec[(n - 1) * 3 + 1]!;
-    }
+    this.#walk(addr, question, windows, (start, end) => out.push(start, end));
     return out;
+  }
+
+  /**
+   * Asks `question` (its own range aside) of each of the sorted `windows`
+   * of pages from `addr`, one walk a window, and gives each region found to
+   * `region`, in pages from `addr`, with its index in the result array (its
+   * categories are word `3i + 2` there). The question is encoded once; each
+   * window changes only its range, as numbers, and the regions are read the
+   * same way: a window is often one page (fileMapped, privateIn), where a
+   * BigInt a field and an argument object a call cost more than the walk.
+   */
+  #walk(addr: bigint, question: ScanArg, windows: readonly Range[], region: (start: number, end: number, i: number) => void): void {
+    if (windows.length === 0) return;
+    const arg = this.#scratchArg!;
+    const page = this.#pageSize;
+    encodeScanArg(arg, question);
+    const setAt = wordSetter(arg, addr);
+    const offset = offsetReader(this.#scratchVec!, addr);
+    for (const w of windows) {
+      const end = w.end * page;
+      let start = w.start * page;
+      while (start < end) {
+        setAt(2, start);
+        setAt(3, end);
+        const n = sys.ioctl(this.#pagemapFd, PAGEMAP_SCAN, this.#scratch);
+        for (let i = 0; i < n; i++) region(offset(i * 3) / page, offset(i * 3 + 1) / page, i);
+        // walk_end is unreliable once many regions come back (seen on
+        // 6.18): a short array means the walk reached the window's end; a
+        // full one, that it goes on after its last region.
+        if (n < SCAN_REGIONS) break;
+        start = offset((n - 1) * 3 + 1);
+      }
+    }
   }
 
   #scanRead(addr: bigint, pages: number): Range[] {

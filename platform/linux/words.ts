@@ -21,26 +21,7 @@ function halves(words: BigUint64Array, base: bigint): Uint32Array | null {
   return LOW_HALF_FIRST && base >= 0n && base < EXACT_BELOW ? new Uint32Array(words.buffer, words.byteOffset, words.length * 2) : null;
 }
 
-/** A setter of (address, length) pair `i` of iovec array `iov` as (`base` + offset, length). */
-export function iovecSetter(iov: BigUint64Array, base: bigint): (i: number, offset: number, length: number) => void {
-  const w = halves(iov, base);
-  if (w === null) {
-    return (i, offset, length) => {
-      iov[2 * i] = base + BigInt(offset);
-      iov[2 * i + 1] = BigInt(length);
-    };
-  }
-  const b = Number(base);
-  return (i, offset, length) => {
-    const addr = b + offset;
-    w[4 * i] = addr >>> 0;
-    w[4 * i + 1] = Math.floor(addr / TWO_32);
-    w[4 * i + 2] = length >>> 0;
-    w[4 * i + 3] = Math.floor(length / TWO_32);
-  };
-}
-
-/** A setter of word `i` of `words` as `base` + offset (an address in a segment, as iovecSetter's). */
+/** A setter of word `i` of `words` as `base` + offset: an address in a segment, or a length from 0. */
 export function wordSetter(words: BigUint64Array, base: bigint): (i: number, offset: number) => void {
   const w = halves(words, base);
   if (w === null) {
@@ -53,6 +34,16 @@ export function wordSetter(words: BigUint64Array, base: bigint): (i: number, off
     const value = b + offset;
     w[2 * i] = value >>> 0;
     w[2 * i + 1] = Math.floor(value / TWO_32);
+  };
+}
+
+/** A setter of (address, length) pair `i` of iovec array `iov` as (`base` + offset, length). */
+export function iovecSetter(iov: BigUint64Array, base: bigint): (i: number, offset: number, length: number) => void {
+  const setAddress = wordSetter(iov, base);
+  const setLength = wordSetter(iov, 0n);
+  return (i, offset, length) => {
+    setAddress(2 * i, offset);
+    setLength(2 * i + 1, length);
   };
 }
 
