@@ -346,12 +346,10 @@ async function main() {
     process.exit(2);
   }
   if (!list) {
-    if (!ensureRuntimes()) {
-      // The Node.js running this still runs its suites; the run fails.
-      process.exitCode = 1;
-      if (!withHost || argv.includes('--install')) return;
-    }
-    if (argv.includes('--install')) return;
+    const ready = ensureRuntimes();
+    // Without the others, the Node.js running this still runs its suites; the run fails.
+    if (!ready) process.exitCode = 1;
+    if (argv.includes('--install') || (!ready && !withHost)) return;
     all = known();
   }
   const runtimes = wanted.length > 0 ? all.filter((r) => wanted.includes(r.name)) : all;
