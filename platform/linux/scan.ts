@@ -162,6 +162,13 @@ export function decodeEntries(entries: Uint32Array, count: number, first: number
   }
 }
 
+/** A PAGEMAP_SCAN question for a range, its regions written to `vec` (scanArgFor, fileMappedArg, writtenSinceArg). */
+type Question = (start: bigint, end: bigint, vec: bigint, vecLength: number) => ScanArg;
+/** Written pages (scanArgFor). */
+const askWritten: Question = (start, end, vec, vecLength) => scanArgFor(start, end, vec, vecLength, false);
+/** Every page in memory, with its categories (scanArgFor). */
+const askInMemory: Question = (start, end, vec, vecLength) => scanArgFor(start, end, vec, vecLength, true);
+
 /** Finds written pages for one backend: the chosen method and its descriptor and scratch memory. */
 export class Scanner {
   /** How this scanner finds written pages. */
@@ -193,7 +200,7 @@ export class Scanner {
       // Safety: the scratch mapping lives until close(), which drops these views' last use.
       this.#scratchArg = new BigUint64Array(sys.view(this.#scratch, PM_SCAN_ARG_SIZE));
       this.#scratchVec = new BigUint64Array(sys.view(this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS * PAGE_REGION_SIZE));
-      this.#walk(this.#scratch, scanArgFor(this.#scratch, this.#scratch, this.#vecAt(), SCAN_REGIONS, false), [{ start: 0, end: 1 }], () => {});
+      this.#walk(this.#scratch, askWritten, [{ start: 0, end: 1 }], () => {});
       return 'pagemap-scan';
     } catch (err) {
       if (wanted === 'pagemap-scan') throw err;
@@ -220,7 +227,7 @@ export class Scanner {
       case 'pagemap-scan': {
         const out = new RangeList();
         const vec = this.#scratchVec!;
-        this.#walk(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, false), [{ start: 0, end: pages }], (start, end, i) => {
+        this.#walk(addr, askWritten, [{ start: 0, end: pages }], (start, end, i) => {
           if (protectedToo || holdsWrites(vec[i * 3 + 2]!)) out.push(start, end);
         });
         return out;
@@ -242,7 +249,7 @@ export class Scanner {
    */
   writtenSince(addr: bigint, pages: number): RangeList {
     if (this.method !== 'pagemap-scan') throw systemError('ioctl', sys.EINVAL, 'PAGEMAP_SCAN is not available');
-    return this.#regions(addr, writtenSinceArg(addr, addr, this.#vecAt(), SCAN_REGIONS), [{ start: 0, end: pages }]);
+    return this.#regions(addr, writtenSinceArg, [{ start: 0, end: pages }]);
   }
 
   /**
@@ -252,7 +259,7 @@ export class Scanner {
    */
   fileMapped(addr: bigint, windows: readonly Range[]): RangeList {
     if (this.method !== 'pagemap-scan') return new RangeList();
-    return this.#regions(addr, fileMappedArg(addr, addr, this.#vecAt(), SCAN_REGIONS), windows);
+    return this.#regions(addr, fileMappedArg, windows);
   }
 
   /**
@@ -265,7 +272,7 @@ export class Scanner {
    */
   privateIn(addr: bigint, windows: readonly Range[]): RangeList | null {
     if (this.method !== 'pagemap-scan') return null;
-    return this.#regions(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, false), windows);
+    return this.#regions(addr, askWritten, windows);
   }
 
   /** The written ranges of the `pages` pages from `addr`, and how many of them are in memory at all (written or read). */
@@ -277,7 +284,7 @@ export class Scanner {
     let present = 0;
     const written: Range[] = [];
     const vec = this.#scratchVec!;
-    this.#walk(addr, scanArgFor(addr, addr, this.#vecAt(), SCAN_REGIONS, true), [{ start: 0, end: pages }], (start, end, i) => {
+    this.#walk(addr, askInMemory, [{ start: 0, end: pages }], (start, end, i) => {
       const categories = vec[i * 3 + 2]!;
       if (!holdsWrites(categories)) return;
       present += end - start;
@@ -286,32 +293,27 @@ export class Scanner {
     return { written, present };
   }
 
-  /** Where the kernel writes the regions found: the scratch memory after the argument struct. */
-  #vecAt(): bigint {
-    return this.#scratch + BigInt(PM_SCAN_ARG_SIZE);
-  }
-
   /** Every region #walk finds, as a list. */
-  #regions(addr: bigint, question: ScanArg, windows: readonly Range[]): RangeList {
+  #regions(addr: bigint, question: Question, windows: readonly Range[]): RangeList {
     const out = new RangeList();
     this.#walk(addr, question, windows, (start, end) => out.push(start, end));
     return out;
   }
 
   /**
-   * Asks `question` (its own range aside) of each of the sorted `windows`
-   * of pages from `addr`, one walk a window, and gives each region found to
-   * `region`, in pages from `addr`, with its index in the result array (its
-   * categories are word `3i + 2` there). The question is encoded once; each
+   * Asks `question` of each of the sorted `windows` of pages from `addr`,
+   * one walk a window, and gives each region found to `region`, in pages
+   * from `addr`, with its index in the result array (its categories are
+   * word `3i + 2` there). The question is encoded once; each
    * window changes only its range, as numbers, and the regions are read the
    * same way: a window is often one page (fileMapped, privateIn), where a
    * BigInt a field and an argument object a call cost more than the walk.
    */
-  #walk(addr: bigint, question: ScanArg, windows: readonly Range[], region: (start: number, end: number, i: number) => void): void {
+  #walk(addr: bigint, question: Question, windows: readonly Range[], region: (start: number, end: number, i: number) => void): void {
     if (windows.length === 0) return;
     const arg = this.#scratchArg!;
     const page = this.#pageSize;
-    encodeScanArg(arg, question);
+    encodeScanArg(arg, question(addr, addr, this.#scratch + BigInt(PM_SCAN_ARG_SIZE), SCAN_REGIONS));
     const setAt = wordSetter(arg, addr);
     const offset = offsetReader(this.#scratchVec!, addr);
     for (const w of windows) {
