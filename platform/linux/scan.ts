@@ -304,10 +304,10 @@ export class Scanner {
    * Asks `question` of each of the sorted `windows` of pages from `addr`,
    * one walk a window, and gives each region found to `region`, in pages
    * from `addr`, with its index in the result array (its categories are
-   * word `3i + 2` there). The question is encoded once; each
-   * window changes only its range, as numbers, and the regions are read the
-   * same way: a window is often one page (fileMapped, privateIn), where a
-   * BigInt a field and an argument object a call cost more than the walk.
+   * word `3i + 2` there). The question is encoded once; each window
+   * changes only its range, as numbers, and the regions are read the same
+   * way: a window is often one page (fileMapped, privateIn), where a BigInt
+   * a field and an argument object a call cost more than the walk.
    */
   #walk(addr: bigint, question: Question, windows: readonly Range[], region: (start: number, end: number, i: number) => void): void {
     if (windows.length === 0) return;
